@@ -1,0 +1,73 @@
+# The two commands: `make demo` and `make test`. Each bootstraps what it needs from nothing:
+# a virtualenv with pinned packages, and the CDK CLI from package-lock.json.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
+export CDK_DISABLE_CLI_TELEMETRY := true
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test lint typecheck unit integration e2e infra bench bench-etl synth local-up local-down \
+        local-status clean help
+
+help:
+	@echo "make demo   - run the pipeline end to end on the local cloud (no AWS account, no Docker)"
+	@echo "make test   - lint, type-check and run every test"
+	@echo "make bench  - the benchmarks (bench-etl, ...)"
+	@echo "make synth  - synthesize the CDK app (cdk.out/)"
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml layers/pricepipe/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e layers/pricepipe -e .
+	touch $@
+
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/pipectl demo
+
+local-up: $(STAMP)
+	$(BIN)/pipectl local up
+
+local-down: $(STAMP)
+	$(BIN)/pipectl local down
+
+local-status: $(STAMP)
+	$(BIN)/pipectl local status
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) $(NODE_STAMP) lint typecheck
+	$(BIN)/pytest
+
+unit integration e2e infra: $(STAMP) $(NODE_STAMP)
+	$(BIN)/pytest tests/$@
+
+bench: bench-etl
+
+bench-etl: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_etl
+
+synth: $(STAMP) $(NODE_STAMP)
+	npx cdk synth --quiet
+
+clean:
+	rm -rf $(VENV) node_modules cdk.out build .pytest_cache .mypy_cache .ruff_cache
+
+constraints: $(STAMP)
+	( echo "# Transitive pins for requirements-dev.txt (pip freeze of a fresh install). Regenerate with"; \
+	  echo "# \`make constraints\` after changing a requirements file."; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v '^-e\|^#\|@ file' ) > constraints.txt

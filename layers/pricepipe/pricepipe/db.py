@@ -1,0 +1,265 @@
+"""PostgreSQL access: where the DSN comes from, migrations, contract-driven tables and bulk COPY.
+
+The DSN comes from a Secrets Manager secret when one is configured (RDS's generated secret, or
+``{"dsn": ...}`` as the local cloud stores it), else from ``DATABASE_URL``, so Lambda functions
+take the same path everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from pricepipe.errors import ConfigurationError, ContractError, TransientError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pricepipe.contract import Contract
+    from pricepipe.settings import Settings
+
+MIGRATION_LOCK = 7_401_001  # pg_advisory lock id held while migrating
+DATASET_TABLES = ("raw_data", "processed_features")
+
+
+def resolve_dsn(settings: Settings, secrets_client: Any | None = None) -> str:
+    """The connection string for these settings, fetching the secret when one is configured."""
+    if settings.database_secret_arn:
+        if secrets_client is None:
+            import boto3
+
+            secrets_client = boto3.client("secretsmanager", region_name=settings.region)
+        try:
+            raw = secrets_client.get_secret_value(SecretId=settings.database_secret_arn)["SecretString"]
+        except Exception as exc:  # noqa: BLE001 - any fetch failure is retried the same way
+            raise TransientError(f"could not read database secret {settings.database_secret_arn}: {exc}") from exc
+        return dsn_from_secret(json.loads(raw))
+    if settings.database_url:
+        return settings.database_url.get_secret_value()
+    raise ConfigurationError("no database configured: set DATABASE_URL or PRICEPIPE_DATABASE_SECRET_ARN")
+
+
+def dsn_from_secret(secret: dict[str, Any]) -> str:
+    """A DSN from an RDS-style secret (host, port, username, password, dbname) or ``{"dsn": ...}``."""
+    if "dsn" in secret:
+        return str(secret["dsn"])
+    missing = [k for k in ("host", "username", "password") if k not in secret]
+    if missing:
+        raise ConfigurationError(f"database secret lacks {', '.join(missing)}")
+    return make_conninfo(
+        host=secret["host"],
+        port=str(secret.get("port", 5432)),
+        user=secret["username"],
+        password=secret["password"],
+        dbname=secret.get("dbname", "postgres"),
+        sslmode=secret.get("sslmode", "require"),
+        connect_timeout="10",
+        application_name="pricepipe",
+    )
+
+
+def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
+    try:
+        return psycopg.connect(dsn, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise TransientError(f"could not connect to the database: {exc}") from exc
+
+
+class ConnectionCache:
+    """One connection per process, reopened when it breaks (a Lambda container keeps it warm)."""
+
+    def __init__(self, dsn_factory: Any) -> None:
+        self._dsn_factory = dsn_factory
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def get(self) -> psycopg.Connection[Any]:
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self._conn = connect(self._dsn_factory())
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+# -- migrations ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def migrations() -> list[Migration]:
+    """The versioned SQL files shipped in ``pricepipe/migrations``, in order."""
+    out = []
+    for item in (resources.files("pricepipe") / "migrations").iterdir():
+        if item.name.endswith(".sql"):
+            version, _, name = item.name.removesuffix(".sql").partition("_")
+            out.append(Migration(int(version), name, item.read_text(encoding="utf-8")))
+    return sorted(out, key=lambda m: m.version)
+
+
+def migrate(conn: psycopg.Connection[Any], contract: Contract | None = None) -> list[int]:
+    """Apply pending migrations (each in its own transaction), then sync the dataset's tables.
+
+    Idempotent and safe to run concurrently (an advisory lock serialises runners). Refuses to run
+    when an applied migration's file has changed since. Returns the versions applied now.
+    """
+    applied_now: list[int] = []
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS public.pricepipe_migrations ("
+            " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {v: c for v, c in conn.execute("SELECT version, checksum FROM public.pricepipe_migrations")}
+        for migration in migrations():
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    raise ConfigurationError(
+                        f"migration {migration.version:04d}_{migration.name} changed after it was applied; "
+                        "add a new migration instead of editing an applied one"
+                    )
+                continue
+            with conn.transaction():
+                conn.execute(migration.sql.encode())
+                conn.execute(
+                    "INSERT INTO public.pricepipe_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    (migration.version, migration.name, migration.checksum),
+                )
+            applied_now.append(migration.version)
+        if contract is not None:
+            sync_dataset(conn, contract)
+    return applied_now
+
+
+def sync_dataset(conn: psycopg.Connection[Any], contract: Contract) -> None:
+    """Make the dataset tables carry the contract's columns and key; register the contract.
+
+    Adds columns a newer contract version introduces. Refuses a different dataset than the one the
+    database holds, a changed column type, or a changed key, naming what differs.
+    """
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK + 1,))
+        row = conn.execute("SELECT name FROM price_data.datasets").fetchone()
+        if row is not None and row[0] != contract.name:
+            raise ContractError(
+                f"this database holds dataset {row[0]!r}; contract {contract.name!r} needs its own database"
+            )
+        wanted = {"raw_data": contract.raw_table_columns, "processed_features": contract.feature_table_columns}
+        for table, columns in wanted.items():
+            existing = _table_columns(conn, table)
+            for name, pg_type in columns.items():
+                if name not in existing:
+                    conn.execute(
+                        sql.SQL("ALTER TABLE price_data.{} ADD COLUMN {} {}").format(
+                            sql.Identifier(table), sql.Identifier(name), sql.SQL(pg_type)
+                        )
+                    )
+                elif existing[name] != _canonical_type(pg_type):
+                    raise ContractError(
+                        f"price_data.{table}.{name} is {existing[name]} but the contract says {pg_type}; "
+                        "a column's type cannot change in place"
+                    )
+            _ensure_primary_key(conn, table, contract.key)
+        conn.execute(
+            "INSERT INTO price_data.datasets (name, contract_version, contract) VALUES (%s, %s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET contract_version = EXCLUDED.contract_version,"
+            " contract = EXCLUDED.contract, updated_at = now()",
+            (contract.name, contract.version, json.dumps(contract.model_dump(mode="json"))),
+        )
+
+
+def _canonical_type(pg_type: str) -> str:
+    return {
+        "BIGINT": "bigint",
+        "INTEGER": "integer",
+        "DOUBLE PRECISION": "double precision",
+        "BOOLEAN": "boolean",
+        "TEXT": "text",
+        "DATE": "date",
+        "TIMESTAMPTZ": "timestamp with time zone",
+    }[pg_type]
+
+
+def _table_columns(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT column_name, data_type FROM information_schema.columns"
+        " WHERE table_schema = 'price_data' AND table_name = %s",
+        (table,),
+    ).fetchall()
+    return {name: dtype for name, dtype in rows}
+
+
+def _ensure_primary_key(conn: psycopg.Connection[Any], table: str, key: tuple[str, ...]) -> None:
+    current = conn.execute(
+        "SELECT array_agg(a.attname ORDER BY array_position(i.indkey::int2[], a.attnum))"
+        " FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)"
+        " WHERE i.indrelid = %s::regclass AND i.indisprimary",
+        (f"price_data.{table}",),
+    ).fetchone()
+    have = tuple(current[0]) if current and current[0] else ()
+    if have == key:
+        return
+    if have:
+        raise ContractError(f"price_data.{table} is keyed on {have} but the contract's key is {key}")
+    conn.execute(
+        sql.SQL("ALTER TABLE price_data.{} ADD PRIMARY KEY ({})").format(
+            sql.Identifier(table), sql.SQL(", ").join(map(sql.Identifier, key))
+        )
+    )
+
+
+# -- bulk load -------------------------------------------------------------------------------------
+
+
+def copy_frame(conn: psycopg.Connection[Any], table: str, frame: pd.DataFrame, schema: Any) -> int:
+    """COPY a frame into ``table`` in PostgreSQL's binary format (Arrow-encoded, no per-row Python).
+
+    ``schema`` is the Arrow schema naming the columns to write and their types.
+    """
+    import pyarrow as pa
+    from pgpq import ArrowToPostgresBinaryEncoder
+
+    arrow = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    encoder = ArrowToPostgresBinaryEncoder(arrow.schema)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary)").format(
+        sql.SQL(table), sql.SQL(", ").join(map(sql.Identifier, arrow.schema.names))
+    )
+    with conn.cursor().copy(statement) as copy:
+        copy.write(encoder.write_header())
+        for batch in arrow.to_batches(max_chunksize=65_536):
+            copy.write(encoder.write_batch(batch))
+        copy.write(encoder.finish())
+    return arrow.num_rows
+
+
+@contextmanager
+def transient_errors() -> Iterator[None]:
+    """Re-raise database failures worth retrying as :class:`TransientError`."""
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg.errors.SerializationFailure, psycopg.errors.DeadlockDetected) as exc:
+        raise TransientError(f"database: {exc}") from exc
+    except psycopg.errors.UniqueViolation as exc:
+        # another load committed the same rows first; the retry sees them as duplicates
+        raise TransientError(f"concurrent load of the same rows: {exc.diag.message_primary}") from exc

@@ -1,0 +1,26 @@
+"""Error types whose class names are part of the state machines' contract.
+
+Lambda reports an unhandled exception's class name as the error type, and the ASL files retry or
+catch on those names, so renaming a class here means editing the ASL files too.
+"""
+
+from __future__ import annotations
+
+
+class PricePipeError(Exception):
+    """Base class of the errors this package raises on purpose."""
+
+
+class TransientError(PricePipeError):
+    """A failure worth retrying: a dropped database connection, S3 throttling, a timeout.
+
+    Retried by the state machines' ``Retry`` on ``TransientError``.
+    """
+
+
+class ContractError(PricePipeError):
+    """A data contract that cannot be used: unreadable, inconsistent, or not matching the database."""
+
+
+class ConfigurationError(PricePipeError):
+    """Settings that cannot work together, named in the message."""

@@ -1,0 +1,365 @@
+"""The ETL flow's steps: discover new landing files, load one file, summarise a run.
+
+``load_file`` is the heart: validate against the contract, quarantine bad rows with their reasons,
+COPY new good rows into ``price_data.raw_data`` and their features into
+``price_data.processed_features``, write the features to the Parquet lake, and record it all in the
+ingestion ledger, in one transaction. Every row that comes in is loaded, quarantined, or counted as
+a duplicate (a key already stored); the ledger's CHECK constraint holds the sum. A file already
+taken is skipped, so landing the same file twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from psycopg import sql
+
+from pricepipe import storage
+from pricepipe.contract import REASONS_COLUMN, Contract, read_csv, validate
+from pricepipe.db import copy_frame, transient_errors
+from pricepipe.features import build_features
+from pricepipe.storage import ObjectChanged, ObjectRef
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import psycopg
+
+    from pricepipe.settings import Settings
+
+CSV_SUFFIXES = (".csv", ".csv.gz")
+MAX_LISTED_FILES = 200  # per-file lines in a run summary; totals always cover every file
+FILE_LOCK_NAMESPACE = 7_401_100
+
+
+@dataclass
+class FileResult:
+    """What became of one landing file."""
+
+    bucket: str
+    key: str
+    etag: str
+    status: str  # loaded | rejected | skipped
+    rows_in: int = 0
+    rows_loaded: int = 0
+    rows_quarantined: int = 0
+    rows_duplicate: int = 0
+    quarantine_key: str | None = None
+    lake_keys: list[str] = field(default_factory=list)
+    ingest_id: int | None = None
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# -- discover --------------------------------------------------------------------------------------
+
+
+def discover(
+    s3: Any, conn: psycopg.Connection[Any], settings: Settings, prefix: str | None, run_id: str
+) -> dict[str, Any]:
+    """List landing files under ``prefix`` not yet taken, and write them as the run's manifest.
+
+    The manifest (a JSON array in the artifacts bucket) is what the Distributed Map reads, so a run
+    can hold more files than a state's payload could.
+    """
+    prefix = prefix or settings.landing_prefix
+    if not prefix.startswith(settings.landing_prefix):
+        raise ValueError(f"prefix {prefix!r} is outside the landing area {settings.landing_prefix!r}")
+    listed = list(storage.list_objects(s3, settings.landing_bucket, prefix))
+    with transient_errors():
+        taken = {
+            (key, etag)
+            for key, etag in conn.execute(
+                "SELECT source_key, source_etag FROM price_data.ingestion_ledger"
+                " WHERE source_bucket = %s AND status IN ('loaded', 'rejected') AND source_key = ANY(%s)",
+                (settings.landing_bucket, [o.key for o in listed]),
+            )
+        }
+    new = [o for o in listed if (o.key, o.etag) not in taken]
+    manifest_key = f"{settings.manifest_prefix}{run_id}.json"
+    storage.put_json(s3, settings.artifacts_bucket, manifest_key, [o.to_dict() for o in new])
+    return {
+        "run_id": run_id,
+        "prefix": prefix,
+        "files": len(new),
+        "already_taken": len(listed) - len(new),
+        "manifest": {"bucket": settings.artifacts_bucket, "key": manifest_key},
+    }
+
+
+# -- load one file ---------------------------------------------------------------------------------
+
+
+def load_file(
+    conn: psycopg.Connection[Any],
+    s3: Any,
+    contract: Contract,
+    settings: Settings,
+    ref: ObjectRef,
+    run_id: str,
+) -> FileResult:
+    """Validate, quarantine and load one landing file in one transaction (see module docstring).
+
+    Raises :class:`~pricepipe.errors.TransientError` for failures worth retrying; any failure rolls
+    the whole file back and records a ``failed`` ledger row.
+    """
+    started = dt.datetime.now(dt.UTC)
+    try:
+        with transient_errors(), conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (FILE_LOCK_NAMESPACE, ref.key))
+            taken = conn.execute(
+                "SELECT status FROM price_data.ingestion_ledger WHERE source_bucket = %s AND source_key = %s"
+                " AND source_etag = %s AND status IN ('loaded', 'rejected')",
+                (ref.bucket, ref.key, ref.etag),
+            ).fetchone()
+            if taken is not None:
+                return FileResult(ref.bucket, ref.key, ref.etag, "skipped", reason=f"already {taken[0]}")
+            try:
+                data = storage.read_object(s3, ref)
+            except ObjectChanged as exc:
+                return FileResult(ref.bucket, ref.key, ref.etag, "skipped", reason=str(exc))
+            return _load(conn, s3, contract, settings, ref, run_id, data, started)
+    except Exception as exc:
+        _record_failure(conn, contract, ref, run_id, started, exc)
+        raise
+
+
+def _load(
+    conn: psycopg.Connection[Any],
+    s3: Any,
+    contract: Contract,
+    settings: Settings,
+    ref: ObjectRef,
+    run_id: str,
+    data: bytes,
+    started: dt.datetime,
+) -> FileResult:
+    relative = ref.key.removeprefix(settings.landing_prefix)
+    quarantine_key = f"{settings.quarantine_prefix}{relative}"
+    if not ref.key.endswith(CSV_SUFFIXES):
+        return _reject(conn, s3, contract, ref, run_id, data, started, quarantine_key, "not a .csv file")
+    try:
+        frame = read_csv(_decompress(ref.key, data), contract)
+    except ValueError as exc:
+        return _reject(conn, s3, contract, ref, run_id, data, started, quarantine_key, str(exc))
+
+    checked = validate(frame, contract)
+    ingest_id = conn.execute(
+        "INSERT INTO price_data.ingestion_ledger (run_id, dataset, source_bucket, source_key, source_etag,"
+        " source_size, status, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'loaded', %s) RETURNING id",
+        (run_id, contract.name, ref.bucket, ref.key, ref.etag, ref.size, started),
+    ).fetchone()[0]  # type: ignore[index]
+
+    good = checked.good
+    is_new = _not_yet_stored(conn, contract, good)
+    new = good[is_new].reset_index(drop=True) if not is_new.all() else good
+    new.insert(0, "_ingest_id", ingest_id)
+    copy_frame(conn, "price_data.raw_data", new, _raw_schema(contract))
+    features = build_features(new, contract)
+    features.insert(0, "_ingest_id", ingest_id)
+    copy_frame(conn, "price_data.processed_features", features, _feature_schema(contract))
+
+    result = FileResult(
+        ref.bucket,
+        ref.key,
+        ref.etag,
+        "loaded",
+        rows_in=checked.rows_in,
+        rows_loaded=len(new),
+        rows_quarantined=len(checked.bad),
+        rows_duplicate=len(good) - len(new),
+        ingest_id=ingest_id,
+    )
+    if len(checked.bad):
+        result.quarantine_key = _write_quarantine(s3, ref.bucket, quarantine_key, checked.bad)
+    result.lake_keys = write_lake(s3, settings, contract, features, ref)
+    dates = _event_date_range(new, contract)
+    conn.execute(
+        "UPDATE price_data.ingestion_ledger SET rows_in = %s, rows_loaded = %s, rows_quarantined = %s,"
+        " rows_duplicate = %s, quarantine_key = %s, lake_keys = %s, event_date_min = %s, event_date_max = %s,"
+        " finished_at = now() WHERE id = %s",
+        (
+            result.rows_in,
+            result.rows_loaded,
+            result.rows_quarantined,
+            result.rows_duplicate,
+            result.quarantine_key,
+            result.lake_keys,
+            dates[0],
+            dates[1],
+            ingest_id,
+        ),
+    )
+    return result
+
+
+def _decompress(key: str, data: bytes) -> bytes:
+    if key.endswith(".gz"):
+        import gzip
+
+        try:
+            return gzip.decompress(data)
+        except OSError as exc:
+            raise ValueError(f"not a readable gzip file: {exc}") from exc
+    return data
+
+
+def _reject(
+    conn: psycopg.Connection[Any],
+    s3: Any,
+    contract: Contract,
+    ref: ObjectRef,
+    run_id: str,
+    data: bytes,
+    started: dt.datetime,
+    quarantine_key: str,
+    reason: str,
+) -> FileResult:
+    """Quarantine a whole unreadable file as it came, with its reason beside it."""
+    storage.put_bytes(s3, ref.bucket, quarantine_key, data)
+    storage.put_bytes(s3, ref.bucket, f"{quarantine_key}.reason.txt", reason.encode(), "text/plain")
+    conn.execute(
+        "INSERT INTO price_data.ingestion_ledger (run_id, dataset, source_bucket, source_key, source_etag,"
+        " source_size, status, quarantine_key, error, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'rejected',"
+        " %s, %s, %s)",
+        (run_id, contract.name, ref.bucket, ref.key, ref.etag, ref.size, quarantine_key, reason, started),
+    )
+    return FileResult(ref.bucket, ref.key, ref.etag, "rejected", quarantine_key=quarantine_key, reason=reason)
+
+
+def _record_failure(
+    conn: psycopg.Connection[Any], contract: Contract, ref: ObjectRef, run_id: str, started: dt.datetime, exc: Exception
+) -> None:
+    """Best effort: a ``failed`` ledger row so the run's summary shows the file and why."""
+    try:
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO price_data.ingestion_ledger (run_id, dataset, source_bucket, source_key, source_etag,"
+                " source_size, status, error, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'failed', %s, %s)",
+                (run_id, contract.name, ref.bucket, ref.key, ref.etag, ref.size, f"{type(exc).__name__}: {exc}", started),
+            )
+    except Exception:  # noqa: BLE001, S110 - the database may be what failed; the error itself propagates
+        pass
+
+
+def _not_yet_stored(conn: psycopg.Connection[Any], contract: Contract, good: pd.DataFrame) -> Any:
+    """Mask of rows whose key is not in ``price_data.raw_data`` yet."""
+    import numpy as np
+    import pandas as pd
+
+    if good.empty:
+        return np.ones(0, dtype=bool)
+    keys = list(contract.key)
+    conn.execute(
+        sql.SQL("CREATE TEMP TABLE incoming_keys ON COMMIT DROP AS SELECT {} FROM price_data.raw_data WITH NO DATA").format(
+            sql.SQL(", ").join(map(sql.Identifier, keys))
+        )
+    )
+    copy_frame(conn, "incoming_keys", good[keys], contract.arrow_schema({k: contract.columns[k].pg_type for k in keys}))
+    stored = conn.execute(
+        sql.SQL("SELECT {cols} FROM incoming_keys JOIN price_data.raw_data USING ({cols})").format(
+            cols=sql.SQL(", ").join(map(sql.Identifier, keys))
+        )
+    ).fetchall()
+    conn.execute("DROP TABLE incoming_keys")
+    if not stored:
+        return np.ones(len(good), dtype=bool)
+    stored_index = pd.MultiIndex.from_tuples(stored, names=keys)
+    return ~pd.MultiIndex.from_frame(good[keys]).isin(stored_index)
+
+
+def _raw_schema(contract: Contract) -> Any:
+    return contract.arrow_schema({"_ingest_id": "BIGINT", **contract.raw_table_columns})
+
+
+def _feature_schema(contract: Contract) -> Any:
+    return contract.arrow_schema({"_ingest_id": "BIGINT", **contract.feature_table_columns})
+
+
+def _event_date_range(rows: pd.DataFrame, contract: Contract) -> tuple[dt.date | None, dt.date | None]:
+    if contract.event_time is None or rows.empty:
+        return None, None
+    moments = rows[contract.event_time]
+    return moments.min().date(), moments.max().date()
+
+
+def _write_quarantine(s3: Any, bucket: str, key: str, bad: pd.DataFrame) -> str:
+    buffer = io.StringIO()
+    bad.to_csv(buffer, index=False)
+    return storage.put_bytes(s3, bucket, key, buffer.getvalue().encode(), "text/csv")
+
+
+def write_lake(s3: Any, settings: Settings, contract: Contract, features: pd.DataFrame, ref: ObjectRef) -> list[str]:
+    """Write features as Parquet, one object per event date; keys are fixed by the source file, so a
+    retried load overwrites rather than duplicates."""
+    import pyarrow.parquet as pq
+
+    if features.empty:
+        return []
+    file_id = hashlib.sha1(f"{ref.bucket}/{ref.key}/{ref.etag}".encode(), usedforsecurity=False).hexdigest()[:16]
+    base = f"{settings.lake_prefix}dataset={contract.name}/"
+    frame = features.drop(columns=["_ingest_id"])
+    schema = contract.arrow_schema(contract.feature_table_columns)
+    if contract.event_time is None:
+        groups: Any = [(dt.date.today(), frame)]
+        part_name = "ingest_date"
+    else:
+        groups = frame.groupby(frame[contract.event_time].dt.date, sort=True)
+        part_name = contract.event_time
+    import pyarrow as pa
+
+    keys = []
+    for day, part in groups:
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False), buffer, compression="zstd")
+        key = f"{base}{part_name}={day.isoformat()}/part-{file_id}.parquet"
+        keys.append(storage.put_bytes(s3, settings.lake_bucket, key, buffer.getvalue()))
+    return keys
+
+
+# -- summarise a run -------------------------------------------------------------------------------
+
+
+def summarize(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
+    """Totals of one ETL run from the ledger, with one line per file."""
+    with transient_errors():
+        rows = conn.execute(
+            "SELECT DISTINCT ON (source_key, source_etag) source_key, status, rows_in, rows_loaded,"
+            " rows_quarantined, rows_duplicate, quarantine_key, event_date_min, event_date_max, error"
+            " FROM price_data.ingestion_ledger WHERE run_id = %s"
+            " ORDER BY source_key, source_etag, (status <> 'failed') DESC, id DESC",
+            (run_id,),
+        ).fetchall()
+    files = [
+        {
+            "key": r[0],
+            "status": r[1],
+            "rows_in": r[2],
+            "rows_loaded": r[3],
+            "rows_quarantined": r[4],
+            "rows_duplicate": r[5],
+            "quarantine_key": r[6],
+            "event_date_min": r[7].isoformat() if r[7] else None,
+            "event_date_max": r[8].isoformat() if r[8] else None,
+            "error": r[9],
+        }
+        for r in rows
+    ]
+    totals = {k: sum(f[k] for f in files) for k in ("rows_in", "rows_loaded", "rows_quarantined", "rows_duplicate")}
+    by_status = {s: sum(1 for f in files if f["status"] == s) for s in ("loaded", "rejected", "failed")}
+    return {
+        "run_id": run_id,
+        **totals,
+        "files_loaded": by_status["loaded"],
+        "files_rejected": by_status["rejected"],
+        "files_failed": by_status["failed"],
+        "quarantine_ratio": round(totals["rows_quarantined"] / totals["rows_in"], 6) if totals["rows_in"] else 0.0,
+        "files": files[:MAX_LISTED_FILES],
+        "files_listed": min(len(files), MAX_LISTED_FILES),
+        "files_total": len(files),
+    }

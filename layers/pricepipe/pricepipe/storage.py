@@ -1,0 +1,92 @@
+"""S3 adapter: listing, reading and writing objects, with failures worth retrying made transient.
+
+Takes its client as an argument; the endpoint (AWS, LocalStack, the local cloud) is the client's
+business, set by the SDK's standard ``AWS_ENDPOINT_URL*`` variables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from pricepipe.errors import TransientError
+
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed", "503", "500"}
+)
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """One S3 object as seen at listing time."""
+
+    bucket: str
+    key: str
+    etag: str
+    size: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ObjectRef:
+        return cls(bucket=data["bucket"], key=data["key"], etag=data["etag"], size=int(data.get("size", 0)))
+
+
+class ObjectChanged(Exception):
+    """The object no longer has the content (ETag) it was listed with."""
+
+
+def _raise_transient(exc: Exception, what: str) -> None:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    if code in _TRANSIENT_CODES or exc.__class__.__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"):
+        raise TransientError(f"S3 {what}: {exc}") from exc
+
+
+def list_objects(s3: Any, bucket: str, prefix: str) -> Iterator[ObjectRef]:
+    """Every object under ``prefix`` (folder markers skipped), paginating as needed."""
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                if item["Key"].endswith("/"):
+                    continue
+                yield ObjectRef(bucket, item["Key"], item["ETag"].strip('"'), int(item.get("Size", 0)))
+    except Exception as exc:
+        _raise_transient(exc, f"listing s3://{bucket}/{prefix}")
+        raise
+
+
+def read_object(s3: Any, ref: ObjectRef) -> bytes:
+    """The object's bytes, provided it still has the listed content (else :class:`ObjectChanged`)."""
+    try:
+        response = s3.get_object(Bucket=ref.bucket, Key=ref.key, IfMatch=f'"{ref.etag}"')
+        return bytes(response["Body"].read())
+    except Exception as exc:
+        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+        if code in ("PreconditionFailed", "NoSuchKey", "412", "404"):
+            raise ObjectChanged(f"s3://{ref.bucket}/{ref.key} changed or vanished since it was listed") from exc
+        _raise_transient(exc, f"reading s3://{ref.bucket}/{ref.key}")
+        raise
+
+
+def put_bytes(s3: Any, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+    except Exception as exc:
+        _raise_transient(exc, f"writing s3://{bucket}/{key}")
+        raise
+    return key
+
+
+def put_json(s3: Any, bucket: str, key: str, payload: Any) -> str:
+    return put_bytes(s3, bucket, key, json.dumps(payload, default=str).encode(), "application/json")
+
+
+def get_json(s3: Any, bucket: str, key: str) -> Any:
+    try:
+        return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except Exception as exc:
+        _raise_transient(exc, f"reading s3://{bucket}/{key}")
+        raise

@@ -1,0 +1,125 @@
+"""The local cloud's process: moto in server mode on loopback, patched to run our code for real.
+
+Only one LocalCloud can run per process: moto's backends and configuration are process-global.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+REGION = "us-east-1"
+ACCOUNT = "123456789012"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+
+_active: LocalCloud | None = None
+_active_lock = threading.Lock()
+
+
+class LocalCloud:
+    """moto on ``host:port`` with its Step Functions engine on and our Lambda and Batch runtimes."""
+
+    def __init__(self, state_dir: Path, port: int = 0, host: str = "127.0.0.1") -> None:
+        self.state_dir = Path(state_dir)
+        self.host = host
+        self.port = port
+        self._server: Any = None
+        from pipectl.localcloud.lambdas import LambdaRuntime
+
+        self.lambdas = LambdaRuntime(self.state_dir, self.client_env)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def client_env(self) -> dict[str, str]:
+        """Environment under which the AWS SDK (and anything built on it) talks to this cloud."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            **CREDENTIALS,
+        }
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service,
+            endpoint_url=self.endpoint,
+            region_name=REGION,
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            config=Config(retries={"mode": "standard"}, read_timeout=900),
+        )
+
+    def start(self) -> LocalCloud:
+        global _active
+        with _active_lock:
+            if _active is not None:
+                raise RuntimeError("a local cloud is already running in this process")
+            _active = self
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        _configure_moto(self)
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self._server.start()
+        self.port = self._server.get_host_and_port()[1]
+        # the Step Functions engine's own clients call localhost:$MOTO_PORT
+        os.environ["MOTO_PORT"] = str(self.port)
+        return self
+
+    def stop(self) -> None:
+        global _active
+        self.lambdas.shutdown()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        from moto.moto_api._internal.models import moto_api_backend
+
+        moto_api_backend.reset()  # moto's state is process-global: leave none behind
+        with _active_lock:
+            _active = None
+
+    def __enter__(self) -> LocalCloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _configure_moto(cloud: LocalCloud) -> None:
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+    from moto.core.models import default_user_config
+
+    default_user_config["stepfunctions"] = {"execute_state_machine": True}
+    default_user_config["lambda"] = {"use_docker": False}
+    default_user_config["batch"] = {"use_docker": False}
+
+    def invoke(backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any) -> bytes:
+        active = _active
+        if active is None:
+            raise RuntimeError("no local cloud is running")
+        return active.lambdas.moto_invoke(backend, function_name, qualifier, body, headers, response_headers)
+
+    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+
+    # AWS names an unnamed execution with a UUID; moto leaves it None (and $$.Execution.Name with it)
+    from moto.stepfunctions.parser.models import StepFunctionsParserBackend
+
+    original_start = StepFunctionsParserBackend.start_execution
+    if not getattr(original_start, "_names_executions", False):
+
+        def start_execution(backend: Any, state_machine_arn: str, name: Any = None, *args: Any, **kwargs: Any) -> Any:
+            return original_start(backend, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
+
+        start_execution._names_executions = True  # type: ignore[attr-defined]
+        StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)

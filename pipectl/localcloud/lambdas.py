@@ -1,0 +1,247 @@
+"""Lambda invocations on the local cloud: the real handlers, in containers like Lambda's own.
+
+moto's simple Lambda backend only echoes payloads; :meth:`LambdaRuntime.invoke` replaces it so that
+direct invokes and Step Functions ``lambda:invoke`` tasks run the function's code package with the
+function's environment. Each function version gets its own worker processes (containers), kept warm
+between invocations and never shared between versions, so module state such as a loaded model or
+the settings read at cold start belongs to one version, as on AWS. Aliases route by their
+``RoutingConfig`` weights, which moto stores but does not apply.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import select
+import subprocess
+import sys
+import threading
+import uuid
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+WORKER_MODULE = "pipectl.localcloud.lambda_worker"
+_SCRUBBED_PREFIXES = ("PRICEPIPE_", "AWS_", "POWERTOOLS_", "MOTO_", "DATABASE_URL", "MLFLOW_")
+
+
+class InvocationError(Exception):
+    """A failed invocation, carried as Lambda's error payload."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(payload.get("errorMessage", ""))
+        self.payload = payload
+
+
+class Container:
+    """One worker process holding one imported handler."""
+
+    def __init__(self, code_dir: Path, handler: str, timeout_s: float, env: dict[str, str], log: IO[bytes]) -> None:
+        self.timeout_s = timeout_s
+        read_fd, write_fd = os.pipe()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", WORKER_MODULE, str(code_dir), handler, str(timeout_s)],
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**env, "_LOCAL_LAMBDA_RESPONSE_FD": str(write_fd)},
+            pass_fds=(write_fd,),
+            text=True,
+        )
+        os.close(write_fd)
+        self._answers = os.fdopen(read_fd, "r")
+        self._read(timeout=max(60.0, timeout_s))  # "ready": the init phase ran
+
+    def invoke(self, event: Any, request_id: str) -> Any:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"event": event, "request_id": request_id}) + "\n")
+        self.process.stdin.flush()
+        answer = self._read(timeout=self.timeout_s)
+        if "error" in answer:
+            raise InvocationError(answer["error"])
+        return answer["result"]
+
+    def _read(self, timeout: float) -> dict[str, Any]:
+        ready, _, _ = select.select([self._answers], [], [], timeout)
+        if not ready:
+            self.kill()
+            raise InvocationError(
+                {"errorType": "Sandbox.Timedout", "errorMessage": f"Task timed out after {timeout:.2f} seconds"}
+            )
+        line = self._answers.readline()
+        if not line:
+            code = self.process.wait()
+            raise InvocationError(
+                {"errorType": "Runtime.ExitError", "errorMessage": f"Runtime exited with error: exit status {code}"}
+            )
+        return dict(json.loads(line))
+
+    @property
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.alive:
+            self.process.kill()
+            self.process.wait()
+        self._answers.close()
+
+
+@dataclass
+class _Pool:
+    idle: list[Container] = field(default_factory=list)
+    busy: int = 0
+    cond: threading.Condition = field(default_factory=threading.Condition)
+
+
+class LambdaRuntime:
+    """Runs invocations of moto-registered functions in local containers."""
+
+    def __init__(self, work_dir: Path, cloud_env: Callable[[], dict[str, str]], max_containers: int = 2) -> None:
+        self.work_dir = work_dir
+        self.cloud_env = cloud_env
+        self.max_containers = max_containers
+        self._pools: dict[tuple[str, str, str], _Pool] = {}
+        self._lock = threading.Lock()
+        self._logs: dict[str, IO[bytes]] = {}
+
+    # moto calls this in place of LambdaSimpleBackend.invoke (self is the backend there)
+    def moto_invoke(
+        self, backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
+    ) -> bytes:
+        name, qualifier = _split(function_name, qualifier)
+        version = self.route(backend, name, qualifier)
+        fn = backend.get_function(name, None if version == "$LATEST" else version)
+        event = json.loads(body) if body else {}
+        response_headers["x-amz-executed-version"] = str(fn.version)
+        if headers.get("X-Amz-Invocation-Type") == "Event":
+            threading.Thread(target=self._invoke_quietly, args=(fn, event), daemon=True).start()
+            return b""
+        try:
+            result = self.invoke(fn, event)
+        except InvocationError as exc:
+            response_headers["x-amz-function-error"] = "Unhandled"
+            return json.dumps(exc.payload).encode()
+        return json.dumps(result).encode()
+
+    def route(self, backend: Any, name: str, qualifier: str | None) -> str:
+        """The version an invocation runs: an alias's weights decide between its versions."""
+        if qualifier is None or qualifier == "$LATEST" or qualifier.isdigit():
+            return qualifier or "$LATEST"
+        alias = backend._lambdas.get_alias(qualifier, name)  # noqa: SLF001 - moto keeps aliases here
+        weights = (alias.routing_config or {}).get("AdditionalVersionWeights") or {}
+        draw = random.random()  # noqa: S311 - traffic splitting, not security
+        for version, weight in weights.items():
+            if draw < float(weight):
+                return str(version)
+            draw -= float(weight)
+        return str(alias.function_version)
+
+    def invoke(self, fn: Any, event: Any) -> Any:
+        key = (fn.function_name, str(fn.version), fn.code_sha_256)
+        with self._lock:
+            pool = self._pools.setdefault(key, _Pool())
+        container = self._acquire(pool, fn)
+        try:
+            return container.invoke(event, str(uuid.uuid4()))
+        finally:
+            self._release(pool, container)
+
+    def _invoke_quietly(self, fn: Any, event: Any) -> None:
+        try:
+            self.invoke(fn, event)
+        except InvocationError:
+            pass  # an async invocation's error lands in the function's log, as on AWS
+
+    def _acquire(self, pool: _Pool, fn: Any) -> Container:
+        with pool.cond:
+            while True:
+                while pool.idle:
+                    container = pool.idle.pop()
+                    if container.alive:
+                        pool.busy += 1
+                        return container
+                if pool.busy < self.max_containers:
+                    pool.busy += 1
+                    break
+                pool.cond.wait()
+        try:
+            return self._start(fn)
+        except BaseException:
+            with pool.cond:
+                pool.busy -= 1
+                pool.cond.notify()
+            raise
+
+    def _release(self, pool: _Pool, container: Container) -> None:
+        with pool.cond:
+            pool.busy -= 1
+            if container.alive:
+                pool.idle.append(container)
+            pool.cond.notify()
+
+    def _start(self, fn: Any) -> Container:
+        code_dir = self.work_dir / "code" / fn.function_name / fn.code_sha_256.replace("/", "_")[:32]
+        if not code_dir.is_dir():
+            tmp = code_dir.with_name(code_dir.name + f".{uuid.uuid4().hex[:6]}")
+            with zipfile.ZipFile(io.BytesIO(fn.code_bytes)) as archive:
+                archive.extractall(tmp)
+            try:
+                tmp.rename(code_dir)
+            except OSError:  # another container unpacked it first
+                pass
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+        env.update(self.cloud_env())
+        env.update(fn.environment_vars or {})
+        env.update(
+            {
+                "AWS_LAMBDA_FUNCTION_NAME": fn.function_name,
+                "AWS_LAMBDA_FUNCTION_VERSION": str(fn.version),
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory_size),
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.function_name}",
+                "AWS_LAMBDA_LOG_STREAM_NAME": f"local/{fn.version}/{uuid.uuid4().hex[:8]}",
+                "AWS_EXECUTION_ENV": f"AWS_Lambda_{fn.run_time or 'python3.12'}",
+                "_LOCAL_LAMBDA_ARN": fn.function_arn,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return Container(code_dir, fn.handler, float(fn.timeout), env, self._log(fn.function_name))
+
+    def _log(self, function_name: str) -> IO[bytes]:
+        with self._lock:
+            if function_name not in self._logs:
+                path = self.work_dir / "logs" / f"{function_name}.log"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._logs[function_name] = path.open("ab", buffering=0)
+            return self._logs[function_name]
+
+    def log_path(self, function_name: str) -> Path:
+        return self.work_dir / "logs" / f"{function_name}.log"
+
+    def shutdown(self) -> None:
+        with self._lock:
+            pools = list(self._pools.values())
+            self._pools.clear()
+        for pool in pools:
+            with pool.cond:
+                for container in pool.idle:
+                    container.kill()
+                pool.idle.clear()
+        for log in self._logs.values():
+            log.close()
+        self._logs.clear()
+
+
+def _split(function_name: str, qualifier: str | None) -> tuple[str, str | None]:
+    """Function name and qualifier from a name, ``name:qualifier`` or an ARN."""
+    if function_name.startswith("arn:"):
+        parts = function_name.split(":")
+        return parts[6], (parts[7] if len(parts) > 7 else qualifier)
+    if ":" in function_name:
+        name, _, qual = function_name.partition(":")
+        return name, qual
+    return function_name, qualifier

@@ -1,0 +1,133 @@
+"""Create the pipeline's resources on a running local cloud, from the same catalog as the CDK app.
+
+Functions are created from their real code folders (zipped, as CDK packages them) with the
+environment :func:`infrastructure.catalog.function_environment` gives on AWS too; state machines
+from the same ASL files with local ARNs substituted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infrastructure import catalog
+from pipectl.localcloud.cloud import ACCOUNT, REGION, LocalCloud
+
+ROLE_NAME = "pricepipe-local-execution"
+SECRET_NAME = "pricepipe/database"
+
+
+@dataclass
+class Resources:
+    """Names and ARNs of what was created; the CLI reads them from the state file."""
+
+    endpoint: str
+    region: str
+    landing_bucket: str
+    lake_bucket: str
+    artifacts_bucket: str
+    database_secret_arn: str
+    database_url: str
+    contract: str
+    functions: dict[str, str] = field(default_factory=dict)  # key -> ARN
+    state_machines: dict[str, str] = field(default_factory=dict)  # key -> ARN
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Resources:
+        return cls(**data)
+
+
+def zip_folder(folder: Path) -> bytes:
+    """A function's code package: the folder's files, without caches."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                # fixed timestamps: the same code gives the same CodeSha256, as CDK's asset hash does
+                info = zipfile.ZipInfo(str(path.relative_to(folder)), date_time=(2020, 1, 1, 0, 0, 0))
+                info.external_attr = 0o644 << 16
+                archive.writestr(info, path.read_bytes())
+    return buffer.getvalue()
+
+
+def provision(cloud: LocalCloud, database_url: str, contract: str = "hotel_rates", stage: str = "dev") -> Resources:
+    """Create buckets, the database secret, functions and state machines. Idempotent per cloud."""
+    s3, iam = cloud.client("s3"), cloud.client("iam")
+    resources = Resources(
+        endpoint=cloud.endpoint,
+        region=REGION,
+        landing_bucket=f"{catalog.PROJECT}-landing",
+        lake_bucket=f"{catalog.PROJECT}-lake",
+        artifacts_bucket=f"{catalog.PROJECT}-artifacts",
+        database_secret_arn="",
+        database_url=database_url,
+        contract=contract,
+    )
+    for bucket in (resources.landing_bucket, resources.lake_bucket, resources.artifacts_bucket):
+        s3.create_bucket(Bucket=bucket)
+
+    secrets = cloud.client("secretsmanager")
+    resources.database_secret_arn = secrets.create_secret(
+        Name=SECRET_NAME, SecretString=json.dumps({"dsn": database_url})
+    )["ARN"]
+
+    role_arn = iam.create_role(
+        RoleName=ROLE_NAME,
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": ["lambda.amazonaws.com", "states.amazonaws.com"]},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
+        ),
+    )["Role"]["Arn"]
+
+    lam = cloud.client("lambda")
+    packages: dict[Path, bytes] = {}
+    for spec in catalog.FUNCTIONS:
+        code = packages.setdefault(spec.code_dir, zip_folder(spec.code_dir))
+        env = catalog.function_environment(
+            spec,
+            landing_bucket=resources.landing_bucket,
+            lake_bucket=resources.lake_bucket,
+            artifacts_bucket=resources.artifacts_bucket,
+            database_secret_arn=resources.database_secret_arn,
+            contract=contract,
+            stage=stage,
+        )
+        resources.functions[spec.key] = lam.create_function(
+            FunctionName=spec.name,
+            Runtime=catalog.LAMBDA_RUNTIME,
+            Role=role_arn,
+            Handler=spec.handler,
+            Code={"ZipFile": code},
+            Description=spec.description,
+            Timeout=spec.timeout_s,
+            MemorySize=spec.memory_mb,
+            Environment={"Variables": env},
+        )["FunctionArn"]
+
+    sfn = cloud.client("stepfunctions")
+    arns = {spec.substitution: resources.functions[spec.key] for spec in catalog.FUNCTIONS if spec.substitution}
+    for machine in catalog.STATE_MACHINES:
+        definition = catalog.render_definition(machine, {k: v for k, v in arns.items() if k in machine.substitutions})
+        resources.state_machines[machine.key] = sfn.create_state_machine(
+            name=machine.name, definition=definition, roleArn=role_arn, type="STANDARD"
+        )["stateMachineArn"]
+    return resources
+
+
+def local_arn(service: str, resource: str) -> str:
+    return f"arn:aws:{service}:{REGION}:{ACCOUNT}:{resource}"
