@@ -152,3 +152,17 @@ def function_environment(
     if spec.needs_database:
         env["PRICEPIPE_DATABASE_SECRET_ARN"] = database_secret_arn
     return env
+
+
+def camel(key: str) -> str:
+    """``etl-load`` -> ``EtlLoad``: how a key appears in construct ids and stack output names."""
+    return "".join(part.capitalize() for part in key.split("-"))
+
+
+def function_output(spec: FunctionSpec) -> str:
+    """The stack output holding a function's name (read by ``pipectl --target aws``)."""
+    return f"{camel(spec.key)}FunctionName"
+
+
+def state_machine_output(spec: StateMachineSpec) -> str:
+    return f"{camel(spec.key)}StateMachineArn"

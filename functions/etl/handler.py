@@ -33,7 +33,9 @@ def discover(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def load_file(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    result = etl.load_file(database.get(), s3, contract, settings, ObjectRef.from_dict(event["object"]), event["run_id"])
+    result = etl.load_file(
+        database.get(), s3, contract, settings, ObjectRef.from_dict(event["object"]), event["run_id"]
+    )
     logger.info("file processed", extra=result.to_dict())
     metrics.add_dimension(name="dataset", value=contract.name)
     for name in ("rows_in", "rows_loaded", "rows_quarantined", "rows_duplicate"):

@@ -102,13 +102,15 @@ def _configure_moto(cloud: LocalCloud) -> None:
     default_user_config["lambda"] = {"use_docker": False}
     default_user_config["batch"] = {"use_docker": False}
 
-    def invoke(backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any) -> bytes:
+    def invoke(
+        backend: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
+    ) -> bytes:
         active = _active
         if active is None:
             raise RuntimeError("no local cloud is running")
         return active.lambdas.moto_invoke(backend, function_name, qualifier, body, headers, response_headers)
 
-    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign,assignment]
 
     # AWS names an unnamed execution with a UUID; moto leaves it None (and $$.Execution.Name with it)
     from moto.stepfunctions.parser.models import StepFunctionsParserBackend
@@ -120,6 +122,6 @@ def _configure_moto(cloud: LocalCloud) -> None:
             return original_start(backend, state_machine_arn, name or str(uuid.uuid4()), *args, **kwargs)
 
         start_execution._names_executions = True  # type: ignore[attr-defined]
-        StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign]
+        StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign,assignment]
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)

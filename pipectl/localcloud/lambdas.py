@@ -10,6 +10,7 @@ the settings read at cold start belongs to one version, as on AWS. Aliases route
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -132,7 +133,7 @@ class LambdaRuntime:
         """The version an invocation runs: an alias's weights decide between its versions."""
         if qualifier is None or qualifier == "$LATEST" or qualifier.isdigit():
             return qualifier or "$LATEST"
-        alias = backend._lambdas.get_alias(qualifier, name)  # noqa: SLF001 - moto keeps aliases here
+        alias = backend._lambdas.get_alias(qualifier, name)
         weights = (alias.routing_config or {}).get("AdditionalVersionWeights") or {}
         draw = random.random()  # noqa: S311 - traffic splitting, not security
         for version, weight in weights.items():
@@ -152,10 +153,8 @@ class LambdaRuntime:
             self._release(pool, container)
 
     def _invoke_quietly(self, fn: Any, event: Any) -> None:
-        try:
+        with contextlib.suppress(InvocationError):  # an async invocation's error lands in its log, as on AWS
             self.invoke(fn, event)
-        except InvocationError:
-            pass  # an async invocation's error lands in the function's log, as on AWS
 
     def _acquire(self, pool: _Pool, fn: Any) -> Container:
         with pool.cond:
@@ -190,10 +189,8 @@ class LambdaRuntime:
             tmp = code_dir.with_name(code_dir.name + f".{uuid.uuid4().hex[:6]}")
             with zipfile.ZipFile(io.BytesIO(fn.code_bytes)) as archive:
                 archive.extractall(tmp)
-            try:
+            with contextlib.suppress(OSError):  # another container unpacked it first
                 tmp.rename(code_dir)
-            except OSError:  # another container unpacked it first
-                pass
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
         env.update(self.cloud_env())
         env.update(fn.environment_vars or {})

@@ -18,7 +18,7 @@ from infrastructure import catalog
 from pipectl.localcloud.cloud import ACCOUNT, REGION, LocalCloud
 
 ROLE_NAME = "pricepipe-local-execution"
-SECRET_NAME = "pricepipe/database"
+SECRET_NAME = "pricepipe/database"  # noqa: S105 - a name, not a password
 
 
 @dataclass

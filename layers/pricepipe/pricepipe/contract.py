@@ -168,9 +168,7 @@ class Contract(BaseModel):
 
     @cached_property
     def categorical_features(self) -> tuple[str, ...]:
-        return tuple(
-            c for c in self.passthrough_features if self.columns[c].type in ("string", "category", "boolean")
-        )
+        return tuple(c for c in self.passthrough_features if self.columns[c].type in ("string", "category", "boolean"))
 
     @cached_property
     def numeric_features(self) -> tuple[str, ...]:
@@ -265,7 +263,7 @@ def load_contract(ref: str, s3_client: Any | None = None) -> Contract:
         bucket, _, key = ref.removeprefix("s3://").partition("/")
         try:
             body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except Exception as exc:  # noqa: BLE001 - any failure to fetch is reported the same way
+        except Exception as exc:
             raise ContractError(f"contract {ref} could not be read: {exc}") from exc
         return parse_contract(body.decode("utf-8"), ref)
     if "/" not in ref and not ref.endswith((".yaml", ".yml")):
@@ -353,7 +351,8 @@ def validate(frame: pd.DataFrame, contract: Contract) -> ValidationResult:
 
     ``frame`` holds each column either already typed (as :func:`read_csv`'s fast path gives) or as
     text (strings, missing as NA). Extra columns are ignored. A missing column rejects every row with
-    that reason. Bad rows keep the values as received plus :data:`REASONS_COLUMN`.
+    that reason. Bad rows keep their values (as text when the file took the text path, else as
+    parsed, e.g. ``no`` shows as ``False``) plus :data:`REASONS_COLUMN`.
     """
     import numpy as np
     import pandas as pd
@@ -365,6 +364,7 @@ def validate(frame: pd.DataFrame, contract: Contract) -> ValidationResult:
     for name, col in contract.columns.items():
         if name not in frame.columns:
             checks.append((np.ones(n, dtype=bool), f"{name}: column is missing from the file"))
+            typed[name] = pd.Series([None] * n, index=frame.index, dtype=object)  # every row is rejected
             continue
         values, missing, unparsable = _coerce(frame[name], col)
         typed[name] = values

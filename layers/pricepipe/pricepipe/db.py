@@ -40,7 +40,7 @@ def resolve_dsn(settings: Settings, secrets_client: Any | None = None) -> str:
             secrets_client = boto3.client("secretsmanager", region_name=settings.region)
         try:
             raw = secrets_client.get_secret_value(SecretId=settings.database_secret_arn)["SecretString"]
-        except Exception as exc:  # noqa: BLE001 - any fetch failure is retried the same way
+        except Exception as exc:
             raise TransientError(f"could not read database secret {settings.database_secret_arn}: {exc}") from exc
         return dsn_from_secret(json.loads(raw))
     if settings.database_url:
@@ -131,7 +131,7 @@ def migrate(conn: psycopg.Connection[Any], contract: Contract | None = None) -> 
             " version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,"
             " applied_at timestamptz NOT NULL DEFAULT now())"
         )
-        done = {v: c for v, c in conn.execute("SELECT version, checksum FROM public.pricepipe_migrations")}
+        done = dict(conn.execute("SELECT version, checksum FROM public.pricepipe_migrations").fetchall())
         for migration in migrations():
             if migration.version in done:
                 if done[migration.version] != migration.checksum:
@@ -207,7 +207,7 @@ def _table_columns(conn: psycopg.Connection[Any], table: str) -> dict[str, str]:
         " WHERE table_schema = 'price_data' AND table_name = %s",
         (table,),
     ).fetchall()
-    return {name: dtype for name, dtype in rows}
+    return dict(rows)
 
 
 def _ensure_primary_key(conn: psycopg.Connection[Any], table: str, key: tuple[str, ...]) -> None:

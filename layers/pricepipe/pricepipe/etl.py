@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from pricepipe import storage
-from pricepipe.contract import REASONS_COLUMN, Contract, read_csv, validate
+from pricepipe.contract import Contract, read_csv, validate
 from pricepipe.db import copy_frame, transient_errors
 from pricepipe.features import build_features
 from pricepipe.storage import ObjectChanged, ObjectRef
@@ -241,7 +241,16 @@ def _record_failure(
             conn.execute(
                 "INSERT INTO price_data.ingestion_ledger (run_id, dataset, source_bucket, source_key, source_etag,"
                 " source_size, status, error, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'failed', %s, %s)",
-                (run_id, contract.name, ref.bucket, ref.key, ref.etag, ref.size, f"{type(exc).__name__}: {exc}", started),
+                (
+                    run_id,
+                    contract.name,
+                    ref.bucket,
+                    ref.key,
+                    ref.etag,
+                    ref.size,
+                    f"{type(exc).__name__}: {exc}",
+                    started,
+                ),
             )
     except Exception:  # noqa: BLE001, S110 - the database may be what failed; the error itself propagates
         pass
@@ -256,9 +265,9 @@ def _not_yet_stored(conn: psycopg.Connection[Any], contract: Contract, good: pd.
         return np.ones(0, dtype=bool)
     keys = list(contract.key)
     conn.execute(
-        sql.SQL("CREATE TEMP TABLE incoming_keys ON COMMIT DROP AS SELECT {} FROM price_data.raw_data WITH NO DATA").format(
-            sql.SQL(", ").join(map(sql.Identifier, keys))
-        )
+        sql.SQL(
+            "CREATE TEMP TABLE incoming_keys ON COMMIT DROP AS SELECT {} FROM price_data.raw_data WITH NO DATA"
+        ).format(sql.SQL(", ").join(map(sql.Identifier, keys)))
     )
     copy_frame(conn, "incoming_keys", good[keys], contract.arrow_schema({k: contract.columns[k].pg_type for k in keys}))
     stored = conn.execute(

@@ -29,10 +29,10 @@ def _as_date(value: Any) -> dt.date:
 DATE_PARTS: dict[str, tuple[Callable[[Any], Any], Callable[[dt.date], int | bool]]] = {
     "year": (lambda s: s.dt.year, lambda d: d.year),
     "month": (lambda s: s.dt.month, lambda d: d.month),
-    "day_of_week": (lambda s: s.dt.dayofweek, lambda d: d.weekday()),
-    "day_of_year": (lambda s: s.dt.dayofyear, lambda d: d.timetuple().tm_yday),
+    "day_of_week": (lambda s: s.dt.day_of_week, lambda d: d.weekday()),
+    "day_of_year": (lambda s: s.dt.day_of_year, lambda d: d.timetuple().tm_yday),
     "week_of_year": (lambda s: s.dt.isocalendar().week, lambda d: d.isocalendar().week),
-    "is_weekend": (lambda s: s.dt.dayofweek >= 5, lambda d: d.weekday() >= 5),
+    "is_weekend": (lambda s: s.dt.day_of_week >= 5, lambda d: d.weekday() >= 5),
 }
 
 

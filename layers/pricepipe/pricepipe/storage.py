@@ -41,7 +41,11 @@ class ObjectChanged(Exception):
 
 def _raise_transient(exc: Exception, what: str) -> None:
     code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-    if code in _TRANSIENT_CODES or exc.__class__.__name__ in ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"):
+    if code in _TRANSIENT_CODES or exc.__class__.__name__ in (
+        "EndpointConnectionError",
+        "ConnectTimeoutError",
+        "ReadTimeoutError",
+    ):
         raise TransientError(f"S3 {what}: {exc}") from exc
 
 

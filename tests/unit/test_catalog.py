@@ -1,0 +1,54 @@
+"""The catalog: one declaration of functions and state machines for CDK and the local cloud."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infrastructure import catalog
+
+
+def test_every_function_folder_has_its_handler() -> None:
+    for spec in catalog.FUNCTIONS:
+        module, _, function = spec.handler.rpartition(".")
+        source = (spec.code_dir / f"{module}.py").read_text()
+        assert f"def {function}(" in source, spec.key
+
+
+@pytest.mark.parametrize("machine", catalog.STATE_MACHINES, ids=lambda m: m.key)
+def test_every_placeholder_of_an_asl_file_is_declared_and_provided(machine: catalog.StateMachineSpec) -> None:
+    assert catalog.placeholders(machine) == set(machine.substitutions)
+    provided = {f.substitution for f in catalog.FUNCTIONS if f.substitution}
+    assert set(machine.substitutions) <= provided
+
+
+def test_rendering_substitutes_everything_and_stays_valid_json() -> None:
+    machine = catalog.state_machine("etl")
+    values = {name: f"arn:aws:lambda:us-east-1:1:function:{name}" for name in machine.substitutions}
+    definition = json.loads(catalog.render_definition(machine, values))
+    assert "${" not in json.dumps(definition)
+    assert definition["States"]["Discover"]["Parameters"]["FunctionName"].endswith("EtlDiscoverFunctionArn")
+
+
+def test_rendering_without_a_value_names_the_missing_placeholder() -> None:
+    with pytest.raises(KeyError, match="EtlSummarizeFunctionArn"):
+        catalog.render_definition(
+            catalog.state_machine("etl"), {"EtlDiscoverFunctionArn": "a", "EtlLoadFunctionArn": "b"}
+        )
+
+
+def test_functions_get_the_same_environment_keys_everywhere() -> None:
+    spec = catalog.function("etl-load")
+    env = catalog.function_environment(
+        spec,
+        landing_bucket="l",
+        lake_bucket="k",
+        artifacts_bucket="a",
+        database_secret_arn="s",
+        contract="hotel_rates",
+        stage="dev",
+    )
+    assert env["PRICEPIPE_DATABASE_SECRET_ARN"] == "s"
+    assert env["POWERTOOLS_SERVICE_NAME"] == "pricepipe-etl-load"
+    assert catalog.function_output(spec) == "EtlLoadFunctionName"

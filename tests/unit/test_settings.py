@@ -1,0 +1,39 @@
+"""The settings object: read from the environment, refusing unsafe or inconsistent values."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from pricepipe.settings import Settings
+
+
+def test_defaults_name_the_local_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("DATABASE_URL", "PRICEPIPE_LANDING_BUCKET", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.landing_bucket == "pricepipe-landing"
+    assert settings.region == "us-east-1"
+    assert settings.database_url is None
+
+
+def test_environment_overrides_and_database_url_alias(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRICEPIPE_LANDING_BUCKET", "acme-landing")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    settings = Settings()
+    assert settings.landing_bucket == "acme-landing"
+    assert settings.database_url is not None and settings.database_url.get_secret_value() == "postgresql://u@h/db"
+    assert settings.region == "eu-west-1"
+    assert "postgresql" not in repr(settings)  # the URL is a secret: never printed
+
+
+def test_prod_refuses_a_password_in_database_url() -> None:
+    with pytest.raises(ValidationError, match="refuses a DATABASE_URL carrying a password"):
+        Settings(stage="prod", database_url="postgresql://app:hunter2@db/prices")
+    assert Settings(stage="prod", database_url="postgresql://app:hunter2@db/prices", database_secret_arn="arn:x")
+
+
+def test_prefixes_must_end_with_a_slash() -> None:
+    with pytest.raises(ValidationError, match="landing_prefix must end with '/'"):
+        Settings(landing_prefix="landing")
