@@ -31,9 +31,12 @@ class LocalCloud:
         self.host = host
         self.port = port
         self._server: Any = None
+        from infrastructure.catalog import ROOT
+        from pipectl.localcloud.batch import BatchRuntime
         from pipectl.localcloud.lambdas import LambdaRuntime
 
         self.lambdas = LambdaRuntime(self.state_dir, self.client_env)
+        self.batch = BatchRuntime(self.state_dir, self.client_env, ROOT)
 
     @property
     def endpoint(self) -> str:
@@ -77,6 +80,7 @@ class LocalCloud:
 
     def stop(self) -> None:
         global _active
+        self.batch.shutdown()
         self.lambdas.shutdown()
         if self._server is not None:
             self._server.stop()
@@ -112,6 +116,17 @@ def _configure_moto(cloud: LocalCloud) -> None:
 
     LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign,assignment]
 
+    from moto.batch_simple.models import BatchSimpleBackend
+
+    def start_job(backend: Any, include_start_attempt: bool, job: Any) -> None:
+        active = _active
+        if active is None:
+            raise RuntimeError("no local cloud is running")
+        active.batch.moto_start(backend, include_start_attempt, job)
+
+    BatchSimpleBackend._mark_job_as_finished = start_job  # type: ignore[method-assign,assignment]
+    _normalise_batch_parameters()
+
     # AWS names an unnamed execution with a UUID; moto leaves it None (and $$.Execution.Name with it)
     from moto.stepfunctions.parser.models import StepFunctionsParserBackend
 
@@ -125,3 +140,65 @@ def _configure_moto(cloud: LocalCloud) -> None:
         StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign,assignment]
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def _normalise_batch_parameters() -> None:
+    """``batch:submitJob`` tasks pass ASL's PascalCase parameters (JobName, ContainerOverrides with
+    Environment Name/Value); boto3 wants the API's own member names (jobName, name/value). moto's
+    engine leaves them as they are, so map each key onto the operation's input shape."""
+    import botocore.session
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_batch import (
+        StateTaskServiceBatch,
+    )
+
+    model = botocore.session.get_session().get_service_model("batch")
+
+    def convert(value: Any, shape: Any) -> Any:
+        if shape.type_name == "structure" and isinstance(value, dict):
+            members = {name.lower(): name for name in shape.members}
+            out = {}
+            for key, item in value.items():
+                name = members.get(key.lower(), key)
+                out[name] = convert(item, shape.members[name]) if name in shape.members else item
+            return out
+        if shape.type_name == "list" and isinstance(value, list):
+            return [convert(item, shape.member) for item in value]
+        if shape.type_name == "map" and isinstance(value, dict):
+            return {key: convert(item, shape.value) for key, item in value.items()}
+        return value
+
+    def normalise(
+        task: Any, parameters: dict[str, Any], boto_service_name: Any = None, service_action_name: Any = None
+    ) -> None:
+        action = service_action_name or task._get_boto_service_action()
+        operation = model.operation_model("".join(part.capitalize() for part in action.split("_")))
+        converted = convert(dict(parameters), operation.input_shape)
+        parameters.clear()
+        parameters.update(converted)
+
+    def pascal(value: Any, shape: Any) -> None:
+        """In place: Step Functions returns service responses with PascalCase member names (JobId,
+        Status); map keys (job parameters, tags) are data and keep their case. The engine holds
+        references into the response, so it must be changed where it is."""
+        if shape.type_name == "structure" and isinstance(value, dict):
+            items = list(value.items())
+            value.clear()
+            for key, item in items:
+                if key in shape.members:
+                    pascal(item, shape.members[key])
+                value[key[:1].upper() + key[1:]] = item
+        elif shape.type_name == "list" and isinstance(value, list):
+            for item in value:
+                pascal(item, shape.member)
+        elif shape.type_name == "map" and isinstance(value, dict):
+            for item in value.values():
+                pascal(item, shape.value)
+
+    def normalise_response(
+        task: Any, response: Any, boto_service_name: Any = None, service_action_name: Any = None
+    ) -> None:
+        action = service_action_name or task._get_boto_service_action()
+        pascal(response, model.operation_model("".join(p.capitalize() for p in action.split("_"))).output_shape)
+
+    StateTaskServiceBatch._normalise_parameters = normalise  # type: ignore[method-assign,assignment]
+    StateTaskServiceBatch._normalise_response = normalise_response  # type: ignore[method-assign,assignment]

@@ -191,7 +191,7 @@ class LambdaRuntime:
                 archive.extractall(tmp)
             with contextlib.suppress(OSError):  # another container unpacked it first
                 tmp.rename(code_dir)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+        env = scrubbed_environment()
         env.update(self.cloud_env())
         env.update(fn.environment_vars or {})
         env.update(
@@ -231,6 +231,12 @@ class LambdaRuntime:
         for log in self._logs.values():
             log.close()
         self._logs.clear()
+
+
+def scrubbed_environment() -> dict[str, str]:
+    """This process's environment without the host's AWS, database and pipeline settings: a
+    function or job gets its configuration from its own definition, as in the cloud."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
 
 
 def _split(function_name: str, qualifier: str | None) -> tuple[str, str | None]:

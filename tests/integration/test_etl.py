@@ -42,6 +42,8 @@ def test_a_day_loads_into_both_tables_the_lake_and_the_quarantine(conn, s3, cont
         0,
     )
     assert counts(conn) == (33, 33)
+    model_rows = conn.execute("SELECT * FROM price_data.model_features ORDER BY booking_id").fetchall()
+    assert len(model_rows) == 33 and len(model_rows[0]) == len(contract.feature_table_columns)
     quarantined = pd.read_csv(
         io.BytesIO(s3.get_object(Bucket=settings.landing_bucket, Key=result.quarantine_key)["Body"].read())
     )
@@ -89,18 +91,19 @@ def test_every_row_is_accounted_for_over_many_days(conn, s3, contract, settings)
 
 def test_a_load_failing_part_way_leaves_nothing_behind(conn, s3, contract, settings) -> None:  # type: ignore[no-untyped-def]
     # raw rows are COPYed first; the features COPY then fails on a constraint a DBA added
-    conn.execute("ALTER TABLE price_data.processed_features ADD CONSTRAINT lead_time_sane CHECK (lead_time < 200)")
+    conn.execute("ALTER TABLE price_data.processed_features ADD CONSTRAINT no_july CHECK (arrival_date_month <> 7)")
     body, _ = datasource.day_csv(DAY)
     ref = put(s3, settings, "landing/hotel_rates/2016/07/02/bookings-20160702.csv", body)
     with pytest.raises(psycopg.errors.CheckViolation):
         etl.load_file(conn, s3, contract, settings, ref, "run-fail")
     assert counts(conn) == (0, 0)
+    assert s3.list_objects_v2(Bucket=settings.lake_bucket).get("KeyCount") == 0
     assert conn.execute("SELECT status, rows_loaded FROM price_data.ingestion_ledger").fetchall() == [("failed", 0)]
     assert "quarantine/" not in json.dumps(
         [o["Key"] for o in s3.list_objects_v2(Bucket=settings.landing_bucket).get("Contents", [])]
     )
     # once the constraint is fixed, the retry loads the file in full
-    conn.execute("ALTER TABLE price_data.processed_features DROP CONSTRAINT lead_time_sane")
+    conn.execute("ALTER TABLE price_data.processed_features DROP CONSTRAINT no_july")
     retried = etl.load_file(conn, s3, contract, settings, ref, "run-fail")
     assert retried.rows_loaded == 33 and counts(conn) == (33, 33)
     assert etl.summarize(conn, "run-fail")["files"][0]["status"] == "loaded"

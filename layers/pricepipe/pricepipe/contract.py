@@ -176,16 +176,33 @@ class Contract(BaseModel):
 
     @cached_property
     def feature_table_columns(self) -> dict[str, str]:
-        """Columns of ``price_data.processed_features`` (and the lake) with their PostgreSQL types."""
+        """Model-ready rows (key, event time, every feature, target) with their PostgreSQL types: the
+        Parquet lake's columns and the view ``price_data.model_features``."""
         out: dict[str, str] = {k: self.columns[k].pg_type for k in self.key}
         if self.event_time is not None:
             out[self.event_time] = self.columns[self.event_time].pg_type
         for name in self.passthrough_features:
             out[name] = self.columns[name].pg_type
-        for name in self.date_part_columns:
-            out[name] = "BOOLEAN" if name.endswith("_is_weekend") else "INTEGER"
+        out.update(self._engineered_columns)
         out[self.target] = self.columns[self.target].pg_type
         return out
+
+    @cached_property
+    def processed_table_columns(self) -> dict[str, str]:
+        """Columns stored in ``price_data.processed_features``: key, event time, the engineered
+        features and the target. Features that are raw columns as they are stay in ``raw_data``
+        (the view ``price_data.model_features`` joins the two): storing them twice would double the
+        bulk-load volume for no information."""
+        out: dict[str, str] = {k: self.columns[k].pg_type for k in self.key}
+        if self.event_time is not None:
+            out[self.event_time] = self.columns[self.event_time].pg_type
+        out.update(self._engineered_columns)
+        out[self.target] = self.columns[self.target].pg_type
+        return out
+
+    @cached_property
+    def _engineered_columns(self) -> dict[str, str]:
+        return {name: "BOOLEAN" if name.endswith("_is_weekend") else "INTEGER" for name in self.date_part_columns}
 
     def arrow_schema(self, columns: dict[str, str]) -> pa.Schema:
         """The Arrow schema for a frame whose columns carry these PostgreSQL types."""

@@ -165,7 +165,7 @@ def sync_dataset(conn: psycopg.Connection[Any], contract: Contract) -> None:
             raise ContractError(
                 f"this database holds dataset {row[0]!r}; contract {contract.name!r} needs its own database"
             )
-        wanted = {"raw_data": contract.raw_table_columns, "processed_features": contract.feature_table_columns}
+        wanted = {"raw_data": contract.raw_table_columns, "processed_features": contract.processed_table_columns}
         for table, columns in wanted.items():
             existing = _table_columns(conn, table)
             for name, pg_type in columns.items():
@@ -181,12 +181,29 @@ def sync_dataset(conn: psycopg.Connection[Any], contract: Contract) -> None:
                         "a column's type cannot change in place"
                     )
             _ensure_primary_key(conn, table, contract.key)
+        _create_model_features_view(conn, contract)
         conn.execute(
             "INSERT INTO price_data.datasets (name, contract_version, contract) VALUES (%s, %s, %s)"
             " ON CONFLICT (name) DO UPDATE SET contract_version = EXCLUDED.contract_version,"
             " contract = EXCLUDED.contract, updated_at = now()",
             (contract.name, contract.version, json.dumps(contract.model_dump(mode="json"))),
         )
+
+
+def _create_model_features_view(conn: psycopg.Connection[Any], contract: Contract) -> None:
+    """``price_data.model_features``: model-ready rows, raw columns joined with engineered ones."""
+    engineered = set(contract.processed_table_columns) - set(contract.key)
+    select = [
+        sql.SQL("f.{}").format(sql.Identifier(c)) if c in engineered else sql.SQL("r.{}").format(sql.Identifier(c))
+        for c in contract.feature_table_columns
+    ]
+    conn.execute("DROP VIEW IF EXISTS price_data.model_features")
+    conn.execute(
+        sql.SQL(
+            "CREATE VIEW price_data.model_features AS SELECT {} FROM price_data.raw_data r"
+            " JOIN price_data.processed_features f USING ({})"
+        ).format(sql.SQL(", ").join(select), sql.SQL(", ").join(map(sql.Identifier, contract.key)))
+    )
 
 
 def _canonical_type(pg_type: str) -> str:
@@ -232,15 +249,21 @@ def _ensure_primary_key(conn: psycopg.Connection[Any], table: str, key: tuple[st
 # -- bulk load -------------------------------------------------------------------------------------
 
 
-def copy_frame(conn: psycopg.Connection[Any], table: str, frame: pd.DataFrame, schema: Any) -> int:
+def copy_frame(
+    conn: psycopg.Connection[Any], table: str, frame: pd.DataFrame, schema: Any, constants: dict[str, int] | None = None
+) -> int:
     """COPY a frame into ``table`` in PostgreSQL's binary format (Arrow-encoded, no per-row Python).
 
-    ``schema`` is the Arrow schema naming the columns to write and their types.
+    ``schema`` is the Arrow schema naming the frame's columns to write and their types;
+    ``constants`` adds BIGINT columns with one value for every row (e.g. the ingest id) without
+    touching the frame, which other threads may be reading.
     """
     import pyarrow as pa
     from pgpq import ArrowToPostgresBinaryEncoder
 
     arrow = pa.Table.from_pandas(frame, schema=schema, preserve_index=False)
+    for name, value in (constants or {}).items():
+        arrow = arrow.append_column(pa.field(name, pa.int64()), pa.repeat(pa.scalar(value, pa.int64()), arrow.num_rows))
     encoder = ArrowToPostgresBinaryEncoder(arrow.schema)
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT binary)").format(
         sql.SQL(table), sql.SQL(", ").join(map(sql.Identifier, arrow.schema.names))

@@ -10,9 +10,11 @@ taken is skipped, so landing the same file twice adds nothing.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 CSV_SUFFIXES = (".csv", ".csv.gz")
 MAX_LISTED_FILES = 200  # per-file lines in a run summary; totals always cover every file
+LAKE_WRITERS = 8  # concurrent S3 puts when a file spans many days
 FILE_LOCK_NAMESPACE = 7_401_100
 
 
@@ -109,6 +112,7 @@ def load_file(
     the whole file back and records a ``failed`` ledger row.
     """
     started = dt.datetime.now(dt.UTC)
+    written: list[str] = []  # lake objects of this attempt: removed again if it does not commit
     try:
         with transient_errors(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (FILE_LOCK_NAMESPACE, ref.key))
@@ -123,8 +127,9 @@ def load_file(
                 data = storage.read_object(s3, ref)
             except ObjectChanged as exc:
                 return FileResult(ref.bucket, ref.key, ref.etag, "skipped", reason=str(exc))
-            return _load(conn, s3, contract, settings, ref, run_id, data, started)
+            return _load(conn, s3, contract, settings, ref, run_id, data, started, written)
     except Exception as exc:
+        _discard(s3, settings.lake_bucket, written)
         _record_failure(conn, contract, ref, run_id, started, exc)
         raise
 
@@ -138,6 +143,7 @@ def _load(
     run_id: str,
     data: bytes,
     started: dt.datetime,
+    written: list[str],
 ) -> FileResult:
     relative = ref.key.removeprefix(settings.landing_prefix)
     quarantine_key = f"{settings.quarantine_prefix}{relative}"
@@ -158,11 +164,15 @@ def _load(
     good = checked.good
     is_new = _not_yet_stored(conn, contract, good)
     new = good[is_new].reset_index(drop=True) if not is_new.all() else good
-    new.insert(0, "_ingest_id", ingest_id)
-    copy_frame(conn, "price_data.raw_data", new, _raw_schema(contract))
     features = build_features(new, contract)
-    features.insert(0, "_ingest_id", ingest_id)
-    copy_frame(conn, "price_data.processed_features", features, _feature_schema(contract))
+    lineage = {"_ingest_id": ingest_id}
+    # The lake write (client CPU and S3) overlaps the COPYs (database-bound); both finish before
+    # the commit, and a lake failure rolls the database back.
+    with ThreadPoolExecutor(max_workers=1) as background:  # leaving the block waits for the lake
+        lake = background.submit(write_lake, s3, settings, contract, features, ref, written)
+        copy_frame(conn, "price_data.raw_data", new, _raw_schema(contract), lineage)
+        copy_frame(conn, "price_data.processed_features", features, _processed_schema(contract), lineage)
+        lake_keys = lake.result()
 
     result = FileResult(
         ref.bucket,
@@ -177,7 +187,7 @@ def _load(
     )
     if len(checked.bad):
         result.quarantine_key = _write_quarantine(s3, ref.bucket, quarantine_key, checked.bad)
-    result.lake_keys = write_lake(s3, settings, contract, features, ref)
+    result.lake_keys = lake_keys
     dates = _event_date_range(new, contract)
     conn.execute(
         "UPDATE price_data.ingestion_ledger SET rows_in = %s, rows_loaded = %s, rows_quarantined = %s,"
@@ -232,6 +242,13 @@ def _reject(
     return FileResult(ref.bucket, ref.key, ref.etag, "rejected", quarantine_key=quarantine_key, reason=reason)
 
 
+def _discard(s3: Any, bucket: str, keys: list[str]) -> None:
+    """Best effort: remove lake objects of an attempt that rolled back (a retry rewrites them)."""
+    for start in range(0, len(keys), 1000):
+        with contextlib.suppress(Exception):
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
+
+
 def _record_failure(
     conn: psycopg.Connection[Any], contract: Contract, ref: ObjectRef, run_id: str, started: dt.datetime, exc: Exception
 ) -> None:
@@ -283,11 +300,11 @@ def _not_yet_stored(conn: psycopg.Connection[Any], contract: Contract, good: pd.
 
 
 def _raw_schema(contract: Contract) -> Any:
-    return contract.arrow_schema({"_ingest_id": "BIGINT", **contract.raw_table_columns})
+    return contract.arrow_schema(contract.raw_table_columns)
 
 
-def _feature_schema(contract: Contract) -> Any:
-    return contract.arrow_schema({"_ingest_id": "BIGINT", **contract.feature_table_columns})
+def _processed_schema(contract: Contract) -> Any:
+    return contract.arrow_schema(contract.processed_table_columns)
 
 
 def _event_date_range(rows: pd.DataFrame, contract: Contract) -> tuple[dt.date | None, dt.date | None]:
@@ -303,32 +320,52 @@ def _write_quarantine(s3: Any, bucket: str, key: str, bad: pd.DataFrame) -> str:
     return storage.put_bytes(s3, bucket, key, buffer.getvalue().encode(), "text/csv")
 
 
-def write_lake(s3: Any, settings: Settings, contract: Contract, features: pd.DataFrame, ref: ObjectRef) -> list[str]:
+def write_lake(
+    s3: Any,
+    settings: Settings,
+    contract: Contract,
+    features: pd.DataFrame,
+    ref: ObjectRef,
+    written: list[str] | None = None,
+) -> list[str]:
     """Write features as Parquet, one object per event date; keys are fixed by the source file, so a
-    retried load overwrites rather than duplicates."""
+    retried load overwrites rather than duplicates. Each key is appended to ``written`` once put."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     if features.empty:
         return []
     file_id = hashlib.sha1(f"{ref.bucket}/{ref.key}/{ref.etag}".encode(), usedforsecurity=False).hexdigest()[:16]
     base = f"{settings.lake_prefix}dataset={contract.name}/"
-    frame = features.drop(columns=["_ingest_id"])
     schema = contract.arrow_schema(contract.feature_table_columns)
+    table = pa.Table.from_pandas(features, schema=schema, preserve_index=False)
     if contract.event_time is None:
-        groups: Any = [(dt.date.today(), frame)]
-        part_name = "ingest_date"
+        parts = [(f"ingest_date={dt.date.today().isoformat()}", table)]
     else:
-        groups = frame.groupby(frame[contract.event_time].dt.date, sort=True)
-        part_name = contract.event_time
-    import pyarrow as pa
+        # one sort, then zero-copy slices per day: a file may span hundreds of days
+        table = table.take(pc.sort_indices(pc.cast(table[contract.event_time], pa.date32())))
+        runs = pc.run_end_encode(pc.cast(table[contract.event_time], pa.date32()).combine_chunks())
+        ends, values = runs.run_ends.to_pylist(), runs.values.to_pylist()
+        starts = [0, *ends[:-1]]
+        parts = [
+            (f"{contract.event_time}={value.isoformat()}", table.slice(start, end - start))
+            for value, start, end in zip(values, starts, ends, strict=True)
+        ]
 
-    keys = []
-    for day, part in groups:
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False), buffer, compression="zstd")
-        key = f"{base}{part_name}={day.isoformat()}/part-{file_id}.parquet"
-        keys.append(storage.put_bytes(s3, settings.lake_bucket, key, buffer.getvalue()))
-    return keys
+    def put(part: tuple[str, pa.Table]) -> str:
+        buffer = pa.BufferOutputStream()
+        pq.write_table(part[1], buffer, compression="zstd")
+        key = f"{base}{part[0]}/part-{file_id}.parquet"
+        storage.put_bytes(s3, settings.lake_bucket, key, buffer.getvalue().to_pybytes())
+        if written is not None:
+            written.append(key)
+        return key
+
+    if len(parts) == 1:
+        return [put(parts[0])]
+    with ThreadPoolExecutor(max_workers=LAKE_WRITERS) as pool:
+        return list(pool.map(put, parts))
 
 
 # -- summarise a run -------------------------------------------------------------------------------

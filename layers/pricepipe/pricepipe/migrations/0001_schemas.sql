@@ -51,7 +51,9 @@ CREATE TABLE price_data.raw_data (
     _ingest_id bigint NOT NULL
 );
 
--- Model-ready features of the same rows, as written to the Parquet lake.
+-- Engineered features of the same rows (key, event time, derived features, target). Features
+-- that are raw columns unchanged stay in raw_data; the view price_data.model_features (created
+-- with the contract's columns) joins both into model-ready rows, as written to the Parquet lake.
 CREATE TABLE price_data.processed_features (
     _ingest_id bigint NOT NULL
 );
