@@ -5,8 +5,12 @@ Only one LocalCloud can run per process: moto's backends and configuration are p
 
 from __future__ import annotations
 
+import base64
+import gzip
+import json
 import logging
 import os
+import time
 import threading
 import uuid
 from pathlib import Path
@@ -21,6 +25,7 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing
 
 _active: LocalCloud | None = None
 _active_lock = threading.Lock()
+_logs_lock = threading.Lock()
 
 
 class LocalCloud:
@@ -35,7 +40,7 @@ class LocalCloud:
         from pipectl.localcloud.batch import BatchRuntime
         from pipectl.localcloud.lambdas import LambdaRuntime
 
-        self.lambdas = LambdaRuntime(self.state_dir, self.client_env)
+        self.lambdas = LambdaRuntime(self.state_dir, self.client_env, cloudwatch=_put_log_lines)
         self.batch = BatchRuntime(self.state_dir, self.client_env, ROOT)
 
     @property
@@ -116,6 +121,37 @@ def _configure_moto(cloud: LocalCloud) -> None:
 
     LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign,assignment]
 
+    def deliver_logs(
+        backend: Any, function_arn: str, filter_name: str, log_group_name: str, log_stream_name: str, log_events: Any
+    ) -> None:
+        """A CloudWatch Logs subscription delivering to a Lambda: gzip+base64 payload, events
+        matching the filter's pattern only (moto sends all and runs the function in Docker)."""
+        active = _active
+        if active is None:
+            return
+        from moto.logs.models import logs_backends
+        from moto.logs.utils import EventMessageFilter
+
+        group = logs_backends[backend.account_id][backend.region_name].groups[log_group_name]
+        pattern = EventMessageFilter(group.subscription_filters[filter_name].filter_pattern)
+        matching = [event for event in log_events if pattern.matches(event["message"])]
+        if not matching:
+            return
+        data = {
+            "messageType": "DATA_MESSAGE",
+            "owner": backend.account_id,
+            "logGroup": log_group_name,
+            "logStream": log_stream_name,
+            "subscriptionFilters": [filter_name],
+            "logEvents": matching,
+        }
+        payload = base64.b64encode(gzip.compress(json.dumps(data).encode())).decode()
+        active.lambdas.moto_invoke(
+            backend, function_arn, None, json.dumps({"awslogs": {"data": payload}}), {"X-Amz-Invocation-Type": "Event"}, {}
+        )
+
+    LambdaSimpleBackend.send_log_event = deliver_logs  # type: ignore[method-assign,assignment]
+
     from moto.batch_simple.models import BatchSimpleBackend
 
     def start_job(backend: Any, include_start_attempt: bool, job: Any) -> None:
@@ -140,6 +176,20 @@ def _configure_moto(cloud: LocalCloud) -> None:
         StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign,assignment]
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def _put_log_lines(group: str, stream: str, lines: list[str]) -> None:
+    """Function output into moto's CloudWatch Logs (so log queries and subscriptions work)."""
+    from moto.logs.models import logs_backends
+
+    backend = logs_backends[ACCOUNT][REGION]
+    with _logs_lock:
+        if group not in backend.groups:
+            backend.create_log_group(group, tags={})
+        if stream not in backend.groups[group].streams:
+            backend.create_log_stream(group, stream)
+    now = int(time.time() * 1000)
+    backend.put_log_events(group, stream, [{"timestamp": now, "message": line} for line in lines if line])
 
 
 def _normalise_batch_parameters() -> None:

@@ -39,15 +39,22 @@ class InvocationError(Exception):
 
 
 class Container:
-    """One worker process holding one imported handler."""
+    """One worker process holding one imported handler; its output goes to ``on_output``."""
 
-    def __init__(self, code_dir: Path, handler: str, timeout_s: float, env: dict[str, str], log: IO[bytes]) -> None:
+    def __init__(
+        self,
+        code_dir: Path,
+        handler: str,
+        timeout_s: float,
+        env: dict[str, str],
+        on_output: Callable[[list[str]], None],
+    ) -> None:
         self.timeout_s = timeout_s
         read_fd, write_fd = os.pipe()
         self.process = subprocess.Popen(
             [sys.executable, "-m", WORKER_MODULE, str(code_dir), handler, str(timeout_s)],
             stdin=subprocess.PIPE,
-            stdout=log,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             env={**env, "_LOCAL_LAMBDA_RESPONSE_FD": str(write_fd)},
             pass_fds=(write_fd,),
@@ -55,6 +62,7 @@ class Container:
         )
         os.close(write_fd)
         self._answers = os.fdopen(read_fd, "r")
+        threading.Thread(target=_ship_output, args=(self.process, on_output), daemon=True).start()
         self._read(timeout=max(60.0, timeout_s))  # "ready": the init phase ran
 
     def invoke(self, event: Any, request_id: str) -> Any:
@@ -102,9 +110,16 @@ class _Pool:
 class LambdaRuntime:
     """Runs invocations of moto-registered functions in local containers."""
 
-    def __init__(self, work_dir: Path, cloud_env: Callable[[], dict[str, str]], max_containers: int = 2) -> None:
+    def __init__(
+        self,
+        work_dir: Path,
+        cloud_env: Callable[[], dict[str, str]],
+        cloudwatch: Callable[[str, str, list[str]], None] | None = None,
+        max_containers: int = 2,
+    ) -> None:
         self.work_dir = work_dir
         self.cloud_env = cloud_env
+        self.cloudwatch = cloudwatch  # (log group, log stream, lines): where CloudWatch Logs receive output
         self.max_containers = max_containers
         self._pools: dict[tuple[str, str, str], _Pool] = {}
         self._lock = threading.Lock()
@@ -120,10 +135,10 @@ class LambdaRuntime:
         event = json.loads(body) if body else {}
         response_headers["x-amz-executed-version"] = str(fn.version)
         if headers.get("X-Amz-Invocation-Type") == "Event":
-            threading.Thread(target=self._invoke_quietly, args=(fn, event), daemon=True).start()
+            threading.Thread(target=self._invoke_quietly, args=(fn, event, backend), daemon=True).start()
             return b""
         try:
-            result = self.invoke(fn, event)
+            result = self.invoke(fn, event, backend)
         except InvocationError as exc:
             response_headers["x-amz-function-error"] = "Unhandled"
             return json.dumps(exc.payload).encode()
@@ -142,21 +157,21 @@ class LambdaRuntime:
             draw -= float(weight)
         return str(alias.function_version)
 
-    def invoke(self, fn: Any, event: Any) -> Any:
+    def invoke(self, fn: Any, event: Any, backend: Any) -> Any:
         key = (fn.function_name, str(fn.version), fn.code_sha_256)
         with self._lock:
             pool = self._pools.setdefault(key, _Pool())
-        container = self._acquire(pool, fn)
+        container = self._acquire(pool, fn, backend)
         try:
             return container.invoke(event, str(uuid.uuid4()))
         finally:
             self._release(pool, container)
 
-    def _invoke_quietly(self, fn: Any, event: Any) -> None:
+    def _invoke_quietly(self, fn: Any, event: Any, backend: Any) -> None:
         with contextlib.suppress(InvocationError):  # an async invocation's error lands in its log, as on AWS
-            self.invoke(fn, event)
+            self.invoke(fn, event, backend)
 
-    def _acquire(self, pool: _Pool, fn: Any) -> Container:
+    def _acquire(self, pool: _Pool, fn: Any, backend: Any) -> Container:
         with pool.cond:
             while True:
                 while pool.idle:
@@ -169,7 +184,7 @@ class LambdaRuntime:
                     break
                 pool.cond.wait()
         try:
-            return self._start(fn)
+            return self._start(fn, backend)
         except BaseException:
             with pool.cond:
                 pool.busy -= 1
@@ -183,14 +198,14 @@ class LambdaRuntime:
                 pool.idle.append(container)
             pool.cond.notify()
 
-    def _start(self, fn: Any) -> Container:
-        code_dir = self.work_dir / "code" / fn.function_name / fn.code_sha_256.replace("/", "_")[:32]
-        if not code_dir.is_dir():
-            tmp = code_dir.with_name(code_dir.name + f".{uuid.uuid4().hex[:6]}")
-            with zipfile.ZipFile(io.BytesIO(fn.code_bytes)) as archive:
-                archive.extractall(tmp)
-            with contextlib.suppress(OSError):  # another container unpacked it first
-                tmp.rename(code_dir)
+    def _start(self, fn: Any, backend: Any) -> Container:
+        code_dir = self._unpack(self.work_dir / "code" / fn.function_name / _safe(fn.code_sha_256), fn.code_bytes)
+        # a layer's python/ goes on the path, as Lambda does with /opt/python
+        layer_paths = []
+        for layer in fn.layers or []:
+            version = backend.layers_versions_by_arn(layer["Arn"])
+            folder = self._unpack(self.work_dir / "layers" / version.name / str(version.version), version.code_bytes)
+            layer_paths.append(str(folder / "python"))
         env = scrubbed_environment()
         env.update(self.cloud_env())
         env.update(fn.environment_vars or {})
@@ -206,7 +221,27 @@ class LambdaRuntime:
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        return Container(code_dir, fn.handler, float(fn.timeout), env, self._log(fn.function_name))
+        if layer_paths:
+            env["PYTHONPATH"] = os.pathsep.join([*layer_paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        stream = env["AWS_LAMBDA_LOG_STREAM_NAME"]
+        return Container(
+            code_dir, fn.handler, float(fn.timeout), env, lambda lines: self._output(fn.function_name, stream, lines)
+        )
+
+    @staticmethod
+    def _unpack(folder: Path, archive_bytes: bytes) -> Path:
+        if not folder.is_dir():
+            tmp = folder.with_name(folder.name + f".{uuid.uuid4().hex[:6]}")
+            with zipfile.ZipFile(io.BytesIO(archive_bytes)) as archive:
+                archive.extractall(tmp)
+            with contextlib.suppress(OSError):  # another container unpacked it first
+                tmp.rename(folder)
+        return folder
+
+    def _output(self, function_name: str, stream: str, lines: list[str]) -> None:
+        self._log(function_name).write(("\n".join(lines) + "\n").encode())
+        if self.cloudwatch is not None:
+            self.cloudwatch(f"/aws/lambda/{function_name}", stream, lines)
 
     def _log(self, function_name: str) -> IO[bytes]:
         with self._lock:
@@ -233,10 +268,35 @@ class LambdaRuntime:
         self._logs.clear()
 
 
+def _ship_output(process: subprocess.Popen[str], on_output: Callable[[list[str]], None]) -> None:
+    """Forward a worker's output lines in small batches (Lambda's log agent does the same)."""
+    assert process.stdout is not None
+    batch: list[str] = []
+    stream = process.stdout
+    while True:
+        ready, _, _ = select.select([stream], [], [], 0.2)
+        if ready:
+            line = stream.readline()
+            if not line:
+                break
+            batch.append(line.rstrip("\n"))
+            if len(batch) < 200:
+                continue
+        if batch:
+            on_output(batch)
+            batch = []
+    if batch:
+        on_output(batch)
+
+
 def scrubbed_environment() -> dict[str, str]:
     """This process's environment without the host's AWS, database and pipeline settings: a
     function or job gets its configuration from its own definition, as in the cloud."""
     return {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+
+
+def _safe(digest: str) -> str:
+    return digest.replace("/", "_").replace("+", "-")[:32]
 
 
 def _split(function_name: str, qualifier: str | None) -> tuple[str, str | None]:

@@ -1,0 +1,70 @@
+"""The CDK app: both stacks, tags and the cdk-nag checks, built the same way by ``app.py`` and tests."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from aws_cdk import App, Environment, Tags
+
+from infrastructure import nag
+from infrastructure.catalog import PROJECT, ROOT
+from infrastructure.stacks.config import DeployConfig
+from infrastructure.stacks.data_stack import DataStack
+from infrastructure.stacks.pipeline_stack import PipelineStack
+
+DATA_STACK = "PricePipe-Data"
+PIPELINE_STACK = "PricePipe-Pipeline"
+
+
+def environment() -> Environment | None:
+    """The CLI's account and region when it provides them; otherwise an environment-agnostic app."""
+    account, region = os.environ.get("CDK_DEFAULT_ACCOUNT"), os.environ.get("CDK_DEFAULT_REGION")
+    if account and region:
+        return Environment(account=account, region=region)
+    return None
+
+
+def project_context() -> dict[str, Any]:
+    """The ``context`` of cdk.json: feature flags and settings the CLI would pass."""
+    cdk_json = ROOT / "cdk.json"
+    if not cdk_json.is_file():
+        return {}
+    return dict(json.loads(cdk_json.read_text(encoding="utf-8")).get("context", {}))
+
+
+def build_app(*, outdir: str | None = None, context: Mapping[str, Any] | None = None) -> App:
+    """Both stacks with the AWS Solutions checks enabled; call ``synth()`` on the result.
+
+    cdk.json's context is applied here too, so an app built by a test or by ``python app.py`` has the
+    same feature flags as one run by the CLI (whose own context still takes precedence).
+    """
+    app = App(outdir=outdir, context={**project_context(), **(context or {})})
+    config = DeployConfig.from_context(app.node)
+    env = environment()
+    data = DataStack(
+        app,
+        DATA_STACK,
+        stack_name=DATA_STACK,
+        description="PricePipe: isolated VPC, S3 buckets (landing, lake, artifacts) and RDS PostgreSQL",
+        env=env,
+        termination_protection=config.retain_data,
+        config=config,
+    )
+    pipeline = PipelineStack(
+        app,
+        PIPELINE_STACK,
+        stack_name=PIPELINE_STACK,
+        description="PricePipe: Lambda functions, layers, database migrations, Step Functions and their triggers",
+        env=env,
+        data=data,
+        config=config,
+    )
+    # Implied by the secret and VPC references too, but the buckets are used by name: say it outright.
+    pipeline.add_stack_dependency(data, "the pipeline uses the data stack's buckets, database and network")
+    Tags.of(app).add("project", PROJECT)
+    Tags.of(app).add("stage", config.stage)
+    nag.enable(app)
+    return app

@@ -1,0 +1,270 @@
+"""DataStack: the network, the buckets and PostgreSQL, as synthesized from the default (production) context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aws_cdk import App, Stack
+from aws_cdk.assertions import Capture, Match, Template
+from cdk_nag import AwsSolutionsChecks
+
+from infrastructure.stacks import DeployConfig
+from infrastructure.stacks.application import project_context
+from infrastructure.stacks.data_stack import DataStack
+
+pytestmark = pytest.mark.infra
+
+BUCKETS = 4  # landing, lake, artifacts, server access logs
+
+
+def _of_type(resources: dict[str, dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in resources.items() if r["Type"] == kind}
+
+
+def _bucket(resources: dict[str, dict[str, Any]], purpose: str) -> tuple[str, dict[str, Any]]:
+    """The bucket whose name is pricepipe-<stage>-<purpose>-<account>-<region>."""
+    for name, resource in _of_type(resources, "AWS::S3::Bucket").items():
+        parts = resource["Properties"]["BucketName"]["Fn::Join"][1]
+        if parts[0].endswith(f"-{purpose}-"):
+            return name, resource
+    raise AssertionError(f"no {purpose} bucket")
+
+
+def test_given_the_data_stack_then_every_bucket_is_encrypted_and_blocks_public_access(data_template: Template) -> None:
+    data_template.resource_count_is("AWS::S3::Bucket", BUCKETS)
+    data_template.all_resources_properties(
+        "AWS::S3::Bucket",
+        {
+            "BucketEncryption": {
+                "ServerSideEncryptionConfiguration": [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
+            "PublicAccessBlockConfiguration": {
+                "BlockPublicAcls": True,
+                "BlockPublicPolicy": True,
+                "IgnorePublicAcls": True,
+                "RestrictPublicBuckets": True,
+            },
+            "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+        },
+    )
+
+
+def test_given_the_data_stack_then_every_bucket_policy_denies_requests_without_tls(
+    data_resources: dict[str, dict[str, Any]],
+) -> None:
+    buckets = set(_of_type(data_resources, "AWS::S3::Bucket"))
+    guarded = set()
+    for policy in _of_type(data_resources, "AWS::S3::BucketPolicy").values():
+        statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        if any(
+            s["Effect"] == "Deny" and s.get("Condition", {}).get("Bool", {}).get("aws:SecureTransport") == "false"
+            for s in statements
+        ):
+            guarded.add(policy["Properties"]["Bucket"]["Ref"])
+    assert guarded == buckets
+
+
+def test_given_the_landing_bucket_then_quarantine_expires_and_landing_moves_to_infrequent_access(
+    data_resources: dict[str, dict[str, Any]],
+) -> None:
+    _, landing = _bucket(data_resources, "landing")
+    rules = {rule["Id"]: rule for rule in landing["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-quarantine"]["Prefix"] == "quarantine/"
+    assert rules["expire-quarantine"]["ExpirationInDays"] == 90
+    assert rules["landing-to-infrequent-access"]["Prefix"] == "landing/"
+    assert rules["landing-to-infrequent-access"]["Transitions"] == [
+        {"StorageClass": "STANDARD_IA", "TransitionInDays": 30}
+    ]
+    assert rules["abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 7}
+
+
+def test_given_the_artifacts_bucket_then_it_is_versioned_and_manifests_and_old_versions_expire(
+    data_resources: dict[str, dict[str, Any]],
+) -> None:
+    _, artifacts = _bucket(data_resources, "artifacts")
+    assert artifacts["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
+    rules = {rule["Id"]: rule for rule in artifacts["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert rules["expire-etl-manifests"]["Prefix"] == "manifests/"
+    assert rules["expire-etl-manifests"]["ExpirationInDays"] == 14
+    assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
+
+
+def test_given_the_landing_bucket_then_it_sends_events_to_eventbridge_without_a_custom_resource(
+    data_resources: dict[str, dict[str, Any]], data_template: Template
+) -> None:
+    _, landing = _bucket(data_resources, "landing")
+    assert landing["Properties"]["NotificationConfiguration"] == {
+        "EventBridgeConfiguration": {"EventBridgeEnabled": True}
+    }
+    data_template.resource_count_is("Custom::S3BucketNotifications", 0)
+
+
+def test_given_the_data_buckets_then_they_log_access_to_the_access_log_bucket(
+    data_resources: dict[str, dict[str, Any]],
+) -> None:
+    logs_bucket, _ = _bucket(data_resources, "logs")
+    for purpose in ("landing", "lake", "artifacts"):
+        _, bucket = _bucket(data_resources, purpose)
+        logging = bucket["Properties"]["LoggingConfiguration"]
+        assert logging["DestinationBucketName"] == {"Ref": logs_bucket}, purpose
+        assert logging["LogFilePrefix"] == f"{purpose}/"
+    assert not any(
+        r["Type"] == "AWS::S3::Bucket" and r["DeletionPolicy"] != "Retain" for r in data_resources.values()
+    ), "data outlives the stack"
+
+
+def test_given_the_database_then_it_is_private_encrypted_backed_up_and_protected(data_template: Template) -> None:
+    retention = Capture()
+    data_template.has_resource(
+        "AWS::RDS::DBInstance",
+        {
+            "Properties": Match.object_like(
+                {
+                    "Engine": "postgres",
+                    "EngineVersion": Match.string_like_regexp(r"^16"),
+                    "PubliclyAccessible": False,
+                    "StorageEncrypted": True,
+                    "BackupRetentionPeriod": retention,
+                    "DeletionProtection": True,
+                    "MultiAZ": True,
+                    "EnableIAMDatabaseAuthentication": True,
+                    "EnableCloudwatchLogsExports": ["postgresql", "upgrade"],
+                    "Port": "5432",
+                }
+            ),
+            "DeletionPolicy": "Snapshot",
+            "UpdateReplacePolicy": "Snapshot",
+        },
+    )
+    assert retention.as_number() >= 7
+
+
+def test_given_the_database_then_it_only_accepts_tls(data_template: Template) -> None:
+    data_template.has_resource_properties(
+        "AWS::RDS::DBParameterGroup", {"Family": "postgres16", "Parameters": Match.object_like({"rds.force_ssl": "1"})}
+    )
+
+
+def test_given_the_database_then_its_log_groups_exist_with_retention_before_it(
+    data_resources: dict[str, dict[str, Any]],
+) -> None:
+    groups = {
+        r["Properties"]["LogGroupName"]: (name, r)
+        for name, r in _of_type(data_resources, "AWS::Logs::LogGroup").items()
+        if "LogGroupName" in r["Properties"]
+    }
+    instance = next(iter(_of_type(data_resources, "AWS::RDS::DBInstance").values()))
+    for export in ("postgresql", "upgrade"):
+        name, group = groups[f"/aws/rds/instance/pricepipe-prod/{export}"]
+        assert group["Properties"]["RetentionInDays"] == 90
+        assert name in instance["DependsOn"]
+    assert not _of_type(data_resources, "Custom::LogRetention")
+
+
+def test_given_the_database_secret_then_it_is_generated_and_rotated(data_template: Template) -> None:
+    data_template.has_resource_properties(
+        "AWS::SecretsManager::Secret",
+        {"GenerateSecretString": Match.object_like({"GenerateStringKey": "password"})},
+    )
+    data_template.has_resource_properties(
+        "AWS::SecretsManager::RotationSchedule",
+        {
+            "SecretId": {"Ref": Match.string_like_regexp("PostgresSecretAttachment")},
+            "RotationRules": {"ScheduleExpression": "rate(30 days)"},
+        },
+    )
+
+
+def test_given_the_database_security_group_then_only_the_database_clients_group_reaches_postgres(
+    data_resources: dict[str, dict[str, Any]],
+) -> None:
+    groups = _of_type(data_resources, "AWS::EC2::SecurityGroup")
+    database_group = next(n for n, g in groups.items() if g["Properties"]["GroupDescription"].startswith("PostgreSQL"))
+    clients_group = next(n for n in groups if n.startswith("DatabaseClients"))
+    instance_name = next(iter(_of_type(data_resources, "AWS::RDS::DBInstance")))
+    assert "SecurityGroupIngress" not in groups[database_group]["Properties"]
+    ingress = [
+        r["Properties"]
+        for r in _of_type(data_resources, "AWS::EC2::SecurityGroupIngress").values()
+        if r["Properties"]["GroupId"] == {"Fn::GetAtt": [database_group, "GroupId"]}
+    ]
+    assert ingress == [
+        {
+            "Description": "PostgreSQL from the database clients",
+            "FromPort": {"Fn::GetAtt": [instance_name, "Endpoint.Port"]},
+            "ToPort": {"Fn::GetAtt": [instance_name, "Endpoint.Port"]},
+            "GroupId": {"Fn::GetAtt": [database_group, "GroupId"]},
+            "IpProtocol": "tcp",
+            "SourceSecurityGroupId": {"Fn::GetAtt": [clients_group, "GroupId"]},
+        }
+    ]
+
+
+def test_given_the_vpc_then_it_has_isolated_subnets_only_no_nat_and_flow_logs(data_template: Template) -> None:
+    data_template.resource_count_is("AWS::EC2::NatGateway", 0)
+    data_template.resource_count_is("AWS::EC2::InternetGateway", 0)
+    data_template.resource_count_is("AWS::EC2::Subnet", 2)
+    data_template.all_resources_properties("AWS::EC2::Subnet", {"MapPublicIpOnLaunch": False})
+    data_template.has_resource_properties(
+        "AWS::EC2::FlowLog", {"ResourceType": "VPC", "TrafficType": "ALL", "LogDestinationType": "cloud-watch-logs"}
+    )
+
+
+def test_given_the_vpc_then_s3_and_secrets_manager_are_reached_through_endpoints(data_template: Template) -> None:
+    data_template.has_resource_properties(
+        "AWS::EC2::VPCEndpoint",
+        {
+            "VpcEndpointType": "Gateway",
+            "ServiceName": {"Fn::Join": ["", ["com.amazonaws.", {"Ref": "AWS::Region"}, ".s3"]]},
+            "PolicyDocument": {
+                "Statement": [
+                    Match.object_like(
+                        {"Condition": {"StringEquals": {"aws:ResourceAccount": {"Ref": "AWS::AccountId"}}}}
+                    )
+                ],
+                "Version": "2012-10-17",
+            },
+        },
+    )
+    data_template.has_resource_properties(
+        "AWS::EC2::VPCEndpoint",
+        {
+            "VpcEndpointType": "Interface",
+            "ServiceName": {"Fn::Join": ["", ["com.amazonaws.", {"Ref": "AWS::Region"}, ".secretsmanager"]]},
+            "PrivateDnsEnabled": True,
+        },
+    )
+
+
+def test_given_the_data_stack_then_a_cli_finds_buckets_and_secret_by_output_name(data_template: Template) -> None:
+    outputs = data_template.to_json()["Outputs"]
+    for name in ("LandingBucketName", "LakeBucketName", "ArtifactsBucketName", "DatabaseSecretArn"):
+        assert name in outputs
+        assert "Export" not in outputs[name], "exports would pin the stacks together"
+
+
+def test_given_stage_dev_when_synthesized_then_the_database_is_disposable_and_still_passes_cdk_nag() -> None:
+    app = App(context={**project_context(), "pricepipe:stage": "dev"})
+    config = DeployConfig.from_context(app.node)
+    stack = DataStack(app, "DevData", config=config)
+
+    template = Template.from_stack(stack)
+    template.has_resource(
+        "AWS::RDS::DBInstance",
+        {
+            "Properties": Match.object_like({"DeletionProtection": False, "MultiAZ": False}),
+            "DeletionPolicy": "Delete",
+        },
+    )
+    report = AwsSolutionsChecks().validate_scope(app)
+    assert [v.rule_name for v in report.violations] == []
+
+
+def test_given_a_stack_without_the_data_stack_then_bucket_names_need_no_cross_stack_reference() -> None:
+    """Bucket names resolve in any stack to the same pseudo-parameter expression."""
+    app = App(context=project_context())
+    data = DataStack(app, "Data", config=DeployConfig())
+    other = Stack(app, "Other")
+    assert other.resolve(data.bucket_names.landing) == data.resolve(data.bucket_names.landing)
+    assert "Fn::GetStackOutput" not in str(other.resolve(data.bucket_names.landing))

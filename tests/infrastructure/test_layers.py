@@ -1,0 +1,198 @@
+"""Lambda layers: built without Docker for python3.12 x86_64, cached, and shipping what the runtime needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aws_cdk import App, Stack
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk.assertions import Template
+
+from infrastructure import layers
+from infrastructure.stacks.pipeline_stack import PACKAGE_DIR
+
+if TYPE_CHECKING:
+    from tests.infrastructure.conftest import Synthesized
+
+pytestmark = pytest.mark.infra
+
+Resources = dict[str, dict[str, Any]]
+
+
+def _layer_dir(synthesized: Synthesized, resources: Resources, construct_id: str) -> Path:
+    (layer,) = [
+        r for name, r in resources.items() if r["Type"] == "AWS::Lambda::LayerVersion" and name.startswith(construct_id)
+    ]
+    return synthesized.asset_path(layer["Properties"]["Content"]["S3Key"])
+
+
+def test_given_the_dependency_layer_then_it_ships_the_pinned_packages_under_python(
+    synthesized: Synthesized, pipeline_resources: Resources
+) -> None:
+    site = _layer_dir(synthesized, pipeline_resources, "DepsLayer") / "python"
+    for package in ("psycopg", "psycopg_binary", "pydantic", "pydantic_core", "pydantic_settings", "yaml", "pgpq"):
+        assert (site / package / "__init__.py").is_file(), package
+    assert (site / "aws_lambda_powertools").is_dir()
+    assert list(site.glob("pydantic-2.14.4.dist-info")), "the pinned release, not an older manylinux2014 one"
+
+
+def test_given_the_dependency_layer_then_it_leaves_pandas_and_the_aws_sdk_to_the_runtime_and_managed_layer(
+    synthesized: Synthesized, pipeline_resources: Resources
+) -> None:
+    site = _layer_dir(synthesized, pipeline_resources, "DepsLayer") / "python"
+    for package in ("pyarrow", "numpy", "pandas", "boto3", "botocore"):
+        assert not (site / package).exists(), package
+        assert not list(site.glob(f"{package}-*.dist-info")), package
+    assert not list(site.rglob("__pycache__"))
+    size_mb = sum(p.stat().st_size for p in site.rglob("*") if p.is_file()) / 2**20
+    assert size_mb < 60, f"{size_mb:.0f} MB leaves too little of Lambda's 250 MB for the pandas layer and code"
+
+
+def test_given_the_dependency_layer_then_its_wheels_are_for_linux_x86_64_cpython_312(
+    synthesized: Synthesized, pipeline_resources: Resources
+) -> None:
+    site = _layer_dir(synthesized, pipeline_resources, "DepsLayer") / "python"
+    extensions = list(site.rglob("*.so"))
+    assert extensions, "psycopg-binary and pydantic-core are compiled"
+    foreign = [p.name for p in extensions if "cpython-" in p.name and "cpython-312-x86_64-linux-gnu" not in p.name]
+    assert foreign == []
+
+
+def test_given_the_package_layer_then_it_ships_the_pricepipe_package_with_its_data_files(
+    synthesized: Synthesized, pipeline_resources: Resources
+) -> None:
+    package = _layer_dir(synthesized, pipeline_resources, "PackageLayer") / "python" / "pricepipe"
+    assert (package / "__init__.py").is_file()
+    assert sorted(p.name for p in package.glob("migrations/*.sql")) == sorted(
+        p.name for p in (PACKAGE_DIR / "migrations").glob("*.sql")
+    )
+    assert (package / "contracts" / "hotel_rates.yaml").is_file()
+    assert not list(package.rglob("__pycache__"))
+    assert not list(package.rglob("*.pyc"))
+
+
+def test_given_both_layers_then_they_target_python312_on_x86_64(pipeline_template: Template) -> None:
+    pipeline_template.resource_count_is("AWS::Lambda::LayerVersion", 2)
+    pipeline_template.all_resources_properties(
+        "AWS::Lambda::LayerVersion", {"CompatibleRuntimes": ["python3.12"], "CompatibleArchitectures": ["x86_64"]}
+    )
+
+
+def test_given_unchanged_requirements_then_the_layer_asset_hash_is_unchanged_and_follows_only_that_file(
+    tmp_path: Path,
+) -> None:
+    cache = tmp_path / "cache"
+    folder = tmp_path / "requirements"
+    folder.mkdir()
+    first, second = folder / "a.txt", folder / "b.txt"
+    first.write_text("PyYAML==6.0.4\n")
+    second.write_text("PyYAML==6.0.3\n")
+    for requirements in (first, second):  # a finished build in the cache: no pip, no network
+        site = cache / layers.requirements_key(requirements, ()) / "python" / "yaml"
+        site.mkdir(parents=True)
+        (site / "__init__.py").write_text("")
+    app = App(outdir=str(tmp_path / "cdk.out"))
+    stack = Stack(app, "Layers")
+
+    def s3_key(construct_id: str, requirements: Path) -> str:
+        layer = lambda_.LayerVersion(
+            stack, construct_id, code=layers.requirements_layer_code(requirements, (), cache_root=cache)
+        )
+        cfn = layer.node.default_child
+        assert isinstance(cfn, lambda_.CfnLayerVersion)
+        return str(stack.resolve(cfn.content)["s3Key"])
+
+    original = s3_key("First", first)
+    (folder / "README.md").write_text("a neighbour of the requirements file")
+    assert s3_key("FirstAgain", first) == original
+    assert s3_key("Second", second) != original
+
+
+def test_given_the_pip_command_then_it_targets_lambda_and_accepts_newer_manylinux_tags() -> None:
+    arguments = layers.pip_arguments(Path("reqs.txt"), Path("out/python"))
+    platforms = [arguments[i + 1] for i, a in enumerate(arguments) if a == "--platform"]
+    assert platforms == ["manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64"]
+    for flag in ("--only-binary=:all:", "--no-compile"):
+        assert flag in arguments
+    assert arguments[arguments.index("--python-version") + 1] == "3.12"
+    assert arguments[arguments.index("--implementation") + 1] == "cp"
+    assert arguments[arguments.index("--target") + 1] == str(Path("out/python"))
+    assert arguments[arguments.index("-r") + 1] == "reqs.txt"
+
+
+def test_given_a_requirements_file_then_its_key_changes_with_content_and_exclusions_only(tmp_path: Path) -> None:
+    requirements = tmp_path / "deps.txt"
+    requirements.write_text("PyYAML==6.0.4\n")
+    key = layers.requirements_key(requirements, ["numpy"])
+    assert layers.requirements_key(requirements, ["numpy"]) == key
+    assert layers.requirements_key(requirements, ["numpy", "pandas"]) != key
+    requirements.write_text("PyYAML==6.0.3\n")
+    assert layers.requirements_key(requirements, ["numpy"]) != key
+
+
+def test_given_a_cached_build_when_bundling_then_the_asset_is_filled_from_the_cache_without_pip(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requirements = tmp_path / "deps.txt"
+    requirements.write_text("PyYAML==6.0.4\n")
+    cache = tmp_path / "cache"
+    cached = cache / layers.requirements_key(requirements, ()) / "python" / "yaml"
+    cached.mkdir(parents=True)
+    (cached / "__init__.py").write_text("# cached\n")
+
+    def no_pip(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pip must not run when the build is cached")
+
+    monkeypatch.setattr(layers.subprocess, "run", no_pip)
+    output = tmp_path / "asset"
+    output.mkdir()
+    assert layers.PipLayerBundling(requirements, (), cache).try_bundle(str(output), None)  # type: ignore[arg-type]
+    assert (output / "python" / "yaml" / "__init__.py").read_text() == "# cached\n"
+
+
+def test_given_an_installed_distribution_when_removed_then_its_recorded_files_go_and_others_stay(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "python"
+    (site / "numpy" / "core").mkdir(parents=True)
+    (site / "numpy" / "core" / "x.so").write_bytes(b"\0")
+    (site / "numpy" / "__init__.py").write_text("")
+    (site / "numpy.libs").mkdir()
+    (site / "numpy.libs" / "libopenblas.so").write_bytes(b"\0")
+    dist_info = site / "numpy-2.4.6.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: numpy\nVersion: 2.4.6\n\n")
+    (dist_info / "RECORD").write_text(
+        "numpy/__init__.py,,\nnumpy/core/x.so,,\nnumpy.libs/libopenblas.so,,\n"
+        "numpy-2.4.6.dist-info/METADATA,,\nnumpy-2.4.6.dist-info/RECORD,,\n../../bin/f2py,,\n"
+    )
+    (site / "yaml").mkdir()
+    (site / "yaml" / "__init__.py").write_text("")
+    other = site / "pyyaml-6.0.4.dist-info"
+    other.mkdir()
+    (other / "METADATA").write_text("Name: PyYAML\n")
+
+    assert layers.remove_distributions(site, ["NumPy", "pandas"]) == ["numpy"]
+    assert sorted(p.name for p in site.iterdir()) == ["pyyaml-6.0.4.dist-info", "yaml"]
+
+
+def test_given_a_package_when_staged_then_the_copy_is_content_addressed_and_skips_bytecode(tmp_path: Path) -> None:
+    package = tmp_path / "src" / "pkg"
+    (package / "__pycache__").mkdir(parents=True)
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    (package / "__pycache__" / "__init__.cpython-312.pyc").write_bytes(b"\0")
+    (package / "data.yaml").write_text("a: 1\n")
+    cache = tmp_path / "cache"
+
+    first = layers.stage_package_layer(package, cache)
+    assert sorted(p.relative_to(first).as_posix() for p in first.rglob("*") if p.is_file()) == [
+        "python/pkg/__init__.py",
+        "python/pkg/data.yaml",
+    ]
+    assert layers.stage_package_layer(package, cache) == first
+    (package / "__init__.py").write_text("VALUE = 2\n")
+    second = layers.stage_package_layer(package, cache)
+    assert second != first
+    assert (second / "python" / "pkg" / "__init__.py").read_text() == "VALUE = 2\n"

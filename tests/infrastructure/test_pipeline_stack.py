@@ -1,0 +1,358 @@
+"""PipelineStack: the catalog's functions, migrations, the ETL state machine and what starts it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from aws_cdk.assertions import Capture, Match, Template
+
+from infrastructure import catalog
+from infrastructure.stacks.config import DEFAULT_ETL_SCHEDULE, DEFAULT_PANDAS_LAYER_VERSION
+from infrastructure.stacks.data_stack import LAKE_PREFIX, LANDING_PREFIX, MANIFEST_PREFIX, QUARANTINE_PREFIX
+from infrastructure.stacks.pipeline_stack import distributed_map_labels, migrations_fingerprint
+
+if TYPE_CHECKING:
+    from tests.infrastructure.conftest import Synthesized
+
+pytestmark = pytest.mark.infra
+
+Resources = dict[str, dict[str, Any]]
+ETL = catalog.state_machine("etl")
+
+
+def _of_type(resources: Resources, kind: str) -> Resources:
+    return {name: r for name, r in resources.items() if r["Type"] == kind}
+
+
+def _function(resources: Resources, spec: catalog.FunctionSpec) -> tuple[str, dict[str, Any]]:
+    for name, resource in _of_type(resources, "AWS::Lambda::Function").items():
+        if resource["Properties"].get("FunctionName") == spec.name:
+            return name, resource
+    raise AssertionError(f"no function named {spec.name}")
+
+
+def _statements_of_role(resources: Resources, role: str) -> list[dict[str, Any]]:
+    statements = []
+    for policy in _of_type(resources, "AWS::IAM::Policy").values():
+        if {"Ref": role} in policy["Properties"]["Roles"]:
+            statements += policy["Properties"]["PolicyDocument"]["Statement"]
+    return statements
+
+
+def _s3_grants(statements: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    """(action, bucket-purpose/prefix) for every S3 statement, e.g. ("s3:PutObject", "lake/processed_features/*")."""
+    grants = set()
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        for action in actions:
+            if not action.startswith("s3:"):
+                continue
+            for resource in resources:
+                parts = resource["Fn::Join"][1]
+                name = next(p for p in parts if isinstance(p, str) and "pricepipe-prod-" in p)
+                bucket = name.split("pricepipe-prod-")[1].rstrip("-")
+                grants.add((action, bucket + (parts[-1] if str(parts[-1]).startswith("/") else "")))
+    return grants
+
+
+@pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
+def test_given_a_catalog_function_then_it_is_deployed_with_its_handler_runtime_and_sizes(
+    spec: catalog.FunctionSpec, pipeline_resources: Resources
+) -> None:
+    _, function = _function(pipeline_resources, spec)
+    props = function["Properties"]
+    assert props["Handler"] == spec.handler
+    assert props["Runtime"] == catalog.LAMBDA_RUNTIME
+    assert props["MemorySize"] == spec.memory_mb
+    assert props["Timeout"] == spec.timeout_s
+    assert props["Architectures"] == ["x86_64"]
+    assert props["TracingConfig"] == {"Mode": "Active"}
+    assert ("VpcConfig" in props) == spec.needs_database
+
+
+@pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
+def test_given_a_catalog_function_then_its_environment_is_the_catalogs(
+    spec: catalog.FunctionSpec, pipeline_resources: Resources
+) -> None:
+    _, function = _function(pipeline_resources, spec)
+    variables = function["Properties"]["Environment"]["Variables"]
+    expected = catalog.function_environment(
+        spec,
+        landing_bucket="L",
+        lake_bucket="K",
+        artifacts_bucket="A",
+        database_secret_arn="S",
+        contract="hotel_rates",
+        stage="prod",
+    )
+    assert set(variables) == set(expected)
+    for key in ("PRICEPIPE_STAGE", "PRICEPIPE_CONTRACT", "POWERTOOLS_SERVICE_NAME"):
+        assert variables[key] == expected[key]
+    for key, purpose in (
+        ("PRICEPIPE_LANDING_BUCKET", "landing"),
+        ("PRICEPIPE_LAKE_BUCKET", "lake"),
+        ("PRICEPIPE_ARTIFACTS_BUCKET", "artifacts"),
+    ):
+        assert variables[key]["Fn::Join"][1][0] == f"pricepipe-prod-{purpose}-"
+
+
+@pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
+def test_given_a_catalog_function_then_it_has_the_shared_layers_and_the_pandas_layer_when_it_needs_data(
+    spec: catalog.FunctionSpec, pipeline_resources: Resources
+) -> None:
+    _, function = _function(pipeline_resources, spec)
+    layers = function["Properties"]["Layers"]
+    own = [layer["Ref"] for layer in layers if "Ref" in layer]
+    assert [name.rstrip("0123456789ABCDEF") for name in own] == ["DepsLayer", "PackageLayer"]
+    managed = [json.dumps(layer) for layer in layers if "Ref" not in layer]
+    if spec.needs_data_layer:
+        assert len(managed) == 1
+        assert f":336392948345:layer:AWSSDKPandas-Python312:{DEFAULT_PANDAS_LAYER_VERSION}" in managed[0]
+        assert json.dumps(layers[0]) == managed[0], "the managed layer goes first so our pinned packages win"
+    else:
+        assert managed == []
+
+
+@pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
+def test_given_a_catalog_function_then_its_role_has_no_managed_policy_and_logs_only_to_its_own_group(
+    spec: catalog.FunctionSpec, pipeline_resources: Resources
+) -> None:
+    _, function = _function(pipeline_resources, spec)
+    role = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    assert "ManagedPolicyArns" not in pipeline_resources[role]["Properties"]
+    log_group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+    log_statements = [s for s in _statements_of_role(pipeline_resources, role) if "logs:PutLogEvents" in s["Action"]]
+    assert [s["Resource"] for s in log_statements] == [{"Fn::GetAtt": [log_group, "Arn"]}]
+    assert pipeline_resources[log_group]["Properties"]["RetentionInDays"] == 90
+
+
+@pytest.mark.parametrize(
+    ("key", "expected"),
+    [
+        (
+            "etl-discover",
+            {
+                ("s3:ListBucket", "landing"),
+                ("s3:GetObject", f"landing/{LANDING_PREFIX}*"),
+                ("s3:PutObject", f"artifacts/{MANIFEST_PREFIX}*"),
+            },
+        ),
+        (
+            "etl-load",
+            {
+                ("s3:ListBucket", "landing"),
+                ("s3:GetObject", f"landing/{LANDING_PREFIX}*"),
+                ("s3:PutObject", f"landing/{QUARANTINE_PREFIX}*"),
+                ("s3:PutObject", f"lake/{LAKE_PREFIX}*"),
+            },
+        ),
+        ("etl-summarize", set()),
+        ("migrate", set()),
+    ],
+)
+def test_given_a_function_then_it_may_touch_only_the_bucket_prefixes_its_handler_uses(
+    key: str, expected: set[tuple[str, str]], pipeline_resources: Resources
+) -> None:
+    _, function = _function(pipeline_resources, catalog.function(key))
+    role = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    assert _s3_grants(_statements_of_role(pipeline_resources, role)) == expected
+
+
+@pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
+def test_given_a_function_that_needs_the_database_then_it_may_read_the_database_secret(
+    spec: catalog.FunctionSpec, pipeline_resources: Resources
+) -> None:
+    _, function = _function(pipeline_resources, spec)
+    role = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    secret_reads = [
+        s for s in _statements_of_role(pipeline_resources, role) if "secretsmanager:GetSecretValue" in s["Action"]
+    ]
+    assert len(secret_reads) == (1 if spec.needs_database else 0)
+    if secret_reads:
+        assert "Fn::GetStackOutput" in json.dumps(secret_reads[0]["Resource"]), "the data stack's secret"
+
+
+def test_given_the_pipeline_then_a_cli_finds_every_function_and_state_machine_by_output_name(
+    pipeline_template: Template,
+) -> None:
+    outputs = pipeline_template.to_json()["Outputs"]
+    expected = {catalog.function_output(f) for f in catalog.FUNCTIONS} | {
+        catalog.state_machine_output(m) for m in catalog.STATE_MACHINES
+    }
+    assert expected <= set(outputs)
+    assert "EtlLoadFunctionName" in outputs
+    assert "EtlStateMachineArn" in outputs
+    assert not [name for name in expected if "Export" in outputs[name]]
+
+
+def test_given_the_migrations_then_a_custom_resource_runs_them_with_a_fingerprint_of_migrations_and_contract(
+    pipeline_template: Template, pipeline_resources: Resources
+) -> None:
+    migrate, _ = _function(pipeline_resources, catalog.function("migrate"))
+    pipeline_template.has_resource_properties(
+        "Custom::PricePipeDatabaseSchema",
+        {
+            "ServiceToken": {"Fn::GetAtt": [Match.string_like_regexp("MigrationsProviderframeworkonEvent"), "Arn"]},
+            "MigrationsHash": migrations_fingerprint("hotel_rates"),
+            "Contract": "hotel_rates",
+        },
+    )
+    pipeline_template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {"Environment": {"Variables": {"USER_ON_EVENT_FUNCTION_ARN": {"Fn::GetAtt": [migrate, "Arn"]}}}},
+    )
+
+
+def test_given_a_changed_migration_or_contract_then_the_fingerprint_changes(tmp_path: Path) -> None:
+    migrations, contracts = tmp_path / "migrations", tmp_path / "contracts"
+    migrations.mkdir()
+    contracts.mkdir()
+    (migrations / "0001_schemas.sql").write_text("create schema a;")
+    (contracts / "hotel_rates.yaml").write_text("name: hotel_rates")
+    first = migrations_fingerprint("hotel_rates", migrations, contracts)
+
+    (migrations / "0002_more.sql").write_text("create schema b;")
+    second = migrations_fingerprint("hotel_rates", migrations, contracts)
+    (contracts / "hotel_rates.yaml").write_text("name: hotel_rates\ntarget: price")
+    third = migrations_fingerprint("hotel_rates", migrations, contracts)
+
+    assert len({first, second, third}) == 3
+    assert migrations_fingerprint("hotel_rates", migrations, contracts) == third
+
+
+def _state_machine(resources: Resources) -> tuple[str, dict[str, Any]]:
+    machines = _of_type(resources, "AWS::StepFunctions::StateMachine")
+    assert len(machines) == len(catalog.STATE_MACHINES)
+    return next((n, m) for n, m in machines.items() if m["Properties"]["StateMachineName"] == ETL.name)
+
+
+def _state_names(definition: dict[str, Any]) -> set[str]:
+    names = set()
+    for name, state in definition["States"].items():
+        names.add(name)
+        for nested in (state.get("ItemProcessor"), state.get("Iterator"), *state.get("Branches", [])):
+            if nested:
+                names |= _state_names(nested)
+    return names
+
+
+def test_given_the_etl_state_machine_then_its_definition_is_the_asl_file_with_every_state(
+    synthesized: Synthesized, pipeline_resources: Resources
+) -> None:
+    _, machine = _state_machine(pipeline_resources)
+    location = machine["Properties"]["DefinitionS3Location"]
+    deployed = json.loads(synthesized.asset_path(location["Key"]).read_text(encoding="utf-8"))
+    source = json.loads(ETL.path.read_text(encoding="utf-8"))
+    assert deployed == source, "the one definition of the flow, unchanged"
+    assert _state_names(deployed) >= {"Discover", "LoadFiles", "LoadFile", "Summarize"}
+    assert _state_names(deployed) == _state_names(source)
+
+
+def test_given_the_etl_state_machine_then_each_placeholder_is_the_arn_of_its_function(
+    pipeline_resources: Resources,
+) -> None:
+    _, machine = _state_machine(pipeline_resources)
+    substitutions = machine["Properties"]["DefinitionSubstitutions"]
+    assert set(substitutions) == catalog.placeholders(ETL) == set(ETL.substitutions)
+    for spec in catalog.FUNCTIONS:
+        if spec.substitution in substitutions:
+            name, _ = _function(pipeline_resources, spec)
+            assert substitutions[spec.substitution] == {"Fn::GetAtt": [name, "Arn"]}
+    assert {"EtlDiscoverFunctionArn", "EtlLoadFunctionArn", "EtlSummarizeFunctionArn"} <= set(substitutions)
+
+
+def test_given_the_etl_state_machine_then_it_is_standard_logs_everything_and_is_traced(
+    pipeline_template: Template,
+) -> None:
+    pipeline_template.has_resource_properties(
+        "AWS::StepFunctions::StateMachine",
+        {
+            "StateMachineName": ETL.name,
+            "StateMachineType": "STANDARD",
+            "LoggingConfiguration": Match.object_like({"Level": "ALL", "IncludeExecutionData": True}),
+            "TracingConfiguration": {"Enabled": True},
+        },
+    )
+
+
+def test_given_the_etl_state_machine_role_then_it_allows_exactly_what_the_asl_file_needs(
+    pipeline_resources: Resources,
+) -> None:
+    _, machine = _state_machine(pipeline_resources)
+    role = machine["Properties"]["RoleArn"]["Fn::GetAtt"][0]
+    statements = _statements_of_role(pipeline_resources, role)
+    by_sid = {s.get("Sid"): s for s in statements}
+
+    functions = {
+        _function(pipeline_resources, spec)[0] for spec in catalog.FUNCTIONS if spec.substitution in ETL.substitutions
+    }
+    invoked = by_sid["InvokeTaskFunctions"]["Resource"]
+    assert {r["Fn::GetAtt"][0] for r in invoked if "Fn::GetAtt" in r} == functions
+    assert {r["Fn::Join"][1][0]["Fn::GetAtt"][0] for r in invoked if "Fn::Join" in r} == functions
+
+    manifests = by_sid["ReadItemManifests"]
+    assert manifests["Action"] == "s3:GetObject"
+    assert manifests["Resource"]["Fn::Join"][1][-1] == f"/{MANIFEST_PREFIX}*"
+
+    start = by_sid["StartChildExecutions"]
+    assert start["Action"] == "states:StartExecution"
+    assert start["Resource"]["Fn::Join"][1][-1] == f":stateMachine:{ETL.name}", "itself, by its fixed name"
+
+    labels = distributed_map_labels(json.loads(ETL.path.read_text(encoding="utf-8")))
+    children = by_sid["ManageChildExecutions"]
+    assert set(children["Action"]) == {"states:DescribeExecution", "states:StopExecution"}
+    assert children["Resource"]["Fn::Join"][1][-1] == f":execution:{ETL.name}/*"
+    redrive = by_sid["RedriveMapRuns"]
+    assert redrive["Action"] == "states:RedriveExecution"
+    assert redrive["Resource"]["Fn::Join"][1][-1] == f":execution:{ETL.name}/{labels[0]}:*"
+
+    others = [s for s in statements if s.get("Sid") is None]
+    assert {a.split(":")[0] for s in others for a in s["Action"]} <= {"logs", "xray"}, "only CDK's logging/tracing"
+
+
+def test_given_the_etl_schedule_then_it_runs_daily_over_the_landing_prefix(
+    pipeline_template: Template, pipeline_resources: Resources
+) -> None:
+    machine, _ = _state_machine(pipeline_resources)
+    target = Capture()
+    pipeline_template.has_resource_properties(
+        "AWS::Scheduler::Schedule",
+        {"ScheduleExpression": DEFAULT_ETL_SCHEDULE, "State": "ENABLED", "Target": target},
+    )
+    assert target.as_object()["Arn"] == {"Ref": machine}
+    assert json.loads(target.as_object()["Input"]) == {"prefix": LANDING_PREFIX}
+
+
+def test_given_a_new_landing_object_then_an_eventbridge_rule_starts_the_etl_for_that_key(
+    pipeline_resources: Resources,
+) -> None:
+    machine, _ = _state_machine(pipeline_resources)
+    rules = list(_of_type(pipeline_resources, "AWS::Events::Rule").values())
+    assert len(rules) == 1
+    pattern = rules[0]["Properties"]["EventPattern"]
+    assert pattern["source"] == ["aws.s3"]
+    assert pattern["detail-type"] == ["Object Created"]
+    assert pattern["detail"]["object"] == {"key": [{"prefix": LANDING_PREFIX}]}
+    assert pattern["detail"]["bucket"]["name"][0]["Fn::Join"][1][0] == "pricepipe-prod-landing-"
+
+    (target,) = rules[0]["Properties"]["Targets"]
+    assert target["Arn"] == {"Ref": machine}
+    transformer = target["InputTransformer"]
+    path_names = [k for k, v in transformer["InputPathsMap"].items() if v == "$.detail.object.key"]
+    assert len(path_names) == 1
+    # EventBridge substitutes a string path with its JSON-quoted value.
+    assert json.loads(transformer["InputTemplate"].replace(f"<{path_names[0]}>", '"KEY"')) == {"prefix": "KEY"}
+
+
+def test_given_the_shared_settings_then_the_granted_prefixes_are_the_ones_the_handlers_use() -> None:
+    from pricepipe.settings import Settings
+
+    defaults = {name: field.default for name, field in Settings.model_fields.items()}
+    assert defaults["landing_prefix"] == LANDING_PREFIX
+    assert defaults["quarantine_prefix"] == QUARANTINE_PREFIX
+    assert defaults["lake_prefix"] == LAKE_PREFIX
+    assert defaults["manifest_prefix"] == MANIFEST_PREFIX
