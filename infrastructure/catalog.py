@@ -21,6 +21,16 @@ LAMBDA_RUNTIME = "python3.12"
 
 
 @dataclass(frozen=True)
+class Grant:
+    """S3 access a function needs: ``read`` lists and gets, ``write`` puts and deletes, under one
+    prefix of one of the pipeline's buckets."""
+
+    bucket: str  # landing | lake | artifacts
+    prefix: str
+    access: str  # read | write
+
+
+@dataclass(frozen=True)
 class FunctionSpec:
     """One Lambda function: a handler in ``functions/<folder>`` over the shared layer."""
 
@@ -33,6 +43,7 @@ class FunctionSpec:
     substitution: str | None = None  # its ARN's placeholder in the ASL files
     needs_database: bool = True
     needs_data_layer: bool = True  # pandas/pyarrow (AWS SDK for pandas managed layer)
+    s3: tuple[Grant, ...] = ()
 
     @property
     def name(self) -> str:
@@ -68,6 +79,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         memory_mb=512,
         timeout_s=120,
         substitution="EtlDiscoverFunctionArn",
+        s3=(Grant("landing", "landing/", "read"), Grant("artifacts", "manifests/etl/", "write")),
     ),
     FunctionSpec(
         key="etl-load",
@@ -77,6 +89,11 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         memory_mb=1024,
         timeout_s=900,
         substitution="EtlLoadFunctionArn",
+        s3=(
+            Grant("landing", "landing/", "read"),
+            Grant("landing", "quarantine/", "write"),
+            Grant("lake", "processed_features/", "write"),
+        ),
     ),
     FunctionSpec(
         key="etl-summarize",
@@ -88,6 +105,55 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         substitution="EtlSummarizeFunctionArn",
     ),
     FunctionSpec(
+        key="training-prepare",
+        folder="training",
+        handler="handler.prepare",
+        description="Training: choose the window and check there is enough data to train on",
+        memory_mb=256,
+        timeout_s=60,
+        substitution="TrainingPrepareFunctionArn",
+    ),
+    FunctionSpec(
+        key="training-evaluate",
+        folder="training",
+        handler="handler.evaluate",
+        description="Training: challenger vs champion on the same most-recent holdout, and the decision",
+        memory_mb=1024,
+        timeout_s=300,
+        substitution="TrainingEvaluateFunctionArn",
+        s3=(Grant("artifacts", "training/results/", "read"), Grant("artifacts", "mlflow/", "read")),
+    ),
+    FunctionSpec(
+        key="training-job-failed",
+        folder="training",
+        handler="handler.job_failed",
+        description="Training: report a failed training job (metric, log); the champion is untouched",
+        memory_mb=256,
+        timeout_s=60,
+        substitution="TrainingJobFailedFunctionArn",
+        needs_database=False,
+        s3=(Grant("artifacts", "training/results/", "read"),),
+    ),
+    FunctionSpec(
+        key="api",
+        folder="api",
+        handler="app.handler",
+        description="Serving: the FastAPI prediction API through Mangum; model from its model layer",
+        memory_mb=512,
+        timeout_s=29,
+        needs_database=False,
+        needs_data_layer=False,
+    ),
+    FunctionSpec(
+        key="prediction-writer",
+        folder="prediction_writer",
+        handler="handler.handler",
+        description="Serving: prediction logs (CloudWatch Logs subscription) into monitoring.predictions",
+        memory_mb=256,
+        timeout_s=60,
+        needs_data_layer=False,
+    ),
+    FunctionSpec(
         key="migrate",
         folder="migrate",
         handler="handler.on_event",
@@ -97,6 +163,45 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
     ),
 )
 
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A container job on AWS Batch (Fargate); the local cloud runs its command as a process."""
+
+    key: str
+    dockerfile: str  # relative to the repository root, which is the build context
+    command: tuple[str, ...]
+    description: str
+    vcpus: float = 1.0
+    memory_mb: int = 4096
+    timeout_s: int = 3600
+    queue_substitution: str = ""
+    definition_substitution: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"{PROJECT}-{self.key}"
+
+
+TRAINING_JOB = JobSpec(
+    key="training",
+    dockerfile="training_jobs/Dockerfile",
+    command=(
+        *("python", "-m", "training_jobs.train"),
+        *("--window-days", "Ref::window_days", "--holdout-days", "Ref::holdout_days", "--end", "Ref::end"),
+        *("--time-budget-s", "Ref::time_budget_s", "--result-uri", "Ref::result_uri"),
+    ),
+    description="Train, track in MLflow and register a price model",
+    vcpus=2.0,
+    memory_mb=8192,
+    timeout_s=3600,
+    queue_substitution="TrainingJobQueueArn",
+    definition_substitution="TrainingJobDefinitionArn",
+)
+JOBS: tuple[JobSpec, ...] = (TRAINING_JOB,)
+# Set in every job's container on top of catalog.environment(): a job never phones home.
+JOB_EXTRA_ENVIRONMENT = {"MLFLOW_DISABLE_TELEMETRY": "true", "MPLBACKEND": "Agg"}
+
 STATE_MACHINES: tuple[StateMachineSpec, ...] = (
     StateMachineSpec(
         key="etl",
@@ -104,7 +209,27 @@ STATE_MACHINES: tuple[StateMachineSpec, ...] = (
         description="Landing files -> validated rows in PostgreSQL and the Parquet lake",
         substitutions=("EtlDiscoverFunctionArn", "EtlLoadFunctionArn", "EtlSummarizeFunctionArn"),
     ),
+    StateMachineSpec(
+        key="training",
+        file="training.asl.json",
+        description="Batch training job, MLflow registration, challenger vs champion",
+        substitutions=(
+            "TrainingPrepareFunctionArn",
+            "TrainingJobQueueArn",
+            "TrainingJobDefinitionArn",
+            "TrainingJobFailedFunctionArn",
+            "TrainingEvaluateFunctionArn",
+        ),
+    ),
 )
+
+
+# -- serving ---------------------------------------------------------------------------------------
+SERVING_FUNCTION = "api"  # the catalog key of the function behind API Gateway
+LIVE_ALIAS = "live"  # API Gateway invokes this alias; canary and blue-green move its weights
+MODEL_LAYER = f"{PROJECT}-model"  # layer versions carrying a lean model (pricepipe.serving.model_layer)
+MODEL_LAYER_PARAMETER = f"/{PROJECT}/serving/model-layer-arn"  # SSM: the champion's model layer, for cdk deploy
+PREDICTION_LOG_MARKER = "prediction_log"  # the API's log message for predictions; the subscription's filter
 
 
 def function(key: str) -> FunctionSpec:
@@ -130,6 +255,30 @@ def render_definition(spec: StateMachineSpec, values: dict[str, str]) -> str:
     return rendered
 
 
+def environment(
+    service: str,
+    *,
+    landing_bucket: str,
+    lake_bucket: str,
+    artifacts_bucket: str,
+    database_secret_arn: str | None,
+    contract: str,
+    stage: str,
+) -> dict[str, str]:
+    """Environment of a function or job: the same keys on AWS and the local cloud; values differ."""
+    env = {
+        "PRICEPIPE_STAGE": stage,
+        "PRICEPIPE_CONTRACT": contract,
+        "PRICEPIPE_LANDING_BUCKET": landing_bucket,
+        "PRICEPIPE_LAKE_BUCKET": lake_bucket,
+        "PRICEPIPE_ARTIFACTS_BUCKET": artifacts_bucket,
+        "POWERTOOLS_SERVICE_NAME": service,
+    }
+    if database_secret_arn:
+        env["PRICEPIPE_DATABASE_SECRET_ARN"] = database_secret_arn
+    return env
+
+
 def function_environment(
     spec: FunctionSpec,
     *,
@@ -140,18 +289,16 @@ def function_environment(
     contract: str,
     stage: str,
 ) -> dict[str, str]:
-    """Environment of a function: the same keys on AWS and the local cloud; values differ."""
-    env = {
-        "PRICEPIPE_STAGE": stage,
-        "PRICEPIPE_CONTRACT": contract,
-        "PRICEPIPE_LANDING_BUCKET": landing_bucket,
-        "PRICEPIPE_LAKE_BUCKET": lake_bucket,
-        "PRICEPIPE_ARTIFACTS_BUCKET": artifacts_bucket,
-        "POWERTOOLS_SERVICE_NAME": spec.name,
-    }
-    if spec.needs_database:
-        env["PRICEPIPE_DATABASE_SECRET_ARN"] = database_secret_arn
-    return env
+    """Environment of a function (see :func:`environment`)."""
+    return environment(
+        spec.name,
+        landing_bucket=landing_bucket,
+        lake_bucket=lake_bucket,
+        artifacts_bucket=artifacts_bucket,
+        database_secret_arn=database_secret_arn if spec.needs_database else None,
+        contract=contract,
+        stage=stage,
+    )
 
 
 def camel(key: str) -> str:

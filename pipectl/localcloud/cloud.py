@@ -10,8 +10,8 @@ import gzip
 import json
 import logging
 import os
-import time
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,12 @@ def _configure_moto(cloud: LocalCloud) -> None:
         }
         payload = base64.b64encode(gzip.compress(json.dumps(data).encode())).decode()
         active.lambdas.moto_invoke(
-            backend, function_arn, None, json.dumps({"awslogs": {"data": payload}}), {"X-Amz-Invocation-Type": "Event"}, {}
+            backend,
+            function_arn,
+            None,
+            json.dumps({"awslogs": {"data": payload}}),
+            {"X-Amz-Invocation-Type": "Event"},
+            {},
         )
 
     LambdaSimpleBackend.send_log_event = deliver_logs  # type: ignore[method-assign,assignment]
@@ -190,6 +195,43 @@ def _put_log_lines(group: str, stream: str, lines: list[str]) -> None:
             backend.create_log_stream(group, stream)
     now = int(time.time() * 1000)
     backend.put_log_events(group, stream, [{"timestamp": now, "message": line} for line in lines if line])
+    for line in lines:
+        if '"_aws"' in line:
+            _put_emf_metrics(line)
+
+
+def _put_emf_metrics(line: str) -> None:
+    """CloudWatch turns Embedded Metric Format log lines into metrics; moto does not, so do it here."""
+    import datetime as dt
+
+    from moto.cloudwatch.models import cloudwatch_backends
+
+    try:
+        document = json.loads(line)
+        directives = document["_aws"]["CloudWatchMetrics"]
+        when = dt.datetime.fromtimestamp(document["_aws"]["Timestamp"] / 1000, tz=dt.UTC)
+    except (ValueError, KeyError, TypeError):
+        return
+    backend = cloudwatch_backends[ACCOUNT][REGION]
+    for directive in directives:
+        for dimension_set in directive.get("Dimensions", [[]]):
+            dimensions = [{"Name": name, "Value": str(document[name])} for name in dimension_set if name in document]
+            data = []
+            for definition in directive.get("Metrics", []):
+                values = document.get(definition["Name"])
+                for value in values if isinstance(values, list) else [values]:
+                    if isinstance(value, int | float):
+                        data.append(
+                            {
+                                "MetricName": definition["Name"],
+                                "Value": float(value),
+                                "Unit": definition.get("Unit", "None"),
+                                "Dimensions": dimensions,
+                                "Timestamp": when,
+                            }
+                        )
+            if data:
+                backend.put_metric_data(directive["Namespace"], data)
 
 
 def _normalise_batch_parameters() -> None:

@@ -35,6 +35,8 @@ class Resources:
     contract: str
     functions: dict[str, str] = field(default_factory=dict)  # key -> ARN
     state_machines: dict[str, str] = field(default_factory=dict)  # key -> ARN
+    job_queues: dict[str, str] = field(default_factory=dict)  # job key -> queue ARN
+    job_definitions: dict[str, str] = field(default_factory=dict)  # job key -> definition ARN
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,8 +121,10 @@ def provision(cloud: LocalCloud, database_url: str, contract: str = "hotel_rates
             Environment={"Variables": env},
         )["FunctionArn"]
 
-    sfn = cloud.client("stepfunctions")
     arns = {spec.substitution: resources.functions[spec.key] for spec in catalog.FUNCTIONS if spec.substitution}
+    arns.update(_batch(cloud, resources, role_arn, contract, stage))
+
+    sfn = cloud.client("stepfunctions")
     for machine in catalog.STATE_MACHINES:
         definition = catalog.render_definition(machine, {k: v for k, v in arns.items() if k in machine.substitutions})
         resources.state_machines[machine.key] = sfn.create_state_machine(
@@ -129,5 +133,53 @@ def provision(cloud: LocalCloud, database_url: str, contract: str = "hotel_rates
     return resources
 
 
-def local_arn(service: str, resource: str) -> str:
-    return f"arn:aws:{service}:{REGION}:{ACCOUNT}:{resource}"
+def _batch(cloud: LocalCloud, resources: Resources, role_arn: str, contract: str, stage: str) -> dict[str, str]:
+    """A Fargate compute environment, queue and job definition per catalog job; returns the ASL values."""
+    batch, ec2 = cloud.client("batch"), cloud.client("ec2")
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
+    groups = [g["GroupId"] for g in ec2.describe_security_groups()["SecurityGroups"]][:1]
+    environment = batch.create_compute_environment(
+        computeEnvironmentName=f"{catalog.PROJECT}-fargate",
+        type="MANAGED",
+        computeResources={"type": "FARGATE", "maxvCpus": 4, "subnets": subnets, "securityGroupIds": groups},
+        serviceRole=role_arn,
+    )["computeEnvironmentArn"]
+    values = {}
+    for job in catalog.JOBS:
+        queue = batch.create_job_queue(
+            jobQueueName=job.name,
+            state="ENABLED",
+            priority=1,
+            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": environment}],
+        )["jobQueueArn"]
+        env = catalog.environment(
+            job.name,
+            landing_bucket=resources.landing_bucket,
+            lake_bucket=resources.lake_bucket,
+            artifacts_bucket=resources.artifacts_bucket,
+            database_secret_arn=resources.database_secret_arn,
+            contract=contract,
+            stage=stage,
+        )
+        definition = batch.register_job_definition(
+            jobDefinitionName=job.name,
+            type="container",
+            platformCapabilities=["FARGATE"],
+            timeout={"attemptDurationSeconds": job.timeout_s},
+            containerProperties={
+                "image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{job.name}:local",
+                "command": list(job.command),
+                "environment": [{"name": k, "value": v} for k, v in {**env, **catalog.JOB_EXTRA_ENVIRONMENT}.items()],
+                "resourceRequirements": [
+                    {"type": "VCPU", "value": f"{job.vcpus:g}"},
+                    {"type": "MEMORY", "value": str(job.memory_mb)},
+                ],
+                "executionRoleArn": role_arn,
+                "jobRoleArn": role_arn,
+            },
+        )["jobDefinitionArn"]
+        resources.job_queues[job.key] = queue
+        resources.job_definitions[job.key] = definition
+        values[job.queue_substitution] = queue
+        values[job.definition_substitution] = definition
+    return values

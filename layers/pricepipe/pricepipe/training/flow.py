@@ -1,0 +1,128 @@
+"""The training state machine's Lambda steps (infrastructure/statemachines/training.asl.json).
+
+``prepare`` decides whether there is enough data and what the Batch job trains on; the job itself
+is ``training_jobs.train``; ``evaluate`` scores the new challenger and the current champion on the
+same most-recent holdout, through their lean serving artifacts (no MLflow needed in a Lambda), and
+decides; ``job_failed`` reports a failed job. None of them touches the champion.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from pricepipe import storage
+from pricepipe.lean_model import load_from_uri
+from pricepipe.training.data import TrainingWindow, latest_event_date_postgres, load_postgres
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from pricepipe.contract import Contract
+    from pricepipe.settings import Settings
+
+MIN_TRAINING_ROWS = 200  # below this a model says more about noise than about prices
+
+
+def prepare(
+    conn: psycopg.Connection[Any], contract: Contract, settings: Settings, request: dict[str, Any], execution: str
+) -> dict[str, Any]:
+    """What the job trains on: the window ending at the latest loaded day, and where it reports."""
+    window_days = int(request.get("window_days") or settings.training_window_days)
+    holdout_days = int(request.get("holdout_days") or settings.holdout_days)
+    if holdout_days >= window_days:
+        raise ValueError(f"holdout_days ({holdout_days}) must be smaller than window_days ({window_days})")
+    end = request.get("end")
+    end_date = dt.date.fromisoformat(end) if end else latest_event_date_postgres(conn, contract)
+    result_uri = f"s3://{settings.artifacts_bucket}/training/results/{execution}.json"
+    time_budget_s = float(request.get("time_budget_s") or settings.time_budget_s)
+    if time_budget_s <= 0:
+        raise ValueError(f"time_budget_s must be positive, got {time_budget_s}")
+    base = {
+        "window_days": window_days,
+        "holdout_days": holdout_days,
+        "time_budget_s": time_budget_s,
+        "result_uri": result_uri,
+        "job_name": f"train-{execution}"[:128],
+        "reason": request.get("reason", "requested"),
+    }
+    if end_date is None:
+        return {**base, "ready": False, "end": None, "rows": 0, "why": "no data has been loaded yet"}
+    window = TrainingWindow.ending(end_date, window_days)
+    rows = _rows_between(conn, contract, window.start, window.end)
+    ready = rows >= MIN_TRAINING_ROWS
+    why = "" if ready else f"{rows} rows in {window.start}..{window.end}; training needs {MIN_TRAINING_ROWS}"
+    return {**base, "ready": ready, "end": end_date.isoformat(), "rows": rows, "why": why}
+
+
+def _rows_between(conn: psycopg.Connection[Any], contract: Contract, start: dt.date, end: dt.date) -> int:
+    from psycopg import sql
+
+    assert contract.event_time is not None
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FROM price_data.processed_features WHERE {t} >= %s AND {t} < %s").format(
+            t=sql.Identifier(contract.event_time)
+        ),
+        (start, end + dt.timedelta(days=1)),
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def read_result(s3: Any, result_uri: str) -> dict[str, Any]:
+    bucket, _, key = result_uri.removeprefix("s3://").partition("/")
+    return dict(storage.get_json(s3, bucket, key))
+
+
+def evaluate(
+    conn: psycopg.Connection[Any], s3: Any, contract: Contract, settings: Settings, prepared: dict[str, Any]
+) -> dict[str, Any]:
+    """Challenger vs champion on the same most-recent holdout; promote when the challenger's RMSE is
+    lower than the champion's by at least ``settings.promotion_margin`` (or there is no champion)."""
+    from pricepipe.registry import evaluate_artifact
+
+    result = read_result(s3, prepared["result_uri"])
+    if result.get("status") == "failed":
+        raise RuntimeError(f"the training job reported failure: {result.get('error')}")
+    end = dt.date.fromisoformat(prepared["end"])
+    holdout = load_postgres(conn, contract, TrainingWindow.ending(end, int(prepared["holdout_days"]))).frame
+    challenger_uri = str(result["serving_artifact_uri"])
+    challenger = evaluate_artifact(load_from_uri(challenger_uri, s3), holdout, contract.target)
+    champion_row = conn.execute(
+        "SELECT version, serving_artifact_uri FROM model_registry.models"
+        " WHERE model_name = %s AND stage = 'champion' ORDER BY updated_at DESC LIMIT 1",
+        (settings.model_name,),
+    ).fetchone()
+    outcome: dict[str, Any] = {
+        "model_name": settings.model_name,
+        "challenger": {"version": str(result["model_version"]), "uri": challenger_uri, "metrics": challenger},
+        "champion": None,
+        "holdout": {
+            "start": (end - dt.timedelta(days=int(prepared["holdout_days"]) - 1)).isoformat(),
+            "end": end.isoformat(),
+            "rows": len(holdout),
+        },
+        "margin": settings.promotion_margin,
+    }
+    if champion_row is None:
+        return {**outcome, "decision": "promote", "reason": "no champion yet"}
+    champion = evaluate_artifact(load_from_uri(str(champion_row[1]), s3), holdout, contract.target)
+    outcome["champion"] = {"version": str(champion_row[0]), "uri": champion_row[1], "metrics": champion}
+    bar = champion["rmse"] * (1 - settings.promotion_margin)
+    better = challenger["rmse"] <= bar
+    reason = (
+        f"challenger RMSE {challenger['rmse']:.3f} {'<=' if better else '>'} {bar:.3f} "
+        f"(champion {champion['rmse']:.3f} less {settings.promotion_margin:.1%}) on {len(holdout)} holdout rows"
+    )
+    return {**outcome, "decision": "promote" if better else "keep", "reason": reason}
+
+
+def job_failed(s3: Any, prepared: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
+    """What went wrong with a failed job: the job's own report when it wrote one, else Batch's."""
+    report: dict[str, Any] = {"error": error.get("Error"), "cause": (error.get("Cause") or "")[:2000]}
+    try:
+        result = read_result(s3, prepared["result_uri"])
+    except Exception:  # noqa: BLE001 - a job killed before reporting leaves no result document
+        result = {}
+    if result.get("status") == "failed":
+        report["job_error"] = f"{result.get('error_type')}: {result.get('error')}"
+    return report
