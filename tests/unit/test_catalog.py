@@ -20,6 +20,7 @@ def test_every_function_folder_has_its_handler() -> None:
 def test_every_placeholder_of_an_asl_file_is_declared_and_provided(machine: catalog.StateMachineSpec) -> None:
     assert catalog.placeholders(machine) == set(machine.substitutions)
     provided = {f.substitution for f in catalog.FUNCTIONS if f.substitution}
+    provided |= {j.queue_substitution for j in catalog.JOBS} | {j.definition_substitution for j in catalog.JOBS}
     assert set(machine.substitutions) <= provided
 
 
