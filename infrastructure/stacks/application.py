@@ -48,7 +48,7 @@ def build_app(*, outdir: str | None = None, context: Mapping[str, Any] | None = 
         app,
         DATA_STACK,
         stack_name=DATA_STACK,
-        description="PricePipe: isolated VPC, S3 buckets (landing, lake, artifacts) and RDS PostgreSQL",
+        description="PricePipe: isolated VPC and endpoints, S3 buckets (landing, lake, artifacts) and RDS PostgreSQL",
         env=env,
         termination_protection=config.retain_data,
         config=config,
@@ -57,7 +57,10 @@ def build_app(*, outdir: str | None = None, context: Mapping[str, Any] | None = 
         app,
         PIPELINE_STACK,
         stack_name=PIPELINE_STACK,
-        description="PricePipe: Lambda functions, layers, database migrations, Step Functions and their triggers",
+        description=(
+            "PricePipe: Lambda functions, layers, Batch jobs on Fargate, database migrations, Step Functions "
+            "and their triggers"
+        ),
         env=env,
         data=data,
         config=config,

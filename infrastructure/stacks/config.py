@@ -56,6 +56,10 @@ class DeployConfig:
     db_allocated_storage_gb: int = 20
     db_max_allocated_storage_gb: int = 100
     log_retention_days: int = 90
+    # An SSM-only host in the isolated subnets for port-forwarding to PostgreSQL (MLflow UI, psql).
+    bastion: bool = False
+    # Fargate vCPUs that Batch may run at once: caps the cost of concurrent or runaway training jobs.
+    batch_max_vcpus: int = 4
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -64,6 +68,8 @@ class DeployConfig:
             raise ValueError(
                 f"pricepipe:logRetentionDays must be one of {sorted(_RETENTION)}, got {self.log_retention_days}"
             )
+        if self.batch_max_vcpus < 1:
+            raise ValueError(f"pricepipe:batchMaxVcpus must be at least 1, got {self.batch_max_vcpus}")
         if not (self.etl_schedule.startswith(("cron(", "rate(", "at(")) and self.etl_schedule.endswith(")")):
             raise ValueError(
                 f"pricepipe:etlSchedule must be an EventBridge Scheduler expression, got {self.etl_schedule!r}"
@@ -93,6 +99,8 @@ class DeployConfig:
             db_allocated_storage_gb=int(get("dbAllocatedStorageGb") or cls.db_allocated_storage_gb),
             db_max_allocated_storage_gb=int(get("dbMaxAllocatedStorageGb") or cls.db_max_allocated_storage_gb),
             log_retention_days=int(get("logRetentionDays") or cls.log_retention_days),
+            bastion=_flag(get("bastion"), default=cls.bastion),
+            batch_max_vcpus=int(get("batchMaxVcpus") or cls.batch_max_vcpus),
         )
 
 

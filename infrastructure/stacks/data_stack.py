@@ -20,6 +20,7 @@ from constructs import Construct
 
 from infrastructure import nag
 from infrastructure.catalog import PROJECT
+from infrastructure.stacks.bastion import DatabaseBastion
 from infrastructure.stacks.config import DeployConfig
 
 DATABASE_PORT = 5432
@@ -56,7 +57,8 @@ class BucketNames:
 
 
 class DataStack(Stack):
-    """VPC, buckets (landing, lake, artifacts, access logs) and the RDS PostgreSQL database."""
+    """VPC with its endpoints, buckets (landing, lake, artifacts, access logs), RDS PostgreSQL, and an
+    optional Session Manager bastion to reach the database (``pricepipe:bastion=true``)."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: DeployConfig, **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
@@ -74,8 +76,9 @@ class DataStack(Stack):
 
     def _network(self) -> None:
         flow_logs = logs.LogGroup(self, "FlowLogs", retention=self.config.log_retention)
-        # Isolated subnets only: no internet gateway, no NAT (cost and exposure); the functions reach
-        # S3 through a gateway endpoint and Secrets Manager through an interface endpoint.
+        # Isolated subnets only: no internet gateway, no NAT (cost and exposure). Everything in them
+        # reaches AWS through endpoints: S3 (gateway), Secrets Manager, and for the Batch training
+        # job on Fargate, ECR and CloudWatch Logs (interface endpoints, below).
         self.vpc = ec2.Vpc(
             self,
             "Vpc",
@@ -106,6 +109,15 @@ class DataStack(Stack):
                 conditions={"StringEquals": {"aws:ResourceAccount": self.account}},
             )
         )
+        # The one exception: ECR serves image layers from an AWS-owned bucket, so Fargate's image pull
+        # needs GetObject there (AWS's documented minimum for ECR behind an S3 endpoint policy).
+        s3_endpoint.add_to_policy(
+            iam.PolicyStatement(
+                principals=[iam.AnyPrincipal()],
+                actions=["s3:GetObject"],
+                resources=[f"arn:{self.partition}:s3:::prod-{self.region}-starport-layer-bucket/*"],
+            )
+        )
 
         self.database_clients = ec2.SecurityGroup(
             self,
@@ -125,6 +137,26 @@ class DataStack(Stack):
             open=False,
         )
         self.secrets_endpoint.connections.allow_default_port_from(self.database_clients, "Database clients")
+
+        # The Batch training job runs on Fargate with the database-clients group and no public IP.
+        # Fargate (platform 1.4+) pulls the image and ships the awslogs driver's output over the task's
+        # own network interface, so it needs ECR's API (auth token, manifest) and registry (layers via
+        # the S3 gateway above) and CloudWatch Logs here. Not needed: STS (task-role credentials come
+        # from the ECS credentials endpoint inside the task, not from STS), CloudWatch metrics (the job
+        # publishes none; the failure metric is the job-failed function's), ECS (only EC2 container
+        # instances call it).
+        self.fargate_endpoints = {
+            name: self.vpc.add_interface_endpoint(
+                name, service=service, private_dns_enabled=True, subnets=self.subnets, open=False
+            )
+            for name, service in (
+                ("EcrApi", ec2.InterfaceVpcEndpointAwsService.ECR),
+                ("EcrDocker", ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER),
+                ("Logs", ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS),
+            )
+        }
+        for endpoint in self.fargate_endpoints.values():
+            endpoint.connections.allow_default_port_from(self.database_clients, "Batch jobs on Fargate")
 
     # -- buckets -----------------------------------------------------------------------------------
 
@@ -307,4 +339,12 @@ class DataStack(Stack):
             automatically_after=Duration.days(30),
             security_group=self.database_clients,
             vpc_subnets=self.subnets,
+        )
+
+        # How people browse MLflow in AWS: `mlflow ui` on their own machine against this database,
+        # through a Session Manager tunnel to this optional host (see bastion.py for the commands).
+        self.bastion = (
+            DatabaseBastion(self, "Bastion", vpc=self.vpc, subnets=self.subnets, database=self.database)
+            if config.bastion
+            else None
         )

@@ -1,8 +1,12 @@
-"""The pipeline: layers, the catalog's functions, the database migrations and the state machines.
+"""The pipeline: layers, the catalog's functions and jobs, the database migrations and the state machines.
 
-Reads top to bottom like the flow: code and layers -> functions with their data grants -> schema
-migration on deploy -> state machines from their ASL files -> what starts them (a daily schedule and
-new objects in the landing bucket).
+Reads top to bottom like the flow: code and layers -> functions with their data grants -> container
+jobs on AWS Batch -> schema migration on deploy -> state machines from their ASL files -> what starts
+them (a daily schedule and new objects in the landing bucket).
+
+The Batch jobs live in this stack, next to the state machines that submit them: a job definition is
+immutable, so a change replaces it, and CloudFormation deregisters the old revision only in the
+clean-up phase of the same update, after the state machine already points at the new one.
 """
 
 from __future__ import annotations
@@ -26,14 +30,10 @@ from constructs import Construct
 
 from infrastructure import catalog, nag
 from infrastructure.layers import PANDAS_LAYER_PROVIDED, RUNTIME_PROVIDED, package_layer_code, requirements_layer_code
+from infrastructure.stacks.batch_jobs import BatchJobs
 from infrastructure.stacks.config import PANDAS_LAYER_ACCOUNT, DeployConfig
-from infrastructure.stacks.data_stack import (
-    LAKE_PREFIX,
-    LANDING_PREFIX,
-    MANIFEST_PREFIX,
-    QUARANTINE_PREFIX,
-    DataStack,
-)
+from infrastructure.stacks.data_access import attach_data_access, bucket_arn
+from infrastructure.stacks.data_stack import LANDING_PREFIX, MANIFEST_PREFIX, DataStack
 from infrastructure.stacks.pipeline_function import RUNTIMES, PipelineFunction
 
 PACKAGE_DIR = catalog.ROOT / "layers" / "pricepipe" / "pricepipe"
@@ -42,20 +42,11 @@ MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
 BUNDLED_CONTRACTS_DIR = PACKAGE_DIR / "contracts"
 # AWS publishes the layer per Python version: AWSSDKPandas-Python312 for python3.12.
 PANDAS_LAYER_NAME = f"AWSSDKPandas-Python{catalog.LAMBDA_RUNTIME.removeprefix('python').replace('.', '')}"
-
-# What each function does with the buckets, read from its handler (pricepipe.etl and friends).
-# Every catalog function must appear here: a new function gets no data access until someone decides
-# which it needs. The database secret is granted from FunctionSpec.needs_database.
-READ_LANDING = "read-landing"  # list and get landing/*
-WRITE_QUARANTINE = "write-quarantine"  # put quarantine/* in the landing bucket
-WRITE_LAKE = "write-lake"  # put processed_features/* in the lake
-WRITE_MANIFESTS = "write-manifests"  # put manifests/etl/* in the artifacts bucket
-FUNCTION_ACCESS: dict[str, frozenset[str]] = {
-    "etl-discover": frozenset({READ_LANDING, WRITE_MANIFESTS}),
-    "etl-load": frozenset({READ_LANDING, WRITE_QUARANTINE, WRITE_LAKE}),
-    "etl-summarize": frozenset(),
-    "migrate": frozenset(),
-}
+# Step Functions service integrations with AWS Batch, as ASL Task states name them.
+BATCH_SUBMIT_JOB = "arn:aws:states:::batch:submitJob"
+BATCH_SUBMIT_JOB_SYNC = f"{BATCH_SUBMIT_JOB}.sync"
+# The managed rule through which Step Functions learns that a .sync Batch job finished.
+BATCH_EVENTS_RULE = "StepFunctionsGetEventsForBatchJobsRule"
 
 
 def migrations_fingerprint(
@@ -74,6 +65,22 @@ def migrations_fingerprint(
     for path in sources:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def _states(definition: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every state of an ASL definition, those nested in Map and Parallel states included."""
+    found: list[dict[str, Any]] = []
+    for state in definition.get("States", {}).values():
+        found.append(state)
+        for nested in (state.get("ItemProcessor"), state.get("Iterator"), *state.get("Branches", [])):
+            if nested:
+                found += _states(nested)
+    return found
+
+
+def task_resources(definition: dict[str, Any]) -> set[str]:
+    """The ``Resource`` of every Task state: which service integrations a definition uses."""
+    return {str(state["Resource"]) for state in _states(definition) if state.get("Type") == "Task"}
 
 
 def distributed_map_labels(definition: dict[str, Any]) -> list[str | None]:
@@ -101,6 +108,9 @@ class PipelineStack(Stack):
         self.config = config
         self._layers()
         self._functions()
+        self.jobs = BatchJobs(self, "Jobs", data=data, config=config)
+        for placeholder, arn in self.jobs.substitutions().items():
+            CfnOutput(self, placeholder, value=arn)  # e.g. TrainingJobQueueArn, for pipectl --target aws
         self._migrations()
         self.state_machines = {spec.key: self._state_machine(spec) for spec in catalog.STATE_MACHINES}
         self._etl_triggers(self.state_machines["etl"])
@@ -138,9 +148,6 @@ class PipelineStack(Stack):
 
     def _functions(self) -> None:
         data = self.data
-        missing = [spec.key for spec in catalog.FUNCTIONS if spec.key not in FUNCTION_ACCESS]
-        if missing:
-            raise KeyError(f"no data access declared for {', '.join(missing)}: add them to FUNCTION_ACCESS")
         codes: dict[Path, lambda_.Code] = {}
         self.functions: dict[str, PipelineFunction] = {}
         for spec in catalog.FUNCTIONS:
@@ -172,67 +179,25 @@ class PipelineStack(Stack):
                 vpc_subnets=data.subnets,
                 security_groups=[data.database_clients],
             )
-            self._grant_data_access(function, FUNCTION_ACCESS[spec.key])
+            self._grant_data_access(function)
             self.functions[spec.key] = function
             CfnOutput(self, catalog.function_output(spec), value=function.function.function_name)
 
-    def _grant_data_access(self, function: PipelineFunction, access: frozenset[str]) -> None:
-        names = self.data.bucket_names
-        statements: list[iam.PolicyStatement] = []
-        if READ_LANDING in access:
-            statements += [
-                iam.PolicyStatement(
-                    actions=["s3:ListBucket"],
-                    resources=[self._bucket_arn(names.landing)],
-                    conditions={"StringLike": {"s3:prefix": [LANDING_PREFIX, f"{LANDING_PREFIX}*"]}},
-                ),
-                iam.PolicyStatement(
-                    actions=["s3:GetObject"], resources=[self._bucket_arn(names.landing, LANDING_PREFIX)]
-                ),
-            ]
-        if WRITE_QUARANTINE in access:
-            statements.append(
-                iam.PolicyStatement(
-                    actions=["s3:PutObject"], resources=[self._bucket_arn(names.landing, QUARANTINE_PREFIX)]
-                )
-            )
-        if WRITE_LAKE in access:
-            statements.append(
-                iam.PolicyStatement(actions=["s3:PutObject"], resources=[self._bucket_arn(names.lake, LAKE_PREFIX)])
-            )
-        if WRITE_MANIFESTS in access:
-            statements.append(
-                iam.PolicyStatement(
-                    actions=["s3:PutObject"], resources=[self._bucket_arn(names.artifacts, MANIFEST_PREFIX)]
-                )
-            )
-        if self.config.contract.startswith("s3://"):
-            bucket, _, key = self.config.contract.removeprefix("s3://").partition("/")
-            statements.append(
-                iam.PolicyStatement(actions=["s3:GetObject"], resources=[f"arn:{self.partition}:s3:::{bucket}/{key}"])
-            )
-        if function.spec.needs_database:
+    def _grant_data_access(self, function: PipelineFunction) -> None:
+        """The S3 access its catalog entry declares (none without grants) and the database secret."""
+        spec = function.spec
+        if spec.needs_database:
             self.data.database_secret.grant_read(function.role)
-        if not statements:
-            return
-        policy = iam.Policy(function, "DataAccessPolicy", statements=statements, roles=[function.role])
-        function.function.node.add_dependency(policy)
-        for statement in statements:
-            for resource in statement.resources:
-                finding = nag.resource_finding(self, resource)
-                if "*" in finding:
-                    nag.acknowledge(
-                        policy,
-                        "IAM5",
-                        "Object-key prefix grant: the objects under one prefix of one bucket, which is what "
-                        f"{function.spec.name} reads or writes there (pricepipe.settings bucket layout).",
-                        finding=finding,
-                    )
-
-    def _bucket_arn(self, bucket_name: str, prefix: str | None = None) -> str:
-        """A bucket's ARN, or the ARN of every object under ``prefix`` in it."""
-        arn = f"arn:{self.partition}:s3:::{bucket_name}"
-        return arn if prefix is None else f"{arn}/{prefix}*"
+        policy = attach_data_access(
+            function,
+            function.role,
+            names=self.data.bucket_names,
+            grants=spec.s3,
+            contract=self.config.contract,
+            who=spec.name,
+        )
+        if policy is not None:
+            function.function.node.add_dependency(policy)
 
     # -- migrations --------------------------------------------------------------------------------
 
@@ -277,21 +242,22 @@ class PipelineStack(Stack):
     # -- state machines ----------------------------------------------------------------------------
 
     def _state_machine(self, spec: catalog.StateMachineSpec) -> sfn.StateMachine:
+        """A state machine from its ASL file; its role allows what that file calls and nothing else."""
         needed = catalog.placeholders(spec)
         if needed != set(spec.substitutions):
             raise ValueError(f"{spec.file} uses {sorted(needed)} but the catalog declares {sorted(spec.substitutions)}")
-        by_placeholder = {f.spec.substitution: f for f in self.functions.values() if f.spec.substitution}
-        tasks = [by_placeholder[name] for name in sorted(needed)]
+        functions = {f.spec.substitution: f for f in self.functions.values() if f.spec.substitution}
+        values = {name: functions[name].function.function_arn for name in needed if name in functions}
+        values |= {name: arn for name, arn in self.jobs.substitutions().items() if name in needed}
+        unknown = needed - values.keys()
+        if unknown:
+            raise KeyError(f"{spec.file}: no function or job provides {', '.join(sorted(unknown))}")
+        tasks = [functions[name] for name in sorted(needed) if name in functions]
+        submitted = {job.key: job for name in needed if (job := self.jobs.job_for(name))}
+        jobs = [submitted[key] for key in sorted(submitted)]
+        definition = json.loads(spec.path.read_text(encoding="utf-8"))
         camel = catalog.camel(spec.key)
 
-        # The name is fixed so the role can name the state machine (and its executions) without a
-        # reference to the resource that needs the role: a DISTRIBUTED map starts child executions.
-        machine_arn = self.format_arn(
-            service="states",
-            resource="stateMachine",
-            resource_name=spec.name,
-            arn_format=ArnFormat.COLON_RESOURCE_NAME,
-        )
         role = iam.Role(
             self,
             f"{camel}StateMachineRole",
@@ -299,59 +265,25 @@ class PipelineStack(Stack):
             description=f"Execution role of the {spec.name} state machine: what {spec.file} calls",
         )
         asl_policy = iam.Policy(self, f"{camel}StateMachineAslPolicy", roles=[role])
-        asl_policy.add_statements(
-            iam.PolicyStatement(
-                sid="InvokeTaskFunctions",
-                actions=["lambda:InvokeFunction"],
-                resources=[arn for f in tasks for arn in (f.function.function_arn, f"{f.function.function_arn}:*")],
-            )
-        )
-        findings = [nag.resource_finding(self, f"{f.function.function_arn}:*") for f in tasks]
-        definition = json.loads(spec.path.read_text(encoding="utf-8"))
-        labels = distributed_map_labels(definition)
-        if labels:
+        acknowledgments: dict[str, str] = {}
+        if tasks:
             asl_policy.add_statements(
                 iam.PolicyStatement(
-                    sid="ReadItemManifests",
-                    actions=["s3:GetObject"],
-                    resources=[self._bucket_arn(self.data.bucket_names.artifacts, MANIFEST_PREFIX)],
-                ),
-                iam.PolicyStatement(
-                    sid="StartChildExecutions", actions=["states:StartExecution"], resources=[machine_arn]
-                ),
-            )
-
-            def execution_arn(name: str) -> str:
-                return self.format_arn(
-                    service="states", resource="execution", resource_name=name, arn_format=ArnFormat.COLON_RESOURCE_NAME
+                    sid="InvokeTaskFunctions",
+                    actions=["lambda:InvokeFunction"],
+                    resources=[arn for f in tasks for arn in (f.function.function_arn, f"{f.function.function_arn}:*")],
                 )
-
-            # Child executions of a map run are named <machine>/<map label>:<id>; describing and
-            # stopping them is granted as AWS documents it for Distributed Map, redriving per label as
-            # CDK's own DistributedMap construct does.
-            children = execution_arn(f"{spec.name}/*")
-            redrivable = [execution_arn(f"{spec.name}/{label or '*'}:*") for label in labels]
-            asl_policy.add_statements(
-                iam.PolicyStatement(
-                    sid="ManageChildExecutions",
-                    actions=["states:DescribeExecution", "states:StopExecution"],
-                    resources=[children],
-                ),
-                iam.PolicyStatement(sid="RedriveMapRuns", actions=["states:RedriveExecution"], resources=redrivable),
             )
-            findings.append(
-                nag.resource_finding(self, self._bucket_arn(self.data.bucket_names.artifacts, MANIFEST_PREFIX))
-            )
-            findings += [nag.resource_finding(self, arn) for arn in {children, *redrivable}]
-        for finding in findings:
-            nag.acknowledge(
-                asl_policy,
-                "IAM5",
-                f"Exactly what {spec.file} needs: its task functions and their version qualifiers (`:*`), the "
-                f"item manifests under {MANIFEST_PREFIX} that the DISTRIBUTED map reads, and the child "
-                "executions that map starts (by the state machine's fixed name and the map's label).",
-                finding=finding,
-            )
+            for f in tasks:
+                acknowledgments[nag.resource_finding(self, f"{f.function.function_arn}:*")] = (
+                    f"{spec.file} invokes {f.spec.name}; `:*` adds that one function's version and alias "
+                    "qualifiers, as Step Functions' Lambda integration documents."
+                )
+        acknowledgments |= self._distributed_map_statements(spec, definition, asl_policy)
+        batch_acknowledgments, batch_policies = self._batch_statements(spec, definition, jobs, role, asl_policy)
+        acknowledgments |= batch_acknowledgments
+        for finding, reason in acknowledgments.items():
+            nag.acknowledge(asl_policy, "IAM5", reason, finding=finding)
 
         log_group = logs.LogGroup(self, f"{camel}StateMachineLogs", retention=self.config.log_retention)
         machine = sfn.StateMachine(
@@ -360,12 +292,14 @@ class PipelineStack(Stack):
             state_machine_name=spec.name,
             state_machine_type=sfn.StateMachineType.STANDARD,
             definition_body=sfn.DefinitionBody.from_file(str(spec.path)),
-            definition_substitutions={name: by_placeholder[name].function.function_arn for name in sorted(needed)},
+            definition_substitutions={name: values[name] for name in sorted(needed)},
             role=role,
             logs=sfn.LogOptions(destination=log_group, level=sfn.LogLevel.ALL, include_execution_data=True),
             tracing_enabled=True,
         )
-        machine.node.add_dependency(asl_policy)
+        # The role must allow what the definition calls before the first execution can start.
+        for policy in (asl_policy, *batch_policies):
+            machine.node.add_dependency(policy)
         # The first scheduled run must find the tables.
         machine.node.add_dependency(self.schema)
         default_policy = role.node.try_find_child("DefaultPolicy")
@@ -379,6 +313,112 @@ class PipelineStack(Stack):
             )
         CfnOutput(self, catalog.state_machine_output(spec), value=machine.state_machine_arn)
         return machine
+
+    def _distributed_map_statements(
+        self, spec: catalog.StateMachineSpec, definition: dict[str, Any], policy: iam.Policy
+    ) -> dict[str, str]:
+        """A DISTRIBUTED map reads its item manifest and runs child executions of this state machine."""
+        labels = distributed_map_labels(definition)
+        if not labels:
+            return {}
+        # The name is fixed so the role can name the state machine (and its executions) without a
+        # reference to the resource that needs the role.
+        machine_arn = self.format_arn(
+            service="states", resource="stateMachine", resource_name=spec.name, arn_format=ArnFormat.COLON_RESOURCE_NAME
+        )
+        manifests = bucket_arn(self, self.data.bucket_names.artifacts, MANIFEST_PREFIX)
+        policy.add_statements(
+            iam.PolicyStatement(sid="ReadItemManifests", actions=["s3:GetObject"], resources=[manifests]),
+            iam.PolicyStatement(sid="StartChildExecutions", actions=["states:StartExecution"], resources=[machine_arn]),
+        )
+
+        def execution_arn(name: str) -> str:
+            return self.format_arn(
+                service="states", resource="execution", resource_name=name, arn_format=ArnFormat.COLON_RESOURCE_NAME
+            )
+
+        # Child executions of a map run are named <machine>/<map label>:<id>; describing and stopping
+        # them is granted as AWS documents it for Distributed Map, redriving per label as CDK's own
+        # DistributedMap construct does.
+        children = execution_arn(f"{spec.name}/*")
+        redrivable = [execution_arn(f"{spec.name}/{label or '*'}:*") for label in labels]
+        policy.add_statements(
+            iam.PolicyStatement(
+                sid="ManageChildExecutions",
+                actions=["states:DescribeExecution", "states:StopExecution"],
+                resources=[children],
+            ),
+            iam.PolicyStatement(sid="RedriveMapRuns", actions=["states:RedriveExecution"], resources=redrivable),
+        )
+        reason = (
+            f"What the DISTRIBUTED map of {spec.file} needs: the item manifests under {MANIFEST_PREFIX}, and the "
+            "child executions it starts (named by the state machine's fixed name and the map's label)."
+        )
+        return {nag.resource_finding(self, arn): reason for arn in (manifests, children, *redrivable)}
+
+    def _batch_statements(
+        self,
+        spec: catalog.StateMachineSpec,
+        definition: dict[str, Any],
+        jobs: list[catalog.JobSpec],
+        role: iam.Role,
+        policy: iam.Policy,
+    ) -> tuple[dict[str, str], list[iam.Policy]]:
+        """SubmitJob on the jobs' queues and definitions; for ``.sync`` also tracking and stopping them.
+
+        Returns the IAM5 acknowledgments for ``policy`` and any further policy attached to ``role``:
+        DescribeJobs supports no resource-level permission at all, so it goes into a policy of its own,
+        where acknowledging its ``Resource::*`` cannot hide a wildcard added to ``policy``.
+        """
+        integrations = task_resources(definition)
+        if not jobs or not integrations & {BATCH_SUBMIT_JOB, BATCH_SUBMIT_JOB_SYNC}:
+            return {}, []
+        queues = [self.jobs.queues[job.key].job_queue_arn for job in jobs]
+        definitions = [self.jobs.job_definition_arn_pattern(job) for job in jobs]
+        policy.add_statements(
+            iam.PolicyStatement(sid="SubmitJobs", actions=["batch:SubmitJob"], resources=[*queues, *definitions])
+        )
+        acknowledgments = {
+            nag.resource_finding(self, arn): (
+                f"{spec.file} submits the {job.name} job definition: the state machine references its current "
+                "revision, and `:*` (that definition's revisions only) keeps executions started before a deploy, "
+                "which hold the previous revision's ARN, able to submit."
+            )
+            for job, arn in zip(jobs, definitions, strict=True)
+        }
+        if BATCH_SUBMIT_JOB_SYNC not in integrations:
+            return acknowledgments, []
+
+        jobs_arn = self.format_arn(service="batch", resource="job", resource_name="*")
+        events_rule = self.format_arn(service="events", resource="rule", resource_name=BATCH_EVENTS_RULE)
+        policy.add_statements(
+            # Step Functions stops the job when the execution is stopped or the task times out. Job IDs
+            # exist only at run time, so jobs are named by account and region.
+            iam.PolicyStatement(sid="StopSubmittedJobs", actions=["batch:TerminateJob"], resources=[jobs_arn]),
+            iam.PolicyStatement(
+                sid="ManageBatchJobEventsRule",
+                actions=["events:PutTargets", "events:PutRule", "events:DescribeRule"],
+                resources=[events_rule],
+            ),
+        )
+        acknowledgments[nag.resource_finding(self, jobs_arn)] = (
+            f"{spec.file} waits for its Batch jobs (submitJob.sync) and Step Functions terminates a job when the "
+            "execution stops; job IDs are generated at submit time, so the resource is this account's jobs."
+        )
+        tracking = iam.Policy(
+            self,
+            f"{catalog.camel(spec.key)}StateMachineBatchTrackingPolicy",
+            roles=[role],
+            statements=[iam.PolicyStatement(sid="TrackSubmittedJobs", actions=["batch:DescribeJobs"], resources=["*"])],
+        )
+        nag.acknowledge(
+            tracking,
+            "IAM5",
+            "batch:DescribeJobs supports no resource-level permissions (AWS documents Resource *); Step Functions "
+            f"polls it to follow the jobs {spec.file} submits with submitJob.sync. This policy holds nothing else.",
+            finding="Resource::*",
+        )
+        return acknowledgments, [tracking]
 
     # -- triggers ----------------------------------------------------------------------------------
 

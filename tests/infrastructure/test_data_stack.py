@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -218,11 +219,13 @@ def test_given_the_vpc_then_s3_and_secrets_manager_are_reached_through_endpoints
             "VpcEndpointType": "Gateway",
             "ServiceName": {"Fn::Join": ["", ["com.amazonaws.", {"Ref": "AWS::Region"}, ".s3"]]},
             "PolicyDocument": {
-                "Statement": [
-                    Match.object_like(
-                        {"Condition": {"StringEquals": {"aws:ResourceAccount": {"Ref": "AWS::AccountId"}}}}
-                    )
-                ],
+                "Statement": Match.array_with(
+                    [
+                        Match.object_like(
+                            {"Condition": {"StringEquals": {"aws:ResourceAccount": {"Ref": "AWS::AccountId"}}}}
+                        )
+                    ]
+                ),
                 "Version": "2012-10-17",
             },
         },
@@ -235,6 +238,62 @@ def test_given_the_vpc_then_s3_and_secrets_manager_are_reached_through_endpoints
             "PrivateDnsEnabled": True,
         },
     )
+
+
+def test_given_the_s3_endpoint_policy_then_only_this_account_and_ecr_image_layers_are_reachable(
+    data_resources: dict[str, dict[str, Any]],
+) -> None:
+    (endpoint,) = [
+        r for r in _of_type(data_resources, "AWS::EC2::VPCEndpoint").values() if r["Properties"].get("PolicyDocument")
+    ]
+    statements = endpoint["Properties"]["PolicyDocument"]["Statement"]
+    own, layers = statements
+    assert own["Action"] == "s3:*"
+    assert own["Condition"] == {"StringEquals": {"aws:ResourceAccount": {"Ref": "AWS::AccountId"}}}
+    # ECR keeps image layers in an AWS-owned bucket: GetObject there only, or Fargate cannot pull.
+    assert layers["Action"] == "s3:GetObject"
+    assert "Condition" not in layers
+    assert layers["Resource"] == {
+        "Fn::Join": [
+            "",
+            ["arn:", {"Ref": "AWS::Partition"}, ":s3:::prod-", {"Ref": "AWS::Region"}, "-starport-layer-bucket/*"],
+        ]
+    }
+
+
+@pytest.mark.parametrize("service", ["ecr.api", "ecr.dkr", "logs", "secretsmanager"])
+def test_given_the_vpc_then_fargate_jobs_reach_ecr_logs_and_secrets_through_endpoints_open_to_database_clients(
+    service: str, data_resources: dict[str, dict[str, Any]]
+) -> None:
+    (name, endpoint) = next(
+        (n, r)
+        for n, r in _of_type(data_resources, "AWS::EC2::VPCEndpoint").items()
+        if r["Properties"]["ServiceName"]["Fn::Join"][1][-1] == f".{service}"
+    )
+    props = endpoint["Properties"]
+    assert props["VpcEndpointType"] == "Interface"
+    assert props["PrivateDnsEnabled"] is True
+    assert len(props["SubnetIds"]) == 2
+    (group,) = props["SecurityGroupIds"]
+    sources = [
+        r["Properties"]
+        for r in _of_type(data_resources, "AWS::EC2::SecurityGroupIngress").values()
+        if r["Properties"]["GroupId"] == group
+    ]
+    assert len(sources) == 1, f"{name}: one ingress rule"
+    assert sources[0]["FromPort"] == sources[0]["ToPort"] == 443
+    assert sources[0]["SourceSecurityGroupId"]["Fn::GetAtt"][0].startswith("DatabaseClients")
+
+
+def test_given_the_default_context_then_there_is_no_bastion_and_no_session_manager_endpoint(
+    data_resources: dict[str, dict[str, Any]],
+) -> None:
+    assert _of_type(data_resources, "AWS::EC2::Instance") == {}
+    services = [
+        r["Properties"]["ServiceName"]["Fn::Join"][1][-1]
+        for r in _of_type(data_resources, "AWS::EC2::VPCEndpoint").values()
+    ]
+    assert not [s for s in services if "ssm" in s or "messages" in s]
 
 
 def test_given_the_data_stack_then_a_cli_finds_buckets_and_secret_by_output_name(data_template: Template) -> None:
@@ -268,3 +327,86 @@ def test_given_a_stack_without_the_data_stack_then_bucket_names_need_no_cross_st
     other = Stack(app, "Other")
     assert other.resolve(data.bucket_names.landing) == data.resolve(data.bucket_names.landing)
     assert "Fn::GetStackOutput" not in str(other.resolve(data.bucket_names.landing))
+
+
+@pytest.fixture(scope="module")
+def bastion_stack() -> tuple[App, dict[str, Any]]:
+    app = App(context={**project_context(), "pricepipe:bastion": "true"})
+    stack = DataStack(app, "WithBastion", config=DeployConfig.from_context(app.node))
+    return app, dict(Template.from_stack(stack).to_json())
+
+
+def test_given_the_bastion_context_then_the_app_still_passes_cdk_nag(bastion_stack: tuple[App, dict[str, Any]]) -> None:
+    app, _ = bastion_stack
+    report = AwsSolutionsChecks().validate_scope(app)
+    assert [v.rule_name for v in report.violations] == []
+
+
+def test_given_the_bastion_then_it_is_ssm_only_imdsv2_encrypted_and_private(
+    bastion_stack: tuple[App, dict[str, Any]],
+) -> None:
+    _, template = bastion_stack
+    resources = template["Resources"]
+    (instance,) = _of_type(resources, "AWS::EC2::Instance").values()
+    props = instance["Properties"]
+    assert "KeyName" not in props, "no SSH key: Session Manager only"
+    assert props["NetworkInterfaces"][0]["AssociatePublicIpAddress"] is False
+    assert [d["Ebs"]["Encrypted"] for d in props["BlockDeviceMappings"]] == [True]
+    (template_,) = _of_type(resources, "AWS::EC2::LaunchTemplate").values()
+    assert template_["Properties"]["LaunchTemplateData"]["MetadataOptions"]["HttpTokens"] == "required"
+
+    profile = props["IamInstanceProfile"]["Ref"]
+    (role,) = resources[profile]["Properties"]["Roles"]
+    role_props = resources[role["Ref"]]["Properties"]
+    assert [arn["Fn::Join"][1][-1] for arn in role_props["ManagedPolicyArns"]] == [
+        ":iam::aws:policy/AmazonSSMManagedInstanceCore"
+    ]
+    attached = [p for p in _of_type(resources, "AWS::IAM::Policy").values() if role in p["Properties"]["Roles"]]
+    assert attached == [], "nothing beyond the SSM agent's policy: no data, secret or bucket access"
+
+
+def test_given_the_bastion_then_its_group_accepts_nothing_and_reaches_only_postgres_and_session_manager(
+    bastion_stack: tuple[App, dict[str, Any]],
+) -> None:
+    _, template = bastion_stack
+    resources = template["Resources"]
+    (group,) = [
+        n for n, r in _of_type(resources, "AWS::EC2::SecurityGroup").items() if n.startswith("BastionSecurityGroup")
+    ]
+    assert "SecurityGroupIngress" not in resources[group]["Properties"]
+    assert not [
+        r
+        for r in _of_type(resources, "AWS::EC2::SecurityGroupIngress").values()
+        if r["Properties"]["GroupId"] == {"Fn::GetAtt": [group, "GroupId"]}
+    ]
+    egress = [
+        r["Properties"]
+        for r in _of_type(resources, "AWS::EC2::SecurityGroupEgress").values()
+        if r["Properties"]["GroupId"] == {"Fn::GetAtt": [group, "GroupId"]}
+    ]
+    by_destination = {e["DestinationSecurityGroupId"]["Fn::GetAtt"][0]: e for e in egress}
+    endpoints = {
+        r["Properties"]["ServiceName"]["Fn::Join"][1][-1]: r["Properties"]["SecurityGroupIds"][0]["Fn::GetAtt"][0]
+        for r in _of_type(resources, "AWS::EC2::VPCEndpoint").values()
+        if r["Properties"]["VpcEndpointType"] == "Interface"
+    }
+    session_manager = {endpoints[service] for service in (".ssm", ".ssmmessages", ".ec2messages")}
+    database = next(
+        n
+        for n, r in _of_type(resources, "AWS::EC2::SecurityGroup").items()
+        if r["Properties"]["GroupDescription"].startswith("PostgreSQL:")
+    )
+    assert set(by_destination) == session_manager | {database}
+    assert {by_destination[g]["FromPort"] for g in session_manager} == {443}
+    assert by_destination[database]["FromPort"] == {
+        "Fn::GetAtt": [next(iter(_of_type(resources, "AWS::RDS::DBInstance"))), "Endpoint.Port"]
+    }
+
+
+def test_given_the_bastion_then_the_stack_outputs_the_tunnel_command(bastion_stack: tuple[App, dict[str, Any]]) -> None:
+    _, template = bastion_stack
+    outputs = template["Outputs"]
+    assert "BastionInstanceId" in outputs
+    command = json.dumps(outputs["DatabaseTunnelCommand"]["Value"])
+    assert "AWS-StartPortForwardingSessionToRemoteHost" in command
+    assert "Endpoint.Address" in command

@@ -66,7 +66,8 @@ def test_given_the_app_when_synthesized_then_cdk_reports_no_error_or_warning(syn
     assert messages == []
 
 
-def test_given_the_acknowledgments_then_each_one_silences_a_real_finding() -> None:
+@pytest.mark.parametrize("context", [{}, {"pricepipe:bastion": "true"}], ids=["default", "bastion"])
+def test_given_the_acknowledgments_then_each_one_silences_a_real_finding(context: dict[str, str]) -> None:
     """Build the app again without acknowledging anything: every acknowledgment must match a finding there."""
     recorded: list[tuple[str, str]] = []
 
@@ -80,7 +81,7 @@ def test_given_the_acknowledgments_then_each_one_silences_a_real_finding() -> No
     ):
         env.pop("CDK_DEFAULT_ACCOUNT", None)
         env.pop("CDK_DEFAULT_REGION", None)
-        raw = build_app(outdir=outdir)
+        raw = build_app(outdir=outdir, context=context)
         findings = _violations(raw)
 
     assert recorded

@@ -1,4 +1,4 @@
-"""PipelineStack: the catalog's functions, migrations, the ETL state machine and what starts it."""
+"""PipelineStack: the catalog's functions and their grants, migrations, the state machines and the ETL triggers."""
 
 from __future__ import annotations
 
@@ -10,9 +10,23 @@ import pytest
 from aws_cdk.assertions import Capture, Match, Template
 
 from infrastructure import catalog
+from infrastructure.catalog import Grant
 from infrastructure.stacks.config import DEFAULT_ETL_SCHEDULE, DEFAULT_PANDAS_LAYER_VERSION
-from infrastructure.stacks.data_stack import LAKE_PREFIX, LANDING_PREFIX, MANIFEST_PREFIX, QUARANTINE_PREFIX
-from infrastructure.stacks.pipeline_stack import distributed_map_labels, migrations_fingerprint
+from infrastructure.stacks.data_access import s3_statements
+from infrastructure.stacks.data_stack import (
+    LAKE_PREFIX,
+    LANDING_PREFIX,
+    MANIFEST_PREFIX,
+    QUARANTINE_PREFIX,
+    BucketNames,
+)
+from infrastructure.stacks.pipeline_stack import distributed_map_labels, migrations_fingerprint, task_resources
+from tests.infrastructure.support import (
+    expected_s3_grants,
+    of_type,
+    s3_grants,
+    statements_of_role,
+)
 
 if TYPE_CHECKING:
     from tests.infrastructure.conftest import Synthesized
@@ -23,40 +37,11 @@ Resources = dict[str, dict[str, Any]]
 ETL = catalog.state_machine("etl")
 
 
-def _of_type(resources: Resources, kind: str) -> Resources:
-    return {name: r for name, r in resources.items() if r["Type"] == kind}
-
-
 def _function(resources: Resources, spec: catalog.FunctionSpec) -> tuple[str, dict[str, Any]]:
-    for name, resource in _of_type(resources, "AWS::Lambda::Function").items():
+    for name, resource in of_type(resources, "AWS::Lambda::Function").items():
         if resource["Properties"].get("FunctionName") == spec.name:
             return name, resource
     raise AssertionError(f"no function named {spec.name}")
-
-
-def _statements_of_role(resources: Resources, role: str) -> list[dict[str, Any]]:
-    statements = []
-    for policy in _of_type(resources, "AWS::IAM::Policy").values():
-        if {"Ref": role} in policy["Properties"]["Roles"]:
-            statements += policy["Properties"]["PolicyDocument"]["Statement"]
-    return statements
-
-
-def _s3_grants(statements: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    """(action, bucket-purpose/prefix) for every S3 statement, e.g. ("s3:PutObject", "lake/processed_features/*")."""
-    grants = set()
-    for statement in statements:
-        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-        for action in actions:
-            if not action.startswith("s3:"):
-                continue
-            for resource in resources:
-                parts = resource["Fn::Join"][1]
-                name = next(p for p in parts if isinstance(p, str) and "pricepipe-prod-" in p)
-                bucket = name.split("pricepipe-prod-")[1].rstrip("-")
-                grants.add((action, bucket + (parts[-1] if str(parts[-1]).startswith("/") else "")))
-    return grants
 
 
 @pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
@@ -125,9 +110,18 @@ def test_given_a_catalog_function_then_its_role_has_no_managed_policy_and_logs_o
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
     assert "ManagedPolicyArns" not in pipeline_resources[role]["Properties"]
     log_group = function["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
-    log_statements = [s for s in _statements_of_role(pipeline_resources, role) if "logs:PutLogEvents" in s["Action"]]
+    log_statements = [s for s in statements_of_role(pipeline_resources, role) if "logs:PutLogEvents" in s["Action"]]
     assert [s["Resource"] for s in log_statements] == [{"Fn::GetAtt": [log_group, "Arn"]}]
     assert pipeline_resources[log_group]["Properties"]["RetentionInDays"] == 90
+
+
+@pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
+def test_given_a_catalog_function_then_its_s3_access_is_exactly_what_its_grants_declare(
+    spec: catalog.FunctionSpec, pipeline_resources: Resources
+) -> None:
+    _, function = _function(pipeline_resources, spec)
+    role = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    assert s3_grants(statements_of_role(pipeline_resources, role)) == expected_s3_grants(spec.s3)
 
 
 @pytest.mark.parametrize(
@@ -136,21 +130,26 @@ def test_given_a_catalog_function_then_its_role_has_no_managed_policy_and_logs_o
         (
             "etl-discover",
             {
-                ("s3:ListBucket", "landing"),
+                ("s3:ListBucket", f"landing?prefix={LANDING_PREFIX}"),
                 ("s3:GetObject", f"landing/{LANDING_PREFIX}*"),
                 ("s3:PutObject", f"artifacts/{MANIFEST_PREFIX}*"),
+                ("s3:DeleteObject", f"artifacts/{MANIFEST_PREFIX}*"),
             },
         ),
         (
             "etl-load",
             {
-                ("s3:ListBucket", "landing"),
+                ("s3:ListBucket", f"landing?prefix={LANDING_PREFIX}"),
                 ("s3:GetObject", f"landing/{LANDING_PREFIX}*"),
                 ("s3:PutObject", f"landing/{QUARANTINE_PREFIX}*"),
+                ("s3:DeleteObject", f"landing/{QUARANTINE_PREFIX}*"),
                 ("s3:PutObject", f"lake/{LAKE_PREFIX}*"),
+                # a rolled-back load attempt deletes the lake objects it wrote
+                ("s3:DeleteObject", f"lake/{LAKE_PREFIX}*"),
             },
         ),
         ("etl-summarize", set()),
+        ("training-prepare", set()),
         ("migrate", set()),
     ],
 )
@@ -159,7 +158,36 @@ def test_given_a_function_then_it_may_touch_only_the_bucket_prefixes_its_handler
 ) -> None:
     _, function = _function(pipeline_resources, catalog.function(key))
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
-    assert _s3_grants(_statements_of_role(pipeline_resources, role)) == expected
+    assert s3_grants(statements_of_role(pipeline_resources, role)) == expected
+
+
+@pytest.mark.parametrize("spec", [f for f in catalog.FUNCTIONS if not f.s3], ids=lambda s: s.key)
+def test_given_a_function_without_grants_then_it_has_no_data_access_policy(
+    spec: catalog.FunctionSpec, pipeline_resources: Resources
+) -> None:
+    _, function = _function(pipeline_resources, spec)
+    role = function["Properties"]["Role"]["Fn::GetAtt"][0]
+    actions = {a for s in statements_of_role(pipeline_resources, role) for a in s["Action"]}
+    assert not [a for a in actions if a.startswith("s3:")]
+
+
+@pytest.mark.parametrize(
+    "grant",
+    [
+        Grant("archive", "landing/", "read"),
+        Grant("lake", "processed_features/", "admin"),
+        Grant("lake", "processed_features", "read"),
+        Grant("lake", "", "write"),
+        Grant("lake", "*/", "read"),
+    ],
+    ids=["unknown-bucket", "unknown-access", "prefix-without-slash", "whole-bucket", "wildcard"],
+)
+def test_given_a_malformed_grant_then_synthesis_refuses_it_rather_than_granting_more(grant: Grant) -> None:
+    from aws_cdk import App, Stack
+
+    stack = Stack(App(), "Grants")
+    with pytest.raises(ValueError, match="grant"):
+        s3_statements(stack, BucketNames.for_stage("prod"), [grant])
 
 
 @pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
@@ -169,7 +197,7 @@ def test_given_a_function_that_needs_the_database_then_it_may_read_the_database_
     _, function = _function(pipeline_resources, spec)
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
     secret_reads = [
-        s for s in _statements_of_role(pipeline_resources, role) if "secretsmanager:GetSecretValue" in s["Action"]
+        s for s in statements_of_role(pipeline_resources, role) if "secretsmanager:GetSecretValue" in s["Action"]
     ]
     assert len(secret_reads) == (1 if spec.needs_database else 0)
     if secret_reads:
@@ -224,10 +252,10 @@ def test_given_a_changed_migration_or_contract_then_the_fingerprint_changes(tmp_
     assert migrations_fingerprint("hotel_rates", migrations, contracts) == third
 
 
-def _state_machine(resources: Resources) -> tuple[str, dict[str, Any]]:
-    machines = _of_type(resources, "AWS::StepFunctions::StateMachine")
+def _state_machine(resources: Resources, spec: catalog.StateMachineSpec = ETL) -> tuple[str, dict[str, Any]]:
+    machines = of_type(resources, "AWS::StepFunctions::StateMachine")
     assert len(machines) == len(catalog.STATE_MACHINES)
-    return next((n, m) for n, m in machines.items() if m["Properties"]["StateMachineName"] == ETL.name)
+    return next((n, m) for n, m in machines.items() if m["Properties"]["StateMachineName"] == spec.name)
 
 
 def _state_names(definition: dict[str, Any]) -> set[str]:
@@ -240,16 +268,44 @@ def _state_names(definition: dict[str, Any]) -> set[str]:
     return names
 
 
-def test_given_the_etl_state_machine_then_its_definition_is_the_asl_file_with_every_state(
+@pytest.mark.parametrize("spec", catalog.STATE_MACHINES, ids=lambda s: s.key)
+def test_given_a_catalog_state_machine_then_its_definition_is_the_asl_file_with_every_state(
+    spec: catalog.StateMachineSpec, synthesized: Synthesized, pipeline_resources: Resources
+) -> None:
+    _, machine = _state_machine(pipeline_resources, spec)
+    location = machine["Properties"]["DefinitionS3Location"]
+    deployed = json.loads(synthesized.asset_path(location["Key"]).read_text(encoding="utf-8"))
+    source = json.loads(spec.path.read_text(encoding="utf-8"))
+    assert deployed == source, "the one definition of the flow, unchanged"
+    assert _state_names(deployed) == _state_names(source)
+
+
+def test_given_the_etl_state_machine_then_its_definition_has_the_etl_states(
     synthesized: Synthesized, pipeline_resources: Resources
 ) -> None:
     _, machine = _state_machine(pipeline_resources)
     location = machine["Properties"]["DefinitionS3Location"]
     deployed = json.loads(synthesized.asset_path(location["Key"]).read_text(encoding="utf-8"))
-    source = json.loads(ETL.path.read_text(encoding="utf-8"))
-    assert deployed == source, "the one definition of the flow, unchanged"
     assert _state_names(deployed) >= {"Discover", "LoadFiles", "LoadFile", "Summarize"}
-    assert _state_names(deployed) == _state_names(source)
+
+
+@pytest.mark.parametrize("spec", catalog.STATE_MACHINES, ids=lambda s: s.key)
+def test_given_a_catalog_state_machine_then_every_placeholder_is_substituted_with_a_deployed_arn(
+    spec: catalog.StateMachineSpec, pipeline_resources: Resources
+) -> None:
+    _, machine = _state_machine(pipeline_resources, spec)
+    substitutions = machine["Properties"]["DefinitionSubstitutions"]
+    assert set(substitutions) == catalog.placeholders(spec) == set(spec.substitutions)
+    for name, value in substitutions.items():
+        reference = value.get("Fn::GetAtt", [value.get("Ref")])[0]
+        assert reference in pipeline_resources, f"{name} must name a resource of this stack, got {value}"
+
+
+def test_given_the_asl_files_then_task_resources_name_the_service_integrations_they_use() -> None:
+    training = json.loads(catalog.state_machine("training").path.read_text(encoding="utf-8"))
+    etl = json.loads(ETL.path.read_text(encoding="utf-8"))
+    assert "arn:aws:states:::batch:submitJob.sync" in task_resources(training)
+    assert not {r for r in task_resources(etl) if ":batch:" in r}
 
 
 def test_given_the_etl_state_machine_then_each_placeholder_is_the_arn_of_its_function(
@@ -265,13 +321,14 @@ def test_given_the_etl_state_machine_then_each_placeholder_is_the_arn_of_its_fun
     assert {"EtlDiscoverFunctionArn", "EtlLoadFunctionArn", "EtlSummarizeFunctionArn"} <= set(substitutions)
 
 
-def test_given_the_etl_state_machine_then_it_is_standard_logs_everything_and_is_traced(
-    pipeline_template: Template,
+@pytest.mark.parametrize("spec", catalog.STATE_MACHINES, ids=lambda s: s.key)
+def test_given_a_catalog_state_machine_then_it_is_standard_logs_everything_and_is_traced(
+    spec: catalog.StateMachineSpec, pipeline_template: Template
 ) -> None:
     pipeline_template.has_resource_properties(
         "AWS::StepFunctions::StateMachine",
         {
-            "StateMachineName": ETL.name,
+            "StateMachineName": spec.name,
             "StateMachineType": "STANDARD",
             "LoggingConfiguration": Match.object_like({"Level": "ALL", "IncludeExecutionData": True}),
             "TracingConfiguration": {"Enabled": True},
@@ -284,7 +341,7 @@ def test_given_the_etl_state_machine_role_then_it_allows_exactly_what_the_asl_fi
 ) -> None:
     _, machine = _state_machine(pipeline_resources)
     role = machine["Properties"]["RoleArn"]["Fn::GetAtt"][0]
-    statements = _statements_of_role(pipeline_resources, role)
+    statements = statements_of_role(pipeline_resources, role)
     by_sid = {s.get("Sid"): s for s in statements}
 
     functions = {
@@ -331,7 +388,7 @@ def test_given_a_new_landing_object_then_an_eventbridge_rule_starts_the_etl_for_
     pipeline_resources: Resources,
 ) -> None:
     machine, _ = _state_machine(pipeline_resources)
-    rules = list(_of_type(pipeline_resources, "AWS::Events::Rule").values())
+    rules = list(of_type(pipeline_resources, "AWS::Events::Rule").values())
     assert len(rules) == 1
     pattern = rules[0]["Properties"]["EventPattern"]
     assert pattern["source"] == ["aws.s3"]
