@@ -11,7 +11,8 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck unit integration e2e infra bench bench-etl synth local-up local-down \
+.PHONY: demo test lint typecheck unit integration e2e infra bench bench-etl bench-train bench-drift dev-train mlflow-ui synth \
+        local-up local-down \
         local-status clean help
 
 help:
@@ -56,10 +57,23 @@ test: $(STAMP) $(NODE_STAMP) lint typecheck
 unit integration e2e infra: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest tests/$@
 
-bench: bench-etl
+bench: bench-etl bench-train bench-drift
 
 bench-etl: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_etl
+
+bench-train: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_train
+
+bench-drift: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_drift
+
+dev-train: $(STAMP)
+	$(BIN)/pipectl local up
+	$(BIN)/pipectl train
+
+mlflow-ui: $(STAMP)
+	$(BIN)/pipectl mlflow-ui
 
 synth: $(STAMP) $(NODE_STAMP)
 	npx cdk synth --quiet

@@ -48,6 +48,72 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("PRICEPIPE_SERVICE_NAME", "POWERTOOLS_SERVICE_NAME"),
     )
 
+    # -- training, tracking and the model registry (pricepipe.training, pricepipe.registry) ----------
+    # MLflow's store is a database URI, no server. Unset: the pipeline's own database, schema
+    # `mlflow` (migration 0002), derived from the same DSN, so one secret serves both.
+    mlflow_tracking_uri: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("PRICEPIPE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI")
+    )
+    mlflow_experiment: str = "price-model"
+    mlflow_artifact_prefix: str = "mlflow/"  # artifacts: s3://<artifacts_bucket>/<prefix><experiment>
+    model_name: str = "price-model"  # the registered model
+    training_window_days: int = Field(default=365, ge=2)  # days of data up to the latest event date
+    holdout_days: int = Field(default=28, ge=1)  # most recent days, scored once, never trained on
+    validation_days: int | None = Field(default=None, ge=1)  # search's validation days; None: holdout_days
+    time_budget_s: float = Field(default=300.0, gt=0)  # hyperparameter search wall clock
+    search_max_trials: int = Field(default=20, ge=1)  # per model family; bounds the search when time does not
+    max_tree_levels: int = Field(default=800, ge=1)  # trees x depth per model: the lean evaluator's cost
+    refit_full_window: bool = True  # serve the chosen settings refit on the whole window, holdout included
+    seed: int = 42
+    promotion_margin: float = Field(default=0.01, ge=0, lt=1)  # challenger RMSE must be this fraction lower
+
+    # -- drift checks (pricepipe.drift) -------------------------------------------------------------
+    # A feature drifts only when an effect size crosses its threshold AND its test's p-value is below
+    # drift_pvalue: effect sizes alone fire on small windows (sampling noise), p-values alone on
+    # large ones (any difference is "significant" at 100,000 rows).
+    drift_psi_threshold: float = Field(default=0.2, gt=0)  # PSI rule of thumb: <0.1 stable, >0.25 major shift
+    drift_ks_threshold: float = Field(default=0.1, gt=0, le=1)  # largest gap between the two CDFs
+    drift_pvalue: float = Field(default=0.01, gt=0, lt=1)  # KS and chi-square; ~30 features are tested per run
+    drift_min_rows: int = Field(default=100, ge=1)  # fewer current rows: "not enough data", not a verdict
+    drift_window_days: int = Field(default=7, ge=1)  # the current window: the last N event days
+    drift_share_threshold: float = Field(default=0.3, gt=0, le=1)  # share of drifted features = dataset drift
+    performance_rmse_ratio_threshold: float = Field(default=1.25, ge=1)  # current RMSE / training holdout RMSE
+    performance_mae_ratio_threshold: float = Field(default=1.25, ge=1)  # current MAE / training holdout MAE
+    performance_min_rows: int = Field(default=30, ge=1)  # rows whose actual price has arrived
+
+    # -- serving (functions/api, pricepipe.serving) -------------------------------------------------
+    # One POST /predict takes at most this many rows; more is a 413 naming both numbers. 1,000 rows
+    # of hotel_rates are ~0.75 MB of JSON, well inside Lambda's 6 MB synchronous payload, and are
+    # answered within DESIGN §5's 10 ms.
+    max_batch_rows: int = Field(default=1000, ge=1, le=10_000)
+
+    # -- promotion (pricepipe.promotion, infrastructure/statemachines/promotion.asl.json) -----------
+    # How a registered version reaches the `live` alias of the serving function. A run's input may
+    # override the strategy, canary_percent and bake_seconds. Canary thresholds judge the canary's own
+    # Lambda version over its bake: an absurd model errs rarely, so its predictions are compared too.
+    promotion_strategy: Literal["manual", "auto", "canary", "blue-green"] = "canary"
+    canary_percent: float = Field(default=10.0, gt=0, lt=100)  # share of live traffic the canary gets
+    canary_bake_seconds: int = Field(default=600, ge=1, le=86_400)  # Wait state before each health check
+    canary_max_bakes: int = Field(default=3, ge=1, le=20)  # bakes tried while there is too little traffic to judge
+    canary_min_requests: int = Field(default=20, ge=1)  # fewer canary invocations: not enough traffic
+    canary_min_predictions: int = Field(default=50, ge=10)  # predicted rows per version for the distribution check
+    canary_max_error_rate: float = Field(default=0.01, ge=0, le=1)  # (function errors + 5xx) / invocations
+    canary_max_p99_ms: float = Field(default=500.0, gt=0)  # p99 of the canary version's Lambda Duration
+    canary_max_prediction_psi: float = Field(default=0.25, gt=0)  # canary vs champion predictions, same window
+    # Too little traffic after canary_max_bakes: roll back (safe) or promote (CodeDeploy's "no alarm" rule).
+    canary_on_insufficient_traffic: Literal["rollback", "promote"] = "rollback"
+    manual_approval_timeout_s: int = Field(default=86_400, ge=1, le=31_536_000)  # then the request expires
+    auto_min_r2: float = Field(default=0.5, le=1)  # auto strategy: holdout R² floor on top of beating the champion
+    # What promotion acts on; the same names as infrastructure/catalog.py (tests/unit/test_catalog.py).
+    serving_function: str = "pricepipe-api"
+    serving_alias: str = "live"
+    model_layer_name: str = "pricepipe-model"
+    model_layer_parameter: str = "/pricepipe/serving/model-layer-arn"  # SSM: the champion's layer for cdk deploy
+    # API Gateway throttling (stage and usage plan) and the local gateway's token bucket: steady
+    # requests per second, and how many may arrive at once above it.
+    api_throttle_rate: float = Field(default=50.0, gt=0)
+    api_throttle_burst: int = Field(default=100, ge=1)
+
     @model_validator(mode="after")
     def _no_plaintext_credentials_in_prod(self) -> Settings:
         url = self.database_url.get_secret_value() if self.database_url else ""

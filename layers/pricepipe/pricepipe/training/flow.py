@@ -85,7 +85,8 @@ def evaluate(
         raise RuntimeError(f"the training job reported failure: {result.get('error')}")
     end = dt.date.fromisoformat(prepared["end"])
     holdout = load_postgres(conn, contract, TrainingWindow.ending(end, int(prepared["holdout_days"]))).frame
-    challenger_uri = str(result["serving_artifact_uri"])
+    # the served artifact is refit on the whole window, holdout included: score the fit that never saw it
+    challenger_uri = str(result.get("evaluation_artifact_uri") or result["serving_artifact_uri"])
     challenger = evaluate_artifact(load_from_uri(challenger_uri, s3), holdout, contract.target)
     champion_row = conn.execute(
         "SELECT version, serving_artifact_uri FROM model_registry.models"

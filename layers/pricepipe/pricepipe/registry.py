@@ -1,0 +1,609 @@
+"""MLflow tracking and model registry, and the ``model_registry`` tables that mirror them.
+
+Store layout. MLflow's tracking and registry tables live in the pipeline's own PostgreSQL, in the
+schema ``mlflow`` (migration 0002), reached with a SQLAlchemy URI whose ``search_path`` is that
+schema: no tracking server, no second database to provision or back up, and MLflow's ~60 tables stay
+out of the pipeline's schemas. Artifacts (plots, reference statistics, the MLflow model, the lean
+serving artifact) go to ``s3://<artifacts bucket>/mlflow/<experiment>/``; MLflow's S3 client is
+boto3, so the SDK's endpoint variables route it to AWS, LocalStack or moto.
+
+Aliases are MLflow's (``champion``, ``challenger``, ``previous``); every change made here is mirrored
+into ``model_registry.models.stage``. Functions take their clients and connections as arguments and
+import mlflow only when called.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pricepipe.lean_model import LeanModel, load_from_uri
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import psycopg
+    from mlflow import MlflowClient
+
+    from pricepipe.training.trainer import TrainingOutcome
+
+MLFLOW_SCHEMA = "mlflow"
+ALIASES = ("champion", "challenger", "previous")  # also the stage priority when a version holds several
+SERVING_ARTIFACT = "serving/model.npz"
+EVALUATION_ARTIFACT = "evaluation/model.npz"
+URI_TAGS = {"serving": "serving_artifact_uri", "evaluation": "evaluation_artifact_uri"}
+
+
+class RegistryError(RuntimeError):
+    """A registry operation that cannot be done as asked, named in the message."""
+
+
+# -- where MLflow lives ------------------------------------------------------------------------------
+
+
+def mlflow_uri_from_dsn(dsn: str, schema: str = MLFLOW_SCHEMA) -> str:
+    """MLflow's SQLAlchemy URI for a PostgreSQL DSN (URL or key=value form), tables in ``schema``."""
+    from psycopg.conninfo import conninfo_to_dict
+    from sqlalchemy.engine import URL
+
+    parts = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
+    query = {k: v for k, v in parts.items() if k not in ("host", "port", "user", "password", "dbname")}
+    options = f"{query.pop('options', '')} -csearch_path={schema}".strip()
+    url = URL.create(
+        "postgresql+psycopg",
+        username=parts.get("user"),
+        password=parts.get("password"),
+        host=parts.get("host"),
+        port=int(parts["port"]) if "port" in parts else None,
+        database=parts.get("dbname"),
+        query={**query, "options": options},
+    )
+    return url.render_as_string(hide_password=False)
+
+
+def tracking_uri(settings: Any, dsn: str) -> str:
+    """The configured MLflow URI, else the pipeline database's ``mlflow`` schema."""
+    configured = getattr(settings, "mlflow_tracking_uri", None)
+    if configured is not None:
+        return str(configured.get_secret_value() if hasattr(configured, "get_secret_value") else configured)
+    return mlflow_uri_from_dsn(dsn)
+
+
+def _mlflow() -> Any:
+    # the pipeline has no network but its own endpoints: never let MLflow phone home
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    import mlflow
+
+    return mlflow
+
+
+def client_for(uri: str) -> MlflowClient:
+    """A client whose tracking and registry are both ``uri``."""
+    return _mlflow().MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+@contextmanager
+def fluent(uri: str) -> Iterator[Any]:
+    """MLflow's module-level API pointed at ``uri`` for the block, yielding the ``mlflow`` module
+    (``log_model`` and ``pyfunc.load_model`` exist only there); the previous URIs come back after."""
+    mlflow = _mlflow()
+    before = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield mlflow
+    finally:
+        mlflow.set_tracking_uri(before[0])
+        mlflow.set_registry_uri(before[1])
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        if found.lifecycle_stage != "active":
+            raise RegistryError(f"MLflow experiment {name!r} is deleted: restore it or choose another name")
+        return str(found.experiment_id)
+    return str(client.create_experiment(name, artifact_location=artifact_location))
+
+
+# -- logging and registering a trained model ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    model_name: str
+    model_version: str
+    alias: str
+    run_id: str
+    experiment_id: str
+    model_uri: str
+    artifact_uri: str
+    serving_artifact_uri: str
+    evaluation_artifact_uri: str
+    model_family: str
+    metrics: dict[str, float]
+    data_window: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON for PostgreSQL: NaN and infinities (which jsonb refuses) become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def log_and_register(
+    outcome: TrainingOutcome,
+    *,
+    uri: str,
+    conn: psycopg.Connection[Any],
+    model_name: str,
+    experiment: str,
+    artifact_location: str,
+    alias: str = "challenger",
+) -> RegisteredVersion:
+    """Track a training run in MLflow, register its model as a new version with ``alias``, record it.
+
+    All or nothing: a failure before registering leaves a FAILED run and no version; a failure after
+    deletes the new version again, so no alias, no ``model_registry.models`` row and no version
+    point at a half-logged run.
+    """
+    mlflow = _mlflow()
+    client = client_for(uri)
+    experiment_id = ensure_experiment(client, experiment, artifact_location)
+    window = outcome.data_window()
+    with fluent(uri), mlflow.start_run(experiment_id=experiment_id, run_name=_run_name(outcome)) as run:
+        run_id = run.info.run_id
+        _log_run(client, run_id, outcome)
+        info = _log_model(mlflow, outcome)
+        version = mlflow.register_model(info.model_uri, model_name, await_registration_for=0).version
+        try:
+            model_version = client.get_model_version(model_name, version)
+            base = run.info.artifact_uri.rstrip("/")
+            serving_uri, evaluation_uri = f"{base}/{SERVING_ARTIFACT}", f"{base}/{EVALUATION_ARTIFACT}"
+            registered = {"model_name": model_name, "model_version": str(version), "run_id": run_id}
+            with tempfile.TemporaryDirectory() as tmp:
+                for role, model in (("serving", outcome.lean), ("evaluation", outcome.evaluation_lean)):
+                    lean = model.with_info(**registered)
+                    folder = Path(tmp, role)
+                    folder.mkdir()
+                    (folder / "model.npz").write_bytes(lean.to_bytes())
+                    (folder / "header.json").write_text(json.dumps(lean.header(), indent=2, default=str))
+                    client.log_artifacts(run_id, str(folder), role)
+            tags = {
+                URI_TAGS["serving"]: serving_uri,
+                URI_TAGS["evaluation"]: evaluation_uri,
+                "model_family": outcome.chosen,
+                "contract": f"{outcome.contract.name}@v{outcome.contract.version}",
+                "holdout_rmse": f"{outcome.metrics['rmse']:.6g}",
+                "data_window": f"{window['start']}..{window['end']}",
+            }
+            for key, value in tags.items():
+                client.set_model_version_tag(model_name, version, key, value)
+            client.update_model_version(
+                model_name,
+                version,
+                description=(
+                    f"{outcome.chosen}; holdout {window['holdout_start']}..{window['holdout_end']}: RMSE"
+                    f" {outcome.metrics['rmse']:.2f} (fit on {window['train_start']}..{window['train_end']}); serves"
+                    f" the same settings fit on {window['start']}..{window[_served_end(outcome)]}"
+                ),
+            )
+            artifact_uri = _model_storage_uri(client, info) or str(model_version.source)
+            _record(conn, client, outcome, model_name, str(version), run_id, artifact_uri, serving_uri, alias)
+            client.set_tag(run_id, "pricepipe.model_version", str(version))
+        except BaseException:
+            _forget_version(client, model_name, str(version))
+            raise
+    return RegisteredVersion(
+        model_name=model_name,
+        model_version=str(version),
+        alias=alias,
+        run_id=run_id,
+        experiment_id=experiment_id,
+        model_uri=f"models:/{model_name}/{version}",
+        artifact_uri=artifact_uri,
+        serving_artifact_uri=serving_uri,
+        evaluation_artifact_uri=evaluation_uri,
+        model_family=outcome.chosen,
+        metrics=outcome.metrics,
+        data_window=window,
+    )
+
+
+def _served_end(outcome: TrainingOutcome) -> str:
+    return "end" if outcome.config.refit_full_window else "train_end"
+
+
+def _run_name(outcome: TrainingOutcome) -> str:
+    window = outcome.data.window
+    return f"{outcome.contract.name}-{window.start:%Y%m%d}-{window.end:%Y%m%d}"
+
+
+def _log_run(client: MlflowClient, run_id: str, outcome: TrainingOutcome) -> None:
+    from mlflow.entities import Metric, Param, RunTag
+
+    from pricepipe.training import plots
+
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    metrics = [Metric(k, v, now, 0) for k, v in outcome.all_metrics().items() if math.isfinite(v)]
+    metrics += [
+        Metric(f"{t.family}.trial_validation_rmse", t.validation_rmse, now, t.number) for t in outcome.search.trials
+    ]
+    params = [Param(k, str(v)[:6000]) for k, v in outcome.params().items()]
+    tags = [
+        RunTag("pricepipe.contract", outcome.contract.name),
+        RunTag("pricepipe.model_family", outcome.chosen),
+        RunTag("pricepipe.source", outcome.data.source),
+    ]
+    # MLflow's batch limits: 1000 metrics, 100 params per call
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start : start + 100])
+    client.log_batch(run_id, tags=tags)
+
+    chosen = outcome.model
+    actual = outcome.holdout[outcome.contract.target].to_numpy(dtype=float)
+    title = f"{outcome.chosen} on the holdout"
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for folder in ("plots", "reference", "lineage", "search"):
+            (root / folder).mkdir()
+        (root / "plots" / "predicted_vs_actual.png").write_bytes(
+            plots.predicted_vs_actual(actual, chosen.predictions, title)
+        )
+        from pricepipe.training.data import event_dates
+
+        (root / "plots" / "residuals_over_time.png").write_bytes(
+            plots.residuals_over_time(event_dates(outcome.holdout, outcome.contract), actual, chosen.predictions, title)
+        )
+        (root / "plots" / "feature_importance.png").write_bytes(
+            plots.feature_importance(outcome.lean.feature_importance(), f"{outcome.chosen}: split gain")
+        )
+        (root / "reference" / "reference_stats.json").write_text(json.dumps(_json_safe(outcome.reference)))
+        lineage = {"data_window": outcome.data_window(), **outcome.data.lineage}
+        (root / "lineage" / "lineage.json").write_text(json.dumps(_json_safe(lineage), indent=1, default=str))
+        search = {
+            "stopped_by": outcome.search.stopped_by,
+            "seconds": outcome.search.seconds,
+            "trials": [t.to_dict() for t in outcome.search.trials],
+            "candidates": {
+                name: {
+                    "params": c.params,
+                    "n_trees": c.n_trees,
+                    "validation_rmse": c.validation_rmse,
+                    "holdout": c.holdout,
+                }
+                for name, c in (*outcome.candidates.items(), ("baseline", outcome.baseline))
+            },
+        }
+        (root / "search" / "search.json").write_text(json.dumps(_json_safe(search), indent=1))
+        client.log_artifacts(run_id, tmp)
+
+
+def _log_model(mlflow: Any, outcome: TrainingOutcome) -> Any:
+    """The chosen model as an sklearn pipeline (features frame in, price out), with signature and example."""
+    import numpy as np
+    import sklearn
+    from mlflow.models import infer_signature
+
+    import pricepipe
+    from pricepipe.training.pipeline import SKOPS_TRUSTED_TYPES, model_pipeline
+
+    pipeline = model_pipeline(outcome.served_encoding, outcome.served_model)
+    contract = outcome.contract
+    # the signature takes the column types of price_data.model_features, so its rows load as they are
+    example = outcome.holdout[list(contract.feature_columns)].head(5)
+    example = example.astype(dict.fromkeys(contract.categorical_features, object))
+    requirements = [f"numpy=={np.__version__}", f"scikit-learn=={sklearn.__version__}"]
+    import pandas
+    import skops
+
+    requirements += [f"pandas=={pandas.__version__}", f"skops=={skops.__version__}"]
+    if outcome.chosen == "lightgbm":
+        import lightgbm
+
+        requirements.append(f"lightgbm=={lightgbm.__version__}")
+    # the pipeline's first step is pricepipe code: ship the package with the model so that
+    # mlflow.pyfunc can load it anywhere, without pricepipe installed
+    package = str(Path(pricepipe.__file__).parent)
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot carry missing values: known and chosen (above)
+        warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", category=UserWarning)
+        signature = infer_signature(example, pipeline.predict(example))
+    return mlflow.sklearn.log_model(
+        pipeline,
+        name="model",
+        signature=signature,
+        input_example=example,
+        pip_requirements=requirements,
+        code_paths=[package],
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+    )
+
+
+def _model_storage_uri(client: MlflowClient, info: Any) -> str | None:
+    """Where the logged MLflow model's files are (its artifact location in S3)."""
+    model_id = getattr(info, "model_id", None)
+    if not model_id:
+        return None
+    try:
+        return str(client.get_logged_model(model_id).artifact_location)
+    except Exception:  # noqa: BLE001 - older stores have no logged-model entity; the caller falls back
+        return None
+
+
+def _record(
+    conn: psycopg.Connection[Any],
+    client: MlflowClient,
+    outcome: TrainingOutcome,
+    model_name: str,
+    version: str,
+    run_id: str,
+    artifact_uri: str,
+    serving_uri: str,
+    alias: str,
+) -> None:
+    """The ``model_registry.models`` row, and the alias with every stage it changes, in one transaction."""
+    metrics = {
+        **outcome.metrics,
+        "candidates": {name: c.holdout for name, c in outcome.candidates.items()},
+        "baseline": outcome.baseline.holdout,
+    }
+    params = {
+        "model_family": outcome.chosen,
+        "n_trees": outcome.model.n_trees,
+        **outcome.model.params,
+        "config": outcome.config.to_params(),
+    }
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO model_registry.models (model_name, version, run_id, dataset, stage, metrics, params,"
+            " data_window, artifact_uri, serving_artifact_uri) VALUES (%s, %s, %s, %s, 'none', %s, %s, %s, %s, %s)",
+            (
+                model_name,
+                version,
+                run_id,
+                outcome.contract.name,
+                json.dumps(_json_safe(metrics)),
+                json.dumps(_json_safe(params)),
+                json.dumps(_json_safe(outcome.data_window())),
+                artifact_uri,
+                serving_uri,
+            ),
+        )
+        set_alias(client, conn, model_name, alias, version)
+
+
+def _forget_version(client: MlflowClient, model_name: str, version: str) -> None:
+    # best effort: the error that brought us here is the one the caller must see
+    with suppress(Exception):
+        client.delete_model_version(model_name, version)
+
+
+# -- aliases and stages ------------------------------------------------------------------------------
+
+
+def alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
+    """The version holding ``alias``, or None when no version does (or the model does not exist)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def set_alias(
+    client: MlflowClient, conn: psycopg.Connection[Any], model_name: str, alias: str, version: str
+) -> str | None:
+    """Point ``alias`` at ``version``; returns the version that held it before (None if none).
+
+    ``model_registry.models.stage`` follows: the new holder takes the alias's name, the old one
+    whatever aliases it has left (see :func:`_stage_for`).
+    """
+    if alias not in ALIASES:
+        raise RegistryError(f"alias {alias!r} is not one of {', '.join(ALIASES)}")
+    before = alias_version(client, model_name, alias)
+    client.set_registered_model_alias(model_name, alias, version)
+    try:
+        _sync_stages(client, conn, model_name, {version} if before is None else {version, before})
+    except BaseException:
+        _restore_alias(client, model_name, alias, before)
+        raise
+    return before
+
+
+def delete_alias(client: MlflowClient, conn: psycopg.Connection[Any], model_name: str, alias: str) -> str | None:
+    """Remove ``alias``; returns the version that held it (None if none)."""
+    before = alias_version(client, model_name, alias)
+    if before is None:
+        return None
+    client.delete_registered_model_alias(model_name, alias)
+    try:
+        _sync_stages(client, conn, model_name, {before})
+    except BaseException:
+        _restore_alias(client, model_name, alias, before)
+        raise
+    return before
+
+
+def promote(client: MlflowClient, conn: psycopg.Connection[Any], model_name: str, version: str) -> dict[str, Any]:
+    """Make ``version`` the champion: the old champion becomes ``previous``, the challenger alias goes
+    if it pointed at ``version``. Returns what changed."""
+    champion = alias_version(client, model_name, "champion")
+    if champion == version:
+        return {"champion": version, "previous": alias_version(client, model_name, "previous"), "changed": False}
+    if champion is not None:
+        set_alias(client, conn, model_name, "previous", champion)
+    set_alias(client, conn, model_name, "champion", version)
+    if alias_version(client, model_name, "challenger") == version:
+        delete_alias(client, conn, model_name, "challenger")
+    return {"champion": version, "previous": champion, "changed": True}
+
+
+def rollback(client: MlflowClient, conn: psycopg.Connection[Any], model_name: str) -> dict[str, Any]:
+    """Make ``previous`` the champion again; the demoted champion is marked ``rejected``."""
+    previous = alias_version(client, model_name, "previous")
+    if previous is None:
+        raise RegistryError(f"{model_name} has no previous version to roll back to")
+    champion = set_alias(client, conn, model_name, "champion", previous)
+    delete_alias(client, conn, model_name, "previous")
+    if champion is not None and champion != previous:
+        with conn.transaction():
+            conn.execute(
+                "UPDATE model_registry.models SET stage = 'rejected', updated_at = now()"
+                " WHERE model_name = %s AND version = %s AND stage IN ('none', 'archived')",
+                (model_name, champion),
+            )
+    return {"champion": previous, "rolled_back": champion}
+
+
+def _stage_for(aliases: set[str], current: str | None) -> str:
+    """A version's stage: its highest alias; with none left, ``archived`` if it ever served traffic."""
+    for alias in ALIASES:
+        if alias in aliases:
+            return alias
+    if current in ("champion", "previous", "archived"):
+        return "archived"
+    return "rejected" if current == "rejected" else "none"
+
+
+def _sync_stages(client: MlflowClient, conn: psycopg.Connection[Any], model_name: str, versions: set[str]) -> None:
+    with conn.transaction():
+        for version in sorted(versions):
+            aliases = set(client.get_model_version(model_name, version).aliases)
+            row = conn.execute(
+                "SELECT stage FROM model_registry.models WHERE model_name = %s AND version = %s FOR UPDATE",
+                (model_name, version),
+            ).fetchone()
+            conn.execute(
+                "UPDATE model_registry.models SET stage = %s, updated_at = now()"
+                " WHERE model_name = %s AND version = %s",
+                (_stage_for(aliases, row[0] if row else None), model_name, version),
+            )
+
+
+def _restore_alias(client: MlflowClient, model_name: str, alias: str, version: str | None) -> None:
+    try:
+        if version is None:
+            client.delete_registered_model_alias(model_name, alias)
+        else:
+            client.set_registered_model_alias(model_name, alias, version)
+    except Exception:  # noqa: BLE001, S110 - best effort; the original error is what the caller must see
+        pass
+
+
+# -- evaluating registered versions ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    model_name: str
+    version: str
+    alias: str | None
+    serving_artifact_uri: str
+    metrics: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def artifact_uri(client: MlflowClient, model_name: str, version: str, role: str = "serving") -> str:
+    """Where a version's lean artifact is: ``serving`` (what serves traffic) or ``evaluation`` (the
+    fit that never saw its holdout; the serving one when the model was not refit)."""
+    tags = client.get_model_version(model_name, version).tags
+    for tag in (URI_TAGS[role], URI_TAGS["serving"]):
+        if tag in tags:
+            return str(tags[tag])
+    raise RegistryError(f"{model_name} version {version} has no lean artifact ({URI_TAGS['serving']} tag)")
+
+
+def evaluate_artifact(model: LeanModel, frame: pd.DataFrame, target: str) -> dict[str, float]:
+    """Metrics of a lean model on a frame holding its features and the actual prices."""
+    from pricepipe.training.data import frame_columns
+    from pricepipe.training.metrics import regression_metrics
+
+    if target not in frame.columns:
+        raise RegistryError(f"the evaluation frame lacks the target column {target!r}")
+    predictions = model.predict_columns(frame_columns(frame, model.encoding))
+    return regression_metrics(frame[target].to_numpy(dtype=float), predictions)
+
+
+def evaluate_version(
+    client: MlflowClient,
+    s3: Any,
+    model_name: str,
+    version: str,
+    frame: pd.DataFrame,
+    alias: str | None = None,
+    role: str = "serving",
+) -> Evaluation:
+    uri = artifact_uri(client, model_name, version, role)
+    model = load_from_uri(uri, s3)
+    target = str(model.info.get("target", ""))
+    return Evaluation(model_name, version, alias, uri, evaluate_artifact(model, frame, target))
+
+
+def evaluate_alias(
+    client: MlflowClient, s3: Any, model_name: str, alias: str, frame: pd.DataFrame, role: str = "serving"
+) -> Evaluation | None:
+    """The version holding ``alias`` scored on ``frame`` through its lean artifact (None: no such alias)."""
+    version = alias_version(client, model_name, alias)
+    if version is None:
+        return None
+    return evaluate_version(client, s3, model_name, version, frame, alias, role)
+
+
+def compare_challenger(
+    client: MlflowClient, s3: Any, model_name: str, frame: pd.DataFrame, margin: float
+) -> dict[str, Any]:
+    """Challenger against champion on the same rows (the challenger's holdout): promote when the
+    challenger's RMSE is lower by at least ``margin`` (a fraction of the champion's), or when there is
+    no champion yet.
+
+    The challenger is scored through its evaluation artifact, which never saw these rows; the
+    champion through the artifact serving traffic, trained on data up to its own window's end. When
+    retraining comes sooner than the holdout is long, the champion has seen part of these rows: the
+    comparison then leans towards keeping it, never towards a change.
+    """
+    challenger = evaluate_alias(client, s3, model_name, "challenger", frame, role="evaluation")
+    if challenger is None:
+        raise RegistryError(f"{model_name} has no challenger to evaluate")
+    champion = evaluate_alias(client, s3, model_name, "champion", frame)
+    if champion is None:
+        decision, reason = "promote", "no champion yet"
+    else:
+        bar = champion.metrics["rmse"] * (1 - margin)
+        better = challenger.metrics["rmse"] <= bar
+        decision = "promote" if better else "keep"
+        reason = (
+            f"challenger RMSE {challenger.metrics['rmse']:.3f} {'<=' if better else '>'} {bar:.3f}"
+            f" (champion {champion.metrics['rmse']:.3f} less {margin:.1%})"
+        )
+    return {
+        "decision": decision,
+        "reason": reason,
+        "margin": margin,
+        "rows": len(frame),
+        "challenger": _json_safe(challenger.to_dict()),
+        "champion": _json_safe(champion.to_dict()) if champion else None,
+    }

@@ -1,0 +1,44 @@
+"""Training: load a time window of features, search and choose a model, export it for serving.
+
+- :mod:`~pricepipe.training.data`: the training frame from PostgreSQL or the lake, time splits.
+- :mod:`~pricepipe.training.search`: LightGBM / HistGradientBoosting candidates, the time-budgeted
+  search, the baseline.
+- :mod:`~pricepipe.training.trainer`: one training run end to end, without side effects.
+- :mod:`~pricepipe.training.export`: fitted trees → :mod:`pricepipe.lean_model` arrays.
+- :mod:`~pricepipe.training.reference`: the reference statistics drift checks compare against.
+- :mod:`~pricepipe.training.job`: the Batch job: load, train, log to MLflow, register.
+
+Tracking and the registry live in :mod:`pricepipe.registry`. scikit-learn, LightGBM, matplotlib and
+MLflow are imported where used, so loading data or scoring with this package stays light.
+"""
+
+from pricepipe.training.data import (
+    TrainingData,
+    TrainingDataError,
+    TrainingWindow,
+    fit_encoding,
+    frame_columns,
+    load_lake,
+    load_postgres,
+    time_split,
+)
+from pricepipe.training.metrics import regression_metrics
+from pricepipe.training.search import SearchSettings
+from pricepipe.training.trainer import ExportError, TrainingConfig, TrainingOutcome, train
+
+__all__ = [
+    "ExportError",
+    "SearchSettings",
+    "TrainingConfig",
+    "TrainingData",
+    "TrainingDataError",
+    "TrainingOutcome",
+    "TrainingWindow",
+    "fit_encoding",
+    "frame_columns",
+    "load_lake",
+    "load_postgres",
+    "regression_metrics",
+    "time_split",
+    "train",
+]

@@ -1,0 +1,319 @@
+"""Training one model version: split by time, search, refit, score, export, summarise.
+
+The window's rows are split three ways in time::
+
+    |---------------- train ----------------|-- holdout --|
+    |------------ fit ------------|-- val --|
+
+The search fits on *fit* and scores on *val* (hyperparameters, tree counts, the model family and the
+baseline's grouping are all chosen there); each family's best settings are refit on the whole
+*train* part and scored once on the *holdout*, the most recent days, which no choice has seen: those
+are the metrics reported.
+
+Two artifacts come out. The *evaluation* model is that train-part fit: it never saw the holdout, so
+it is what the champion comparison scores on the holdout. The *served* model is the same settings
+refit on the whole window (``refit_full_window``, the default): prices drift, and leaving the most
+recent weeks out of the model that serves cost 2.6 RMSE on the DESIGN §3 split (see
+``benchmarks/bench_train``). With the refit off, one model is both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pricepipe.lean_model import LeanModel
+from pricepipe.training.data import TrainingData, TrainingDataError, encode, event_dates, fit_encoding, time_split
+from pricepipe.training.metrics import regression_metrics
+from pricepipe.training.reference import reference_statistics
+from pricepipe.training.search import (
+    FAMILIES,
+    GroupMedian,
+    SearchResult,
+    SearchSettings,
+    choose_baseline,
+    search,
+    single_threaded,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pricepipe.contract import Contract
+    from pricepipe.lean_model import FeatureEncoding
+
+PARITY_TOLERANCE = 1e-6  # largest |lean - original| prediction accepted at export
+
+
+class ExportError(RuntimeError):
+    """The exported serving artifact does not reproduce the trained model's predictions."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    holdout_days: int = 28
+    validation_days: int | None = None  # None: as many as the holdout
+    search: SearchSettings = field(default_factory=SearchSettings)
+    min_train_rows: int = 200
+    min_holdout_rows: int = 30
+    reference_sample_size: int = 200
+    refit_full_window: bool = True
+
+    @property
+    def effective_validation_days(self) -> int:
+        return self.validation_days or self.holdout_days
+
+    def to_params(self) -> dict[str, Any]:
+        return {
+            "holdout_days": self.holdout_days,
+            "validation_days": self.effective_validation_days,
+            "seed": self.search.seed,
+            "time_budget_s": self.search.time_budget_s,
+            "max_trials": self.search.max_trials,
+            "max_tree_levels": self.search.max_tree_levels,
+            "early_stopping_rounds": self.search.early_stopping_rounds,
+            "families": ",".join(self.search.families),
+            "refit_full_window": self.refit_full_window,
+        }
+
+
+@dataclass
+class Candidate:
+    """One model family's best settings, refit on the train part and scored on the holdout."""
+
+    family: str
+    params: dict[str, Any]
+    n_trees: int
+    validation_rmse: float
+    holdout: dict[str, float]
+    predictions: np.ndarray
+    model: Any = field(repr=False)
+
+
+@dataclass
+class TrainingOutcome:
+    contract: Contract
+    data: TrainingData
+    config: TrainingConfig
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    encoding: FeatureEncoding
+    search: SearchResult
+    candidates: dict[str, Candidate]
+    chosen: str
+    baseline: Candidate
+    lean: LeanModel  # served: refit on the whole window (or the evaluation model, refit off)
+    evaluation_lean: LeanModel  # the train-part fit the holdout metrics describe
+    served_model: Any = field(repr=False)
+    served_encoding: FeatureEncoding
+    reference: dict[str, Any]
+    seconds: float
+    trained_at: str
+
+    @property
+    def model(self) -> Candidate:
+        return self.candidates[self.chosen]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The chosen model's holdout metrics."""
+        return self.model.holdout
+
+    def data_window(self) -> dict[str, Any]:
+        train_dates = event_dates(self.train, self.contract)
+        holdout_dates = event_dates(self.holdout, self.contract)
+        return {
+            **self.data.window.to_dict(),
+            "source": self.data.source,
+            "rows": self.data.rows,
+            "days_with_data": self.data.lineage.get("days_with_data"),
+            "train_rows": len(self.train),
+            "train_start": train_dates.min().date().isoformat(),
+            "train_end": train_dates.max().date().isoformat(),
+            "holdout_rows": len(self.holdout),
+            "holdout_start": holdout_dates.min().date().isoformat(),
+            "holdout_end": holdout_dates.max().date().isoformat(),
+            "served_model_trained_on": "window" if self.config.refit_full_window else "train",
+        }
+
+    def all_metrics(self) -> dict[str, float]:
+        """Flat metrics for tracking: the chosen model's, each candidate's and the baseline's."""
+        out = {f"holdout_{k}": v for k, v in self.metrics.items()}
+        for name, candidate in (*self.candidates.items(), ("baseline", self.baseline)):
+            out.update({f"{name}.holdout_{k}": v for k, v in candidate.holdout.items()})
+            if name != "baseline":
+                out[f"{name}.validation_rmse"] = candidate.validation_rmse
+                out[f"{name}.n_trees"] = float(candidate.n_trees)
+        out["search.trials"] = float(len(self.search.trials))
+        out["search.seconds"] = self.search.seconds
+        out["training.seconds"] = self.seconds
+        return out
+
+    def params(self) -> dict[str, Any]:
+        """Flat parameters for tracking: configuration, the window and the chosen model's settings."""
+        window = self.data_window()
+        return {
+            **self.config.to_params(),
+            "contract": f"{self.contract.name}@v{self.contract.version}",
+            "source": self.data.source,
+            "window_start": window["start"],
+            "window_end": window["end"],
+            "window_days": window["days"],
+            "holdout_start": window["holdout_start"],
+            "rows": self.data.rows,
+            "model_family": self.chosen,
+            "n_trees": self.model.n_trees,
+            **{f"model.{k}": v for k, v in self.model.params.items()},
+            "baseline.group_by": self.baseline.params["group_by"],
+        }
+
+
+def _export(family: Any, model: Any, encoding: FeatureEncoding, x: np.ndarray, expected: np.ndarray) -> LeanModel:
+    """The lean artifact of ``model``, refused unless it reproduces the model's predictions on ``x``."""
+    lean = LeanModel(family.export(model, encoding), encoding)
+    gap = float(np.max(np.abs(lean.predict_matrix(x) - expected)))
+    if not gap < PARITY_TOLERANCE:
+        raise ExportError(f"the lean artifact differs from the {family.name} model by up to {gap:.3g}")
+    return lean
+
+
+def _check_rows(frame: pd.DataFrame, minimum: int, what: str, hint: str) -> None:
+    if len(frame) < minimum:
+        raise TrainingDataError(f"{what} has {len(frame)} rows, fewer than the {minimum} needed: {hint}")
+
+
+def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> TrainingOutcome:
+    """Train, choose and export a model on ``data`` (see the module docstring). No side effects."""
+    began = time.monotonic()
+    window = data.window
+    if data.rows == 0:
+        raise TrainingDataError(
+            f"no {contract.name} rows between {window.start} and {window.end} in the {data.source}: "
+            "load data with the ETL first, or choose another window"
+        )
+    train_part, holdout = time_split(data.frame, contract, days=config.holdout_days)
+    _check_rows(
+        holdout, config.min_holdout_rows, f"the holdout (last {config.holdout_days} days)", "widen --holdout-days"
+    )
+    _check_rows(train_part, config.min_train_rows, "the train part", "widen --window-days")
+    fit_part, validation = time_split(train_part, contract, days=config.effective_validation_days)
+    _check_rows(
+        validation,
+        config.min_holdout_rows,
+        f"the validation days (last {config.effective_validation_days} before the holdout)",
+        "widen the window or the validation days",
+    )
+    _check_rows(fit_part, config.min_train_rows // 2, "the fit part (train before validation)", "widen --window-days")
+
+    target = contract.target
+    search_encoding = fit_encoding(fit_part, contract)
+    categorical = [search_encoding.index[name] for name in contract.categorical_features]
+    result = search(
+        encode(fit_part, search_encoding),
+        fit_part[target].to_numpy(dtype=np.float64),
+        encode(validation, search_encoding),
+        validation[target].to_numpy(dtype=np.float64),
+        categorical,
+        config.search,
+    )
+
+    encoding = fit_encoding(train_part, contract)
+    x_train, y_train = encode(train_part, encoding), train_part[target].to_numpy(dtype=np.float64)
+    x_holdout, y_holdout = encode(holdout, encoding), holdout[target].to_numpy(dtype=np.float64)
+    candidates = {}
+    for name, trial in result.best.items():
+        family = FAMILIES[name]
+        with single_threaded():
+            model = family.fit(trial.params, trial.n_trees, x_train, y_train, categorical, config.search.seed)
+            predictions = family.predict(model, x_holdout)
+        candidates[name] = Candidate(
+            name,
+            trial.params,
+            trial.n_trees,
+            trial.validation_rmse,
+            regression_metrics(y_holdout, predictions),
+            predictions,
+            model,
+        )
+    chosen = result.chosen.family
+
+    group = choose_baseline(fit_part, validation, target, contract.categorical_features)
+    median = GroupMedian.fit(train_part, target, group)
+    baseline_predictions = median.predict(holdout)
+    baseline = Candidate(
+        "baseline",
+        median.params,
+        0,
+        float("nan"),
+        regression_metrics(y_holdout, baseline_predictions),
+        baseline_predictions,
+        median,
+    )
+
+    winner = candidates[chosen]
+    family = FAMILIES[chosen]
+    evaluation_lean = _export(family, winner.model, encoding, x_holdout, winner.predictions)
+    if config.refit_full_window:
+        everything = data.frame
+        served_encoding = fit_encoding(everything, contract)
+        with single_threaded():
+            served_model = family.fit(
+                winner.params,
+                winner.n_trees,
+                encode(everything, served_encoding),
+                everything[target].to_numpy(dtype=np.float64),
+                [served_encoding.index[name] for name in contract.categorical_features],
+                config.search.seed,
+            )
+        x_check = encode(holdout, served_encoding)
+        lean = _export(family, served_model, served_encoding, x_check, family.predict(served_model, x_check))
+        reference_rows = everything
+    else:
+        served_model, served_encoding, lean, reference_rows = winner.model, encoding, evaluation_lean, train_part
+
+    reference = reference_statistics(
+        reference_rows,
+        contract,
+        winner.predictions,
+        prediction_source="holdout, by the evaluation model",
+        sample_size=config.reference_sample_size,
+        seed=config.search.seed,
+    )
+    outcome = TrainingOutcome(
+        contract=contract,
+        data=data,
+        config=config,
+        train=train_part,
+        holdout=holdout,
+        encoding=encoding,
+        search=result,
+        candidates=candidates,
+        chosen=chosen,
+        baseline=baseline,
+        lean=lean,
+        evaluation_lean=evaluation_lean,
+        served_model=served_model,
+        served_encoding=served_encoding,
+        reference=reference,
+        seconds=0.0,
+        trained_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )
+    info = {
+        "contract": {"name": contract.name, "version": contract.version},
+        "target": target,
+        "model_family": chosen,
+        "params": winner.params,
+        "n_trees": winner.n_trees,
+        "metrics": winner.holdout,
+        "data_window": outcome.data_window(),
+        "trained_at": outcome.trained_at,
+        "seed": config.search.seed,
+    }
+    outcome.lean = lean.with_info(**info, role="serving")
+    outcome.evaluation_lean = evaluation_lean.with_info(**info, role="evaluation")
+    outcome.seconds = round(time.monotonic() - began, 3)
+    return outcome

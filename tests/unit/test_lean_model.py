@@ -1,0 +1,222 @@
+"""The lean serving artifact predicts exactly what the trained model predicts, with numpy alone.
+
+Models are trained here on real hotel_rates rows through the pipeline's own search families; rows to
+predict include missing values in every feature and categories never seen in training.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pricepipe.contract import Contract
+from pricepipe.features import build_features, feature_row
+from pricepipe.lean_model import FeatureEncoding, LeanModel, LeanModelError, TreeArrays
+from pricepipe.training.data import encode, fit_encoding, frame_columns
+from pricepipe.training.search import FAMILIES, SearchSettings
+
+TOLERANCE = 1e-6
+FAMILY_NAMES = sorted(FAMILIES)
+
+
+Frames = tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+Trained = tuple[Any, Any, FeatureEncoding, LeanModel]
+
+
+@pytest.fixture(scope="module")
+def frames(hotel_rates: pd.DataFrame, contract: Contract) -> Frames:
+    """Features of real bookings: an earlier part to train on, a later part to predict."""
+    raw = hotel_rates.dropna(subset=["country"]).iloc[:6000]
+    features = build_features(raw.assign(arrival_date=pd.to_datetime(raw["arrival_date"])), contract)
+    features = features.reset_index(drop=True)
+    train, later = features.iloc[:4500].copy(), features.iloc[4500:].copy().reset_index(drop=True)
+    rng = np.random.default_rng(3)
+    # training with gaps makes the trainers learn a direction for missing values ...
+    for name in contract.feature_columns:
+        train[name] = train[name].astype(object).where(rng.random(len(train)) > 0.03, None)
+    # ... and the rows to predict have gaps in every feature and unseen categories
+    for name in contract.feature_columns:
+        later[name] = later[name].astype(object).where(rng.random(len(later)) > 0.08, None)
+    for name in ("country", "agent", "meal"):
+        later.loc[later.index % 5 == 1, name] = f"unseen-{name}"
+    return train, later, raw
+
+
+@pytest.fixture(scope="module", params=FAMILY_NAMES)
+def trained(request: pytest.FixtureRequest, frames: Frames, contract: Contract) -> Trained:
+    train, _, _ = frames
+    family = FAMILIES[request.param]
+    encoding = fit_encoding(train, contract)
+    categorical = [encoding.index[name] for name in contract.categorical_features]
+    params = family.sample(np.random.default_rng(0), 0)
+    x_train = encode(train, encoding)
+    model = family.fit(params, 60, x_train, train[contract.target].to_numpy(dtype=float), categorical, seed=1)
+    lean = LeanModel(family.export(model, encoding), encoding, {"target": contract.target})
+    return family, model, encoding, lean
+
+
+def test_lean_predictions_equal_the_trained_models_on_real_rows(trained: Trained, frames: Frames) -> None:
+    family, model, encoding, lean = trained
+    _, later, _ = frames
+    matrix = encode(later, encoding)
+    assert np.isnan(matrix).any(axis=0).all(), "every feature has missing values to route"
+
+    original = family.predict(model, matrix)
+
+    assert np.max(np.abs(lean.predict_matrix(matrix) - original)) < TOLERANCE
+
+
+def test_every_input_path_gives_the_same_predictions(trained: Trained, frames: Frames) -> None:
+    family, model, encoding, lean = trained
+    _, later, _ = frames
+    original = family.predict(model, encode(later, encoding))
+    columns = frame_columns(later, encoding)
+    records = [{name: columns[name][i] for name in encoding.features} for i in range(len(later))]
+
+    assert np.max(np.abs(lean.predict_columns(columns) - original)) < TOLERANCE
+    assert np.max(np.abs(lean.predict_rows(records) - original)) < TOLERANCE  # large-batch path
+    for i in range(0, 40, 7):  # one-row path (pure Python encoding)
+        assert abs(lean.predict_rows([records[i]])[0] - original[i]) < TOLERANCE
+
+
+def test_an_unseen_category_is_read_as_missing(trained: Trained, frames: Frames) -> None:
+    _, _, encoding, lean = trained
+    _, later, _ = frames
+    record = {name: frame_columns(later.iloc[[0]], encoding)[name][0] for name in encoding.features}
+
+    unseen = lean.predict_rows([{**record, "country": "atlantis"}])[0]
+    missing = lean.predict_rows([{**record, "country": None}])[0]
+
+    assert unseen == missing
+
+
+def test_serving_feature_rows_predict_like_the_training_frame(
+    trained: Trained, frames: Frames, contract: Contract
+) -> None:
+    """features.feature_row (serving, one raw record at a time) feeds the model as build_features did."""
+    _, _, encoding, lean = trained
+    _, _, raw = frames
+    records = raw.iloc[5000:5020].to_dict(orient="records")
+    frame = build_features(raw.iloc[5000:5020].assign(arrival_date=pd.to_datetime(raw["arrival_date"])), contract)
+
+    served = lean.predict_rows([feature_row(record, contract) for record in records])
+
+    assert np.max(np.abs(served - lean.predict_matrix(encode(frame, encoding)))) < TOLERANCE
+
+
+def test_the_artifact_round_trips_through_bytes(trained: Trained, frames: Frames) -> None:
+    _, _, encoding, lean = trained
+    _, later, _ = frames
+    matrix = encode(later, encoding)
+
+    loaded = LeanModel.load(lean.with_info(model_version="7").to_bytes())
+
+    assert np.array_equal(loaded.predict_matrix(matrix), lean.predict_matrix(matrix))
+    assert loaded.info["model_version"] == "7"
+    assert loaded.features == encoding.features
+    assert loaded.encoding.categories == encoding.categories
+
+
+def test_feature_importance_covers_every_feature(trained: Trained) -> None:
+    _, _, encoding, lean = trained
+    importance = lean.feature_importance()
+    assert list(importance) == list(encoding.features)
+    assert sum(importance.values()) > 0
+
+
+def test_a_missing_feature_is_named(trained: Trained) -> None:
+    _, _, encoding, lean = trained
+    columns = {name: [0.0] for name in encoding.features if name != "lead_time"}
+    with pytest.raises(LeanModelError, match="'lead_time' is missing"):
+        lean.predict_columns(columns)
+
+
+def test_a_non_numeric_value_is_named(trained: Trained, frames: Frames) -> None:
+    _, _, encoding, lean = trained
+    _, later, _ = frames
+    record = {name: frame_columns(later.iloc[[0]], encoding)[name][0] for name in encoding.features}
+    with pytest.raises(LeanModelError, match="'lead_time' must be numeric"):
+        lean.predict_rows([{**record, "lead_time": "soon"}])
+
+
+def test_load_refuses_what_is_not_an_artifact() -> None:
+    with pytest.raises(LeanModelError, match="not a lean model artifact"):
+        LeanModel.load(b"definitely not a zip file")
+
+
+def _single_split(left: int, right: int) -> TreeArrays:
+    return TreeArrays(
+        feature=np.array([0, -1, -1]),
+        threshold=np.array([1.5, np.nan, np.nan]),
+        left=np.array([left, -1, -1]),
+        right=np.array([right, -1, -1]),
+        missing_left=np.array([True, False, False]),
+        value=np.array([0.0, 10.0, 20.0]),
+        cat_index=np.array([-1, -1, -1]),
+        cat_bitsets=np.zeros((0, 1)),
+        cat_known=np.zeros((1, 1)),
+        roots=np.array([0]),
+        gain=np.array([1.0, 0.0, 0.0]),
+    )
+
+
+def test_a_hand_built_split_routes_values_and_missing() -> None:
+    lean = LeanModel(_single_split(1, 2), FeatureEncoding(["x"], {}))
+    assert lean.predict_columns({"x": [1.0, 1.5, 2.0, None]}).tolist() == [10.0, 10.0, 20.0, 10.0]
+
+
+def test_arrays_that_are_not_a_forest_are_refused() -> None:
+    with pytest.raises(LeanModelError, match="forest"):
+        LeanModel(_single_split(0, 2), FeatureEncoding(["x"], {}))  # node 0 is its own child
+
+
+def test_a_newer_format_version_is_refused(trained: Trained) -> None:
+    import io
+    import json
+
+    _, _, _, lean = trained
+    with np.load(io.BytesIO(lean.to_bytes())) as data:
+        arrays = {k: data[k] for k in data.files}
+    header = json.loads(str(arrays.pop("header")))
+    header["format_version"] = 99
+    buffer = io.BytesIO()
+    np.savez(buffer, header=np.array(json.dumps(header)), **arrays)
+
+    with pytest.raises(LeanModelError, match="format version 99 is not supported"):
+        LeanModel.load(buffer.getvalue())
+
+
+def test_the_serving_module_imports_numpy_and_nothing_heavy() -> None:
+    code = (
+        "import sys, pricepipe.lean_model\n"
+        "heavy = {'pandas', 'sklearn', 'lightgbm', 'mlflow', 'scipy', 'pyarrow', 'matplotlib', 'psycopg'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_tree_count_respects_the_serving_cap(frames: Frames, contract: Contract) -> None:
+    """fit_scored caps trees at max_tree_levels // max_depth (the lean evaluator's cost)."""
+    train, later, _ = frames
+    encoding = fit_encoding(train, contract)
+    categorical = [encoding.index[name] for name in contract.categorical_features]
+    settings = SearchSettings(max_tree_levels=40, early_stopping_rounds=1000)
+    later = later.dropna(subset=[contract.target])
+    for family in FAMILIES.values():
+        params = {**family.sample(np.random.default_rng(0), 0), "max_depth": 4}
+        n_trees, _ = family.fit_scored(
+            params,
+            encode(train, encoding),
+            train[contract.target].to_numpy(dtype=float),
+            encode(later, encoding),
+            later[contract.target].to_numpy(dtype=float),
+            categorical,
+            settings,
+        )
+        assert n_trees <= 10

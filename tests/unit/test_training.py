@@ -1,0 +1,249 @@
+"""Training without a database: time splits, the search, determinism, metrics, reference statistics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pricepipe.contract import Contract
+from pricepipe.features import build_features
+from pricepipe.training import (
+    SearchSettings,
+    TrainingConfig,
+    TrainingData,
+    TrainingDataError,
+    TrainingWindow,
+    fit_encoding,
+    regression_metrics,
+    time_split,
+    train,
+)
+from pricepipe.training.data import encode, event_dates
+from pricepipe.training.reference import numeric_summary, reference_statistics
+from pricepipe.training.search import GroupMedian, search
+
+QUICK = SearchSettings(seed=11, time_budget_s=60, max_trials=2, max_tree_levels=240)
+
+
+@pytest.fixture(scope="module")
+def features(hotel_rates: pd.DataFrame, contract: Contract) -> pd.DataFrame:
+    """Processed features of the first 100 days of real bookings (as ETL would load them)."""
+    raw = hotel_rates.dropna(subset=["country"])
+    raw = raw[raw["arrival_date"] < "2016-10-10"]
+    return build_features(raw.assign(arrival_date=pd.to_datetime(raw["arrival_date"])), contract).reset_index(drop=True)
+
+
+def _data(frame: pd.DataFrame) -> TrainingData:
+    dates = pd.to_datetime(frame["arrival_date"])
+    return TrainingData(frame, TrainingWindow(dates.min().date(), dates.max().date()), "memory")
+
+
+# -- time split ------------------------------------------------------------------------------------
+
+
+def test_the_holdout_is_the_last_calendar_days(features: pd.DataFrame, contract: Contract) -> None:
+    past, recent = time_split(features, contract, days=14)
+
+    last = event_dates(features, contract).max()
+    assert event_dates(recent, contract).min() == last - pd.Timedelta(days=13)
+    assert event_dates(past, contract).max() < event_dates(recent, contract).min()
+    assert len(past) + len(recent) == len(features)
+
+
+def test_a_fractional_holdout_cuts_between_days(features: pd.DataFrame, contract: Contract) -> None:
+    past, recent = time_split(features, contract, days=None, fraction=0.2)
+
+    assert 0.1 < len(recent) / len(features) < 0.3
+    assert event_dates(past, contract).max() < event_dates(recent, contract).min()
+
+
+def test_a_holdout_of_no_days_is_refused(features: pd.DataFrame, contract: Contract) -> None:
+    with pytest.raises(TrainingDataError, match="at least one day"):
+        time_split(features, contract, days=0)
+
+
+def test_a_window_is_counted_in_days_with_both_ends() -> None:
+    window = TrainingWindow.ending(dt.date(2017, 8, 31), 30)
+    assert (window.start, window.days) == (dt.date(2017, 8, 2), 30)
+
+
+# -- encoding, metrics, baseline -------------------------------------------------------------------
+
+
+def test_categories_are_ranked_by_frequency_and_capped(features: pd.DataFrame, contract: Contract) -> None:
+    encoding = fit_encoding(features, contract, max_categories=3)
+
+    counts = features["country"].value_counts()
+    assert list(encoding.categories["country"]) == list(counts.index[:3])
+    assert set(encoding.categories) == set(contract.categorical_features)
+    assert all(len(v) <= 3 for v in encoding.categories.values())
+
+
+def test_metrics_on_known_values() -> None:
+    m = regression_metrics([100.0, 200.0, 0.0, 100.0], [110.0, 190.0, 10.0, 100.0])
+
+    assert m["rmse"] == pytest.approx(np.sqrt(300 / 4))
+    assert m["mae"] == pytest.approx(7.5)
+    assert m["mape"] == pytest.approx((0.1 + 0.05 + 0.0) / 3)  # the zero price is left out
+    assert m["r2"] == pytest.approx(1 - 300 / 20000)
+    assert m["rows"] == 4
+
+
+def test_the_baseline_predicts_group_medians_and_falls_back(contract: Contract) -> None:
+    frame = pd.DataFrame({"meal": ["a", "a", "a", "b", "b"], contract.target: [1.0, 2.0, 9.0, 5.0, 7.0]})
+    model = GroupMedian.fit(frame, contract.target, "meal")
+
+    assert model.predict(pd.DataFrame({"meal": ["a", "b", "zzz"]})).tolist() == [2.0, 6.0, 5.0]
+
+
+# -- search and determinism ------------------------------------------------------------------------
+
+
+Matrices = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[int]]
+
+
+def _matrices(features: pd.DataFrame, contract: Contract) -> Matrices:
+    fit, val = time_split(features, contract, days=14)
+    encoding = fit_encoding(fit, contract)
+    categorical = [encoding.index[n] for n in contract.categorical_features]
+    y = contract.target
+    return (
+        encode(fit, encoding),
+        fit[y].to_numpy(dtype=float),
+        encode(val, encoding),
+        val[y].to_numpy(dtype=float),
+        categorical,
+    )
+
+
+def test_the_same_seed_gives_the_same_search(features: pd.DataFrame, contract: Contract) -> None:
+    matrices = _matrices(features, contract)
+
+    first, second = search(*matrices, QUICK), search(*matrices, QUICK)
+
+    strip = [(t.family, t.number, t.params, t.n_trees, t.validation_rmse) for t in first.trials]
+    assert strip == [(t.family, t.number, t.params, t.n_trees, t.validation_rmse) for t in second.trials]
+    assert len(first.trials) == 2 * QUICK.max_trials
+
+
+def test_another_seed_samples_other_settings(features: pd.DataFrame, contract: Contract) -> None:
+    matrices = _matrices(features, contract)
+    other = SearchSettings(seed=12, time_budget_s=60, max_trials=2, max_tree_levels=240)
+
+    a, b = search(*matrices, QUICK), search(*matrices, other)
+
+    assert [t.params for t in a.trials if t.number > 0] != [t.params for t in b.trials if t.number > 0]
+
+
+def test_the_time_budget_stops_the_search_after_the_first_round(features: pd.DataFrame, contract: Contract) -> None:
+    ticks = itertools.count(step=1000.0)  # every clock reading is 1000 s later: the budget is gone at once
+
+    result = search(*_matrices(features, contract), QUICK, clock=lambda: next(ticks))
+
+    assert result.stopped_by == "budget"
+    assert [(t.family, t.number) for t in result.trials] == [("lightgbm", 0), ("hist_gradient_boosting", 0)]
+
+
+def test_every_trial_stays_within_the_serving_cost(features: pd.DataFrame, contract: Contract) -> None:
+    result = search(*_matrices(features, contract), QUICK)
+    for trial in result.trials:
+        assert trial.n_trees * trial.params["max_depth"] <= QUICK.max_tree_levels
+
+
+def test_training_is_deterministic_given_the_seed(features: pd.DataFrame, contract: Contract) -> None:
+    config = TrainingConfig(holdout_days=14, search=QUICK, min_train_rows=100)
+
+    first, second = train(_data(features), contract, config), train(_data(features), contract, config)
+
+    assert first.chosen == second.chosen
+    assert first.all_metrics() | {"search.seconds": 0, "training.seconds": 0} == second.all_metrics() | {
+        "search.seconds": 0,
+        "training.seconds": 0,
+    }
+    matrix = encode(first.holdout, first.encoding)
+    assert np.array_equal(first.lean.predict_matrix(matrix), second.lean.predict_matrix(matrix))
+
+
+def test_training_scores_every_candidate_and_the_baseline_on_the_holdout(
+    features: pd.DataFrame, contract: Contract
+) -> None:
+    outcome = train(_data(features), contract, TrainingConfig(holdout_days=14, search=QUICK, min_train_rows=100))
+
+    assert set(outcome.candidates) == {"lightgbm", "hist_gradient_boosting"}
+    assert outcome.chosen == min(outcome.candidates.values(), key=lambda c: c.validation_rmse).family
+    for candidate in (*outcome.candidates.values(), outcome.baseline):
+        assert set(candidate.holdout) == {"rmse", "mae", "mape", "r2", "rows"}
+        assert candidate.holdout["rows"] == len(outcome.holdout)
+    window = outcome.data_window()
+    assert window["train_end"] < window["holdout_start"]
+    assert outcome.lean.info["metrics"] == outcome.metrics
+    assert outcome.params()["model_family"] == outcome.chosen
+
+
+def test_the_served_model_is_refit_on_the_whole_window(features: pd.DataFrame, contract: Contract) -> None:
+    config = TrainingConfig(holdout_days=14, search=QUICK, min_train_rows=100)
+
+    refit = train(_data(features), contract, config)
+    kept = train(_data(features), contract, replace(config, refit_full_window=False))
+
+    matrix = encode(refit.holdout, refit.served_encoding)
+    assert not np.array_equal(refit.lean.predict_matrix(matrix), refit.evaluation_lean.predict_matrix(matrix))
+    assert refit.reference["rows"] == len(features)
+    assert refit.metrics == kept.metrics  # reported metrics always describe the evaluation model
+    assert kept.lean is not None and kept.reference["rows"] == len(kept.train)
+    same = encode(kept.holdout, kept.encoding)
+    assert np.array_equal(kept.lean.predict_matrix(same), kept.evaluation_lean.predict_matrix(same))
+
+
+def test_no_rows_in_the_window_is_a_clear_error(features: pd.DataFrame, contract: Contract) -> None:
+    empty = TrainingData(features.iloc[:0], TrainingWindow(dt.date(2020, 1, 1), dt.date(2020, 3, 1)), "postgres")
+
+    with pytest.raises(TrainingDataError, match=r"no hotel_rates rows between 2020-01-01 and 2020-03-01"):
+        train(empty, contract, TrainingConfig())
+
+
+def test_a_holdout_too_small_is_a_clear_error(features: pd.DataFrame, contract: Contract) -> None:
+    config = TrainingConfig(holdout_days=1, min_holdout_rows=500, search=QUICK)
+
+    with pytest.raises(TrainingDataError, match=r"the holdout \(last 1 days\) has \d+ rows, fewer than the 500"):
+        train(_data(features), contract, config)
+
+
+# -- reference statistics --------------------------------------------------------------------------
+
+
+def test_bins_count_the_edges_below_each_value() -> None:
+    summary = numeric_summary([1, 2, 3, 4, 5, 6, 7, 8, 9, None], bins=2, sample_size=3)
+
+    assert summary["bin_edges"] == [5.0]  # the median
+    assert summary["bin_proportions"] == pytest.approx([5 / 9, 4 / 9])  # 1..5 (<= the edge), then 6..9
+    assert summary["missing_fraction"] == pytest.approx(1 / 10)
+    assert len(summary["sample"]) == 3
+    assert summary["quantiles"][0] == 1 and summary["quantiles"][-1] == 9
+
+
+def test_reference_statistics_describe_every_feature_target_and_prediction(
+    features: pd.DataFrame, contract: Contract
+) -> None:
+    predictions = np.linspace(50, 150, 40)
+
+    ref = reference_statistics(features, contract, predictions, sample_size=50)
+
+    assert set(ref["numeric"]) == set(contract.numeric_features)
+    assert set(ref["categorical"]) == set(contract.categorical_features)
+    for stats in (*ref["numeric"].values(), ref["target"], ref["prediction"]):
+        assert len(stats["bin_proportions"]) == len(stats["bin_edges"]) + 1
+        assert sum(stats["bin_proportions"]) == pytest.approx(1.0)
+        assert len(stats["quantiles"]) == 101
+        assert stats["quantiles"] == sorted(stats["quantiles"])
+        assert len(stats["sample"]) <= 50
+    for stats in ref["categorical"].values():
+        assert sum(stats["frequencies"].values()) + stats["other_fraction"] == pytest.approx(1.0)
+    assert ref["prediction"]["count"] == 40
+    assert ref["target"]["name"] == contract.target
+    assert ref["rows"] == len(features)

@@ -1,0 +1,1 @@
+"""The training container's entrypoint (``python -m training_jobs.train``); the logic is pricepipe.training."""
