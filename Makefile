@@ -11,7 +11,7 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint typecheck unit integration e2e infra bench bench-etl bench-train bench-drift dev-train mlflow-ui synth \
+.PHONY: demo test lint typecheck unit integration e2e infra bench bench-etl bench-train bench-drift bench-serve dev-train mlflow-ui synth \
         local-up local-down \
         local-status clean help
 
@@ -57,7 +57,7 @@ test: $(STAMP) $(NODE_STAMP) lint typecheck
 unit integration e2e infra: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest tests/$@
 
-bench: bench-etl bench-train bench-drift
+bench: bench-etl bench-train bench-drift bench-serve
 
 bench-etl: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_etl
@@ -67,6 +67,9 @@ bench-train: $(STAMP)
 
 bench-drift: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_drift
+
+bench-serve: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_serve
 
 dev-train: $(STAMP)
 	$(BIN)/pipectl local up

@@ -43,7 +43,11 @@ class FunctionSpec:
     substitution: str | None = None  # its ARN's placeholder in the ASL files
     needs_database: bool = True
     needs_data_layer: bool = True  # pandas/pyarrow (AWS SDK for pandas managed layer)
+    # MLflow's client (mlflow-skinny + SQLAlchemy + Alembic, ~100 MB): a layer of its own, since the
+    # shared dependency layer must stay small enough to sit beside the pandas layer (250 MB in all)
+    needs_registry: bool = False
     s3: tuple[Grant, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()  # on top of environment(): what only this function needs
 
     @property
     def name(self) -> str:
@@ -60,6 +64,7 @@ class StateMachineSpec:
     file: str
     description: str
     substitutions: tuple[str, ...] = field(default=())
+    substitution: str | None = None  # its own ARN's placeholder in other ASL files (a flow starting it)
 
     @property
     def name(self) -> str:
@@ -68,6 +73,24 @@ class StateMachineSpec:
     @property
     def path(self) -> Path:
         return STATE_MACHINES_DIR / self.file
+
+
+# -- serving ---------------------------------------------------------------------------------------
+SERVING_FUNCTION = "api"  # the catalog key of the function behind API Gateway
+LIVE_ALIAS = "live"  # API Gateway invokes this alias; canary and blue-green move its weights
+MODEL_LAYER = f"{PROJECT}-model"  # layer versions carrying a lean model (pricepipe.serving.model_layer)
+MODEL_LAYER_PARAMETER = f"/{PROJECT}/serving/model-layer-arn"  # SSM: the champion's model layer, for cdk deploy
+PREDICTION_LOG_MARKER = "prediction_log"  # the API's log message for predictions; the subscription's filter
+# The subscription filter's pattern: the marker as a quoted term, as FilterPattern.all_terms writes it.
+PREDICTION_LOG_FILTER = f'"{PREDICTION_LOG_MARKER}"'
+# What the promotion functions act on (pricepipe.settings.Settings has the same defaults).
+PROMOTION_ENVIRONMENT = (
+    ("PRICEPIPE_SERVING_FUNCTION", f"{PROJECT}-{SERVING_FUNCTION}"),
+    ("PRICEPIPE_SERVING_ALIAS", LIVE_ALIAS),
+    ("PRICEPIPE_MODEL_LAYER_NAME", MODEL_LAYER),
+    ("PRICEPIPE_MODEL_LAYER_PARAMETER", MODEL_LAYER_PARAMETER),
+)
+MLFLOW_ARTIFACTS = Grant("artifacts", "mlflow/", "read")  # registered models' lean artifacts
 
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
@@ -161,6 +184,110 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         memory_mb=256,
         timeout_s=300,
     ),
+    FunctionSpec(
+        key="promotion-prepare",
+        folder="promotion",
+        handler="handler.prepare",
+        description="Promotion: check the version, choose the route, take the promotion lock, snapshot the alias",
+        memory_mb=512,
+        timeout_s=60,
+        substitution="PromotionPrepareFunctionArn",
+        needs_data_layer=False,
+        needs_registry=True,
+        environment=PROMOTION_ENVIRONMENT,
+    ),
+    FunctionSpec(
+        key="promotion-gate",
+        folder="promotion",
+        handler="handler.gate",
+        description="Promotion (auto): the metric gate, challenger vs champion on the same recent holdout",
+        memory_mb=1024,
+        timeout_s=300,
+        substitution="PromotionGateFunctionArn",
+        s3=(MLFLOW_ARTIFACTS,),
+        environment=PROMOTION_ENVIRONMENT,
+    ),
+    FunctionSpec(
+        key="promotion-deploy",
+        folder="promotion",
+        handler="handler.deploy",
+        description="Promotion: publish the model layer and a serving function version carrying it (no traffic)",
+        memory_mb=512,
+        timeout_s=180,
+        substitution="PromotionDeployFunctionArn",
+        needs_data_layer=False,
+        s3=(MLFLOW_ARTIFACTS,),
+        environment=PROMOTION_ENVIRONMENT,
+    ),
+    FunctionSpec(
+        key="promotion-request-approval",
+        folder="promotion",
+        handler="handler.request_approval",
+        description="Promotion (manual): keep the task token for pipectl approve / reject",
+        memory_mb=256,
+        timeout_s=30,
+        substitution="PromotionRequestApprovalFunctionArn",
+        needs_data_layer=False,
+        environment=PROMOTION_ENVIRONMENT,
+    ),
+    FunctionSpec(
+        key="promotion-start-canary",
+        folder="promotion",
+        handler="handler.start_canary",
+        description="Promotion (canary): give the new version its share of the live alias's traffic",
+        memory_mb=256,
+        timeout_s=30,
+        substitution="PromotionStartCanaryFunctionArn",
+        needs_data_layer=False,
+        environment=PROMOTION_ENVIRONMENT,
+    ),
+    FunctionSpec(
+        key="promotion-check-canary",
+        folder="promotion",
+        handler="handler.check_canary",
+        description="Promotion (canary): error rate, p99 latency and prediction shift of the canary version",
+        memory_mb=512,
+        timeout_s=60,
+        substitution="PromotionCheckCanaryFunctionArn",
+        needs_data_layer=False,
+        environment=PROMOTION_ENVIRONMENT,
+    ),
+    FunctionSpec(
+        key="promotion-finalize",
+        folder="promotion",
+        handler="handler.finalize",
+        description="Promotion: all traffic to the new version; champion in MLflow; the model layer parameter",
+        memory_mb=512,
+        timeout_s=60,
+        substitution="PromotionFinalizeFunctionArn",
+        needs_data_layer=False,
+        needs_registry=True,
+        environment=PROMOTION_ENVIRONMENT,
+    ),
+    FunctionSpec(
+        key="promotion-roll-back",
+        folder="promotion",
+        handler="handler.roll_back",
+        description="Promotion: end without promoting (canary rolled back, rejected, failed) and record why",
+        memory_mb=512,
+        timeout_s=60,
+        substitution="PromotionRollBackFunctionArn",
+        needs_data_layer=False,
+        needs_registry=True,
+        environment=PROMOTION_ENVIRONMENT,
+    ),
+    FunctionSpec(
+        key="promotion-command",
+        folder="promotion",
+        handler="handler.command",
+        description="Promotion commands of pipectl: approve, reject, rollback, history, status",
+        memory_mb=512,
+        timeout_s=120,
+        needs_data_layer=False,
+        needs_registry=True,
+        s3=(MLFLOW_ARTIFACTS,),
+        environment=PROMOTION_ENVIRONMENT,
+    ),
 )
 
 
@@ -202,7 +329,24 @@ JOBS: tuple[JobSpec, ...] = (TRAINING_JOB,)
 # Set in every job's container on top of catalog.environment(): a job never phones home.
 JOB_EXTRA_ENVIRONMENT = {"MLFLOW_DISABLE_TELEMETRY": "true", "MPLBACKEND": "Agg"}
 
+# A state machine that another one starts comes before it: the local cloud creates them in this order.
 STATE_MACHINES: tuple[StateMachineSpec, ...] = (
+    StateMachineSpec(
+        key="promotion",
+        file="promotion.asl.json",
+        description="A registered version to the live alias: manual, auto, canary or blue-green; rollback",
+        substitutions=(
+            "PromotionPrepareFunctionArn",
+            "PromotionGateFunctionArn",
+            "PromotionDeployFunctionArn",
+            "PromotionRequestApprovalFunctionArn",
+            "PromotionStartCanaryFunctionArn",
+            "PromotionCheckCanaryFunctionArn",
+            "PromotionFinalizeFunctionArn",
+            "PromotionRollBackFunctionArn",
+        ),
+        substitution="PromotionStateMachineArn",
+    ),
     StateMachineSpec(
         key="etl",
         file="etl.asl.json",
@@ -219,17 +363,10 @@ STATE_MACHINES: tuple[StateMachineSpec, ...] = (
             "TrainingJobDefinitionArn",
             "TrainingJobFailedFunctionArn",
             "TrainingEvaluateFunctionArn",
+            "PromotionStateMachineArn",
         ),
     ),
 )
-
-
-# -- serving ---------------------------------------------------------------------------------------
-SERVING_FUNCTION = "api"  # the catalog key of the function behind API Gateway
-LIVE_ALIAS = "live"  # API Gateway invokes this alias; canary and blue-green move its weights
-MODEL_LAYER = f"{PROJECT}-model"  # layer versions carrying a lean model (pricepipe.serving.model_layer)
-MODEL_LAYER_PARAMETER = f"/{PROJECT}/serving/model-layer-arn"  # SSM: the champion's model layer, for cdk deploy
-PREDICTION_LOG_MARKER = "prediction_log"  # the API's log message for predictions; the subscription's filter
 
 
 def function(key: str) -> FunctionSpec:
@@ -298,7 +435,7 @@ def function_environment(
         database_secret_arn=database_secret_arn if spec.needs_database else None,
         contract=contract,
         stage=stage,
-    )
+    ) | dict(spec.environment)
 
 
 def camel(key: str) -> str:

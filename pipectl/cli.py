@@ -3,17 +3,26 @@
 pipectl local up | down | status     the local cloud (moto + real handlers + PostgreSQL)
 pipectl land --days 7                replay hotel_rates days into the landing bucket
 pipectl etl                          run the ETL state machine and report per file
+pipectl train                        train, register and (if better) hand over to promotion
+pipectl promote 3 --strategy canary  promote a registered version (manual | auto | canary | blue-green)
+pipectl approve 3 | reject 3         answer a manual promotion
+pipectl rollback                     put the previous champion back on all traffic at once
+pipectl deployments                  what changed for live traffic, when and why
+pipectl predict                      sample predictions through the API
 pipectl demo                         all of the above, end to end
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import getpass
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,6 +32,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
+from infrastructure import catalog
 from pipectl import datasource, flows
 from pipectl.target import DEFAULT_STATE_DIR, Target, TargetUnavailable, local_target, resolve
 
@@ -138,7 +148,36 @@ def local_status(state_dir: StateDirOption = DEFAULT_STATE_DIR) -> None:
         table.add_row(f"state machine {key}", arn)
     for key, arn in target.functions.items():
         table.add_row(f"function {key}", arn)
+    table.add_section()
+    table.add_row("API (gateway)", f"{target.api_url}  (docs: {target.api_url}/docs)")
+    table.add_row("API key", f"{target.api_key}  (send it as the x-api-key header)")
+    for route in _live_routes(target):
+        served = f"model {route['model_version']}" if route["model_version"] else "no model deployed yet"
+        table.add_row(
+            f"{catalog.LIVE_ALIAS} -> version {route['function_version']}", f"{route['traffic_percent']:g}%: {served}"
+        )
     console.print(table)
+
+
+def _live_routes(target: Target) -> list[dict[str, Any]]:
+    """Where the live alias sends traffic, from the Lambda API alone: version, share, model."""
+    from pricepipe import deployer
+
+    lam = target.client("lambda")
+    function = target.functions.get(catalog.SERVING_FUNCTION, catalog.function(catalog.SERVING_FUNCTION).name)
+    alias = deployer.alias_state(lam, function, catalog.LIVE_ALIAS)
+    shares = {alias["function_version"]: 1.0 - sum(alias["weights"].values()), **alias["weights"]}
+    routes = []
+    for version, share in shares.items():
+        model = deployer.model_of(deployer.version_configuration(lam, function, version).get("Description"))
+        routes.append(
+            {
+                "function_version": version,
+                "traffic_percent": round(share * 100, 2),
+                "model_version": model[1] if model else None,
+            }
+        )
+    return routes
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -288,13 +327,18 @@ def train(
         raise typer.Exit(1)
 
 
-def _run_training(target: Target, request: dict[str, Any]) -> flows.Execution:
+def _run_training(target: Target, request: dict[str, Any], on_bake: Any = None) -> flows.Execution:
+    """Run training; when it hands over to promotion, follow that execution to its end too."""
     with console.status("training: starting") as status:
         execution = flows.run(target, "training", request, on_state=lambda s: status.update(f"training: {s}"))
     if not execution.succeeded:
         console.print(f"[red]training {execution.status}: {execution.error}: {execution.cause}[/red]")
         return execution
     _print_training(execution.output)
+    promotion = (execution.output or {}).get("promotion") or {}
+    if promotion.get("execution_arn"):
+        console.print(f"training handed over to promotion: {promotion['execution_arn']}")
+        _follow_promotion(target, promotion["execution_arn"], on_bake=on_bake)
     return execution
 
 
@@ -345,27 +389,331 @@ def mlflow_ui(
     )
 
 
+# -- promotion and serving -------------------------------------------------------------------------
+
+PROMOTION_COMMAND = "promotion-command"
+
+
+class CommandFailed(Exception):
+    """A promotion command the pipeline refused; the message says why."""
+
+
+def _actor(target: Target) -> str:
+    """Who runs a command, for the deployment history: the AWS identity, or the local user."""
+    if target.kind == "aws":
+        with contextlib.suppress(Exception):  # no STS access: the history then names the OS user
+            return str(target.client("sts").get_caller_identity()["Arn"])
+    return f"{getpass.getuser()} (pipectl)"
+
+
+def _command(target: Target, payload: dict[str, Any]) -> Any:
+    """Run a promotion command in the pipeline (the database is private on AWS, so it runs there)."""
+    function = target.functions.get(PROMOTION_COMMAND, catalog.function(PROMOTION_COMMAND).name)
+    answer = target.client("lambda").invoke(FunctionName=function, Payload=json.dumps(payload).encode())
+    body = json.loads(answer["Payload"].read() or b"null")
+    if answer.get("FunctionError"):
+        kind = body.get("errorType", "Error") if isinstance(body, dict) else "Error"
+        message = body.get("errorMessage", body) if isinstance(body, dict) else body
+        raise CommandFailed(message if kind == "CommandError" else f"{kind}: {message}")
+    return body
+
+
+def _run_command(target: Target, payload: dict[str, Any]) -> Any:
+    try:
+        return _command(target, payload)
+    except CommandFailed as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+
+
+def _print_deployments(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for column in ("when (UTC)", "version", "action", "strategy", "traffic", "fn", "actor", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        traffic = row.get("traffic_percent")
+        table.add_row(
+            (row.get("created_at") or "")[:19].replace("T", " "),
+            str(row.get("version") or "-"),
+            row["action"],
+            row.get("strategy") or "",
+            "" if traffic is None else f"{traffic:g}%",
+            str(row.get("function_version") or ""),
+            row.get("actor") or "",
+            row.get("reason") or "",
+        )
+    console.print(table)
+
+
+class _Traffic:
+    """Sample predictions sent through the API in the background (the demo's live traffic)."""
+
+    def __init__(self, target: Target, rows_per_request: int = 5, interval_s: float = 0.05) -> None:
+        self.target, self.rows, self.interval_s = target, rows_per_request, interval_s
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None and self.target.api_url:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        frame = datasource.api_bookings()
+        seed = 0
+        while not self._stop.is_set():
+            sample = frame.sample(self.rows, random_state=seed)
+            seed += 1
+            with contextlib.suppress(OSError):
+                _post_predict(self.target.api_url or "", self.target.api_key, sample)
+                self.sent += 1
+            self._stop.wait(self.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
+def _follow_promotion(target: Target, arn: str, on_bake: _Traffic | None = None) -> flows.Execution:
+    """Wait for a promotion (or for it to wait for approval) and say how it ended, with its history."""
+
+    def on_state(state: str) -> None:
+        status.update(f"promotion: {state}")
+        if state == "Bake" and on_bake is not None:
+            on_bake.start()
+
+    try:
+        with console.status("promotion: starting") as status:
+            execution = flows.wait(target, arn, on_state=on_state, stop_at=("RequestApproval",))
+    finally:
+        if on_bake is not None:
+            on_bake.stop()
+    output = execution.output if isinstance(execution.output, dict) else {}
+    plan = output.get("plan") or {}
+    if execution.status == "RUNNING":
+        version = _execution_input(target, arn).get("model_version")
+        console.print(
+            f"promotion waits for approval: [bold]pipectl approve {version}[/bold] or"
+            f" [bold]pipectl reject {version} --reason ...[/bold]"
+        )
+    elif execution.succeeded and plan.get("route") == "unchanged":
+        console.print(f"promotion: nothing to do, {plan.get('note')}")
+    elif execution.succeeded:
+        result = output.get("result") or {}
+        colour = "green" if result.get("outcome") == "promoted" else "yellow"
+        console.print(f"[{colour}]promotion {result.get('outcome')}: {result.get('reason')}[/{colour}]")
+    else:
+        console.print(f"[red]promotion {execution.status}: {execution.error}: {execution.cause}[/red]")
+        if "not enough traffic" in (execution.cause or ""):
+            console.print(
+                "a canary is judged on live traffic: send some while it bakes (`pipectl predict` in a loop),"
+                " or promote with --strategy blue-green"
+            )
+    try:
+        rows = [r for r in _command(target, {"command": "history", "limit": 50}) if r.get("execution_arn") == arn]
+    except CommandFailed as exc:
+        console.print(f"[red]could not read the deployment history: {exc}[/red]")
+        rows = []
+    if rows:
+        _print_deployments(list(reversed(rows)), "what this promotion changed")
+    return execution
+
+
+def _execution_input(target: Target, arn: str) -> dict[str, Any]:
+    described = target.client("stepfunctions").describe_execution(executionArn=arn)
+    return dict(json.loads(described.get("input") or "{}"))
+
+
+@app.command()
+def promote(
+    model_version: Annotated[str, typer.Argument(help="the registered version to promote")],
+    target_kind: TargetOption = "local",
+    strategy: Annotated[
+        str | None, typer.Option(help="manual | auto | canary | blue-green (default: the pipeline's setting)")
+    ] = None,
+    canary_percent: Annotated[float | None, typer.Option(help="canary's share of live traffic, percent")] = None,
+    bake_seconds: Annotated[int | None, typer.Option(help="canary's bake before its health check")] = None,
+    reason: Annotated[str, typer.Option(help="why, for the deployment history")] = "pipectl promote",
+) -> None:
+    """Start the promotion state machine for a registered version and follow it."""
+    target = _target(target_kind)
+    request: dict[str, Any] = {"model_version": model_version, "reason": reason, "actor": _actor(target)}
+    for key, value in (("strategy", strategy), ("canary_percent", canary_percent), ("bake_seconds", bake_seconds)):
+        if value is not None:
+            request[key] = value
+    arn = flows.start(target, "promotion", request)
+    console.print(f"promotion started: {arn}")
+    execution = _follow_promotion(target, arn)
+    if execution.status not in ("SUCCEEDED", "RUNNING"):
+        raise typer.Exit(1)
+
+
+@app.command()
+def approve(
+    model_version: Annotated[str, typer.Argument(help="the version whose promotion waits for approval")],
+    target_kind: TargetOption = "local",
+    reason: Annotated[str, typer.Option(help="why, for the deployment history")] = "",
+) -> None:
+    """Approve a manual promotion: its version takes all live traffic."""
+    target = _target(target_kind)
+    answer = _run_command(
+        target, {"command": "approve", "model_version": model_version, "actor": _actor(target), "reason": reason}
+    )
+    console.print(f"approved version {model_version}; its promotion goes on ({answer['execution_arn']})")
+    _follow_promotion(target, answer["execution_arn"])
+
+
+@app.command()
+def reject(
+    model_version: Annotated[str, typer.Argument(help="the version whose promotion waits for approval")],
+    target_kind: TargetOption = "local",
+    reason: Annotated[str, typer.Option(help="why, for the deployment history")] = "",
+) -> None:
+    """Reject a manual promotion: traffic stays as it is; the version is marked rejected."""
+    target = _target(target_kind)
+    answer = _run_command(
+        target, {"command": "reject", "model_version": model_version, "actor": _actor(target), "reason": reason}
+    )
+    console.print(f"rejected version {model_version} ({answer['execution_arn']})")
+    _follow_promotion(target, answer["execution_arn"])
+
+
+@app.command()
+def rollback(
+    target_kind: TargetOption = "local",
+    reason: Annotated[str, typer.Option(help="why, for the deployment history")] = "",
+) -> None:
+    """Put the previous champion back on all live traffic at once (blue-green's way back)."""
+    target = _target(target_kind)
+    answer = _run_command(
+        target, {"command": "rollback", "actor": _actor(target), "reason": reason or "pipectl rollback"}
+    )
+    console.print(
+        f"[green]rolled back: version {answer['champion']} serves all traffic again (function version"
+        f" {answer['function_version']}); version {answer['rolled_back']} is marked rejected[/green]"
+    )
+
+
+@app.command()
+def deployments(
+    target_kind: TargetOption = "local",
+    limit: Annotated[int, typer.Option(help="rows, newest first")] = 20,
+) -> None:
+    """The deployment history: what changed for live traffic, when, why and by whom."""
+    target = _target(target_kind)
+    rows = _run_command(target, {"command": "history", "limit": limit})
+    if not rows:
+        console.print("no deployments yet")
+        return
+    _print_deployments(rows, "model_registry.deployments (newest first)")
+
+
+def _post_predict(url: str, api_key: str | None, rows: Any) -> tuple[int, dict[str, Any]]:
+    """POST rows (a DataFrame of hotel_rates) to ``<url>/predict``; (status, JSON answer)."""
+    import urllib.error
+    import urllib.request
+
+    records = datasource.api_rows(rows)
+    request = urllib.request.Request(  # noqa: S310 - the URL is the API's, http(s) only
+        f"{url}/predict",
+        data=json.dumps({"rows": records}).encode(),
+        headers={"content-type": "application/json", **({"x-api-key": api_key} if api_key else {})},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=35) as answer:  # noqa: S310
+            return int(answer.status), dict(json.loads(answer.read()))
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return int(exc.code), dict(json.loads(body))
+        except ValueError:
+            return int(exc.code), {"detail": body.decode(errors="replace")}
+
+
+def _predict(target: Target, rows: int, date: dt.date | None, url: str | None, api_key: str | None) -> bool:
+    url, api_key = url or target.api_url, api_key or target.api_key
+    if not url:
+        console.print("[red]no API URL for this target: pass --url and --api-key[/red]")
+        raise typer.Exit(2)
+    frame = datasource.api_bookings()
+    day = (date or max(datasource.available_days())).isoformat()
+    sample = frame[frame[datasource.EVENT_TIME] == day].head(rows)
+    if sample.empty:
+        console.print(f"[red]hotel_rates has no arrivals on {day}[/red]")
+        raise typer.Exit(2)
+    status, answer = _post_predict(url, api_key, sample)
+    if status != 200:
+        console.print(f"[red]{url}/predict answered {status}: {answer.get('detail') or answer.get('message')}[/red]")
+        return False
+    table = Table(title=f"{url}/predict: model {answer['model_name']} version {answer['model_version']}")
+    for column in ("booking", "arrival", "hotel guests", "actual price", "predicted"):
+        table.add_column(column, justify="right")
+    for (_, row), key, predicted in zip(sample.iterrows(), answer["keys"], answer["predictions"], strict=True):
+        table.add_row(
+            key,
+            str(row[datasource.EVENT_TIME]),
+            f"{row['adults']:g} adults, {row['children']:g} children",
+            f"{row['avg_price_per_room']:.2f}",
+            f"{predicted:.2f}",
+        )
+    console.print(table)
+    return True
+
+
+@app.command()
+def predict(
+    target_kind: TargetOption = "local",
+    rows: Annotated[int, typer.Option(help="bookings to price")] = 5,
+    date: Annotated[
+        dt.datetime | None, typer.Option("--date", formats=["%Y-%m-%d"], help="their arrival day (default: the last)")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="the API's URL (default: the local gateway)")] = None,
+    api_key: Annotated[str | None, typer.Option(help="its API key (default: the local cloud's)")] = None,
+) -> None:
+    """Price sample hotel_rates bookings through the API (API key, throttling, the live alias)."""
+    target = _target(target_kind)
+    if not _predict(target, rows, date.date() if date else None, url, api_key):
+        raise typer.Exit(1)
+
+
 # -- the demo --------------------------------------------------------------------------------------
 
 
 @app.command()
 def demo(
-    days: Annotated[int, typer.Option(help="days of hotel_rates to replay")] = 7,
+    days: Annotated[int, typer.Option(help="days of hotel_rates to replay (~5 months give a first model)")] = 150,
+    time_budget_s: Annotated[float, typer.Option(help="training's hyperparameter search wall clock")] = 15.0,
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
 ) -> None:
-    """Replay hotel_rates into the local cloud and run the ETL state machine; safe to run again."""
-    local_up(state_dir=state_dir)
+    """Replay hotel_rates into the local cloud, ETL, train, promote and serve it; safe to run again."""
+    local_up(state_dir=state_dir, port=int(os.environ.get("PIPECTL_LOCAL_PORT", "4577")))
     target = _target("local", state_dir)
     console.rule(f"1. land {days} day(s) of hotel_rates")
-    _land(target, datasource.select_days(days=days))
+    chosen = datasource.select_days(days=days)
+    _land(target, chosen)
     console.rule("2. ETL state machine")
     execution = _run_etl(target, LANDING_PREFIX)
     _print_destinations(target)
     if not execution.succeeded:
         raise typer.Exit(1)
+    console.rule("3. training state machine (Batch job, MLflow registry), handing over to promotion")
+    # a canary bakes on live traffic: the demo sends some through the gateway while it does
+    training = _run_training(
+        target, {"time_budget_s": time_budget_s, "reason": "pipectl demo"}, on_bake=_Traffic(target)
+    )
+    if not training.succeeded:
+        raise typer.Exit(1)
+    console.rule(f"4. predictions through the API at {target.api_url}")
+    following = datasource.select_days(start=chosen[-1] + dt.timedelta(days=1))[:1] or chosen[-1:]
+    if not _predict(target, 5, following[0], None, None):
+        console.print("(no model serves yet: land more days and run `pipectl train`)")
     console.print(
-        "The local cloud keeps running: `pipectl etl`, `pipectl land --days 14`, `pipectl local status`; "
-        "stop it with `pipectl local down`."
+        f"The local cloud keeps running with the API at {target.api_url} (key: {target.api_key}, docs:"
+        f" {target.api_url}/docs). Try `pipectl predict`, `pipectl deployments`, `pipectl local status`,"
+        " `pipectl land --days 200 && pipectl etl && pipectl train`; stop it with `pipectl local down`."
     )
 
 

@@ -96,3 +96,24 @@ def land_file(s3: Any, bucket: str, prefix: str, path: Path, dataset: str = DATA
     data = path.read_bytes()
     s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/csv")
     return LandedFile(key, max(data.count(b"\n") - 1, 0))
+
+
+@lru_cache(maxsize=1)
+def api_bookings() -> pd.DataFrame:
+    """The bookings the API accepts (the contract's validation passes, as the ETL's does; a booking
+    without a country, for one, is quarantined by the ETL and refused by the API), with their price."""
+    from pricepipe.contract import load_contract, validate
+
+    frame = hotel_rates()
+    good = validate(frame, load_contract(DATASET)).good
+    return frame[frame["booking_id"].isin(good["booking_id"])].reset_index(drop=True)
+
+
+def api_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Bookings as ``POST /predict`` rows: every input column, the price left out, JSON-ready."""
+    import json
+
+    from pricepipe.contract import load_contract
+
+    target = load_contract(DATASET).target
+    return list(json.loads(frame.drop(columns=[target], errors="ignore").to_json(orient="records")))

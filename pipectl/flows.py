@@ -6,7 +6,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,7 @@ class Execution:
     output: Any = None
     error: str | None = None
     cause: str | None = None
+    state: str | None = None  # the state it waits in, when returned RUNNING
 
     @property
     def succeeded(self) -> bool:
@@ -48,7 +49,10 @@ def wait(
     on_state: Callable[[str], None] | None = None,
     timeout_s: float = 3600,
     poll_s: float = 0.5,
+    stop_at: Collection[str] = (),
 ) -> Execution:
+    """Wait for the execution to end, or to enter one of the states ``stop_at`` (then still RUNNING,
+    e.g. a manual promotion waiting for approval)."""
     sfn = target.client("stepfunctions")
     deadline = time.monotonic() + timeout_s
     last_state = ""
@@ -56,11 +60,14 @@ def wait(
         described = sfn.describe_execution(executionArn=arn)
         if described["status"] in TERMINAL:
             break
-        if on_state is not None:
+        if on_state is not None or stop_at:
             state = current_state(sfn, arn)
             if state and state != last_state:
-                on_state(state)
+                if on_state is not None:
+                    on_state(state)
                 last_state = state
+            if state in stop_at:
+                return Execution(arn=arn, name=described["name"], status="RUNNING", state=state)
         if time.monotonic() > deadline:
             raise TimeoutError(f"{arn} still running after {timeout_s:.0f} s")
         time.sleep(poll_s)
@@ -81,7 +88,8 @@ def run(target: Target, flow: str, payload: dict[str, Any], on_state: Callable[[
 
 def current_state(sfn: Any, arn: str) -> str:
     events = sfn.get_execution_history(executionArn=arn, reverseOrder=True, maxResults=20)["events"]
-    for event in events:
+    # newest first by id: moto returns the whole history in order, whatever the request says
+    for event in sorted(events, key=lambda e: int(e["id"]), reverse=True):
         details = event.get("stateEnteredEventDetails")
         if details:
             return str(details["name"])

@@ -36,6 +36,8 @@ class Target:
     functions: dict[str, str] = field(default_factory=dict)  # key -> name or ARN
     endpoint: str | None = None
     database_url: str | None = None  # reachable from here (local only; RDS is private)
+    api_url: str | None = None  # the prediction API (local: the gateway in front of the live alias)
+    api_key: str | None = None
 
     def client(self, service: str) -> Any:
         config = Config(retries={"mode": "standard"}, read_timeout=900)
@@ -68,6 +70,8 @@ def local_target(state_dir: Path = DEFAULT_STATE_DIR) -> Target:
         functions=state["functions"],
         endpoint=state["endpoint"],
         database_url=state["database_url"],
+        api_url=state.get("gateway_url") or None,
+        api_key=state.get("api_key") or None,
     )
 
 

@@ -40,7 +40,9 @@ class LocalCloud:
         from pipectl.localcloud.batch import BatchRuntime
         from pipectl.localcloud.lambdas import LambdaRuntime
 
-        self.lambdas = LambdaRuntime(self.state_dir, self.client_env, cloudwatch=_put_log_lines)
+        self.lambdas = LambdaRuntime(
+            self.state_dir, self.client_env, cloudwatch=_put_log_lines, on_invocation=_put_lambda_metrics
+        )
         self.batch = BatchRuntime(self.state_dir, self.client_env, ROOT)
 
     @property
@@ -56,14 +58,14 @@ class LocalCloud:
             **CREDENTIALS,
         }
 
-    def client(self, service: str) -> Any:
+    def client(self, service: str, config: Config | None = None) -> Any:
         return boto3.client(
             service,
             endpoint_url=self.endpoint,
             region_name=REGION,
             aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-            config=Config(retries={"mode": "standard"}, read_timeout=900),
+            config=config or Config(retries={"mode": "standard"}, read_timeout=900),
         )
 
     def start(self) -> LocalCloud:
@@ -121,6 +123,21 @@ def _configure_moto(cloud: LocalCloud) -> None:
 
     LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign,assignment]
 
+    from moto.awslambda.responses import LambdaResponse
+
+    original_invoke = LambdaResponse.invoke
+    if not getattr(original_invoke, "_reads_qualifier", False):
+
+        def invoke_response(response: Any) -> Any:
+            # moto reads ?qualifier= but the SDK sends ?Qualifier=: without this every invoke with a
+            # Qualifier (an alias, a version) would run $LATEST
+            if "Qualifier" in response.querystring and "qualifier" not in response.querystring:
+                response.querystring["qualifier"] = response.querystring["Qualifier"]
+            return original_invoke(response)
+
+        invoke_response._reads_qualifier = True  # type: ignore[attr-defined]
+        LambdaResponse.invoke = invoke_response  # type: ignore[method-assign]
+
     def deliver_logs(
         backend: Any, function_arn: str, filter_name: str, log_group_name: str, log_stream_name: str, log_events: Any
     ) -> None:
@@ -166,7 +183,24 @@ def _configure_moto(cloud: LocalCloud) -> None:
         active.batch.moto_start(backend, include_start_attempt, job)
 
     BatchSimpleBackend._mark_job_as_finished = start_job  # type: ignore[method-assign,assignment]
-    _normalise_batch_parameters()
+    _normalise_service_tasks()
+    _percentile_statistics()
+
+    # SendTaskFailure's cause (why a person rejected, say) reaches the Catch in AWS; moto drops it
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    if not getattr(StepFunctionResponse.send_task_failure, "_keeps_cause", False):
+
+        def send_task_failure(response: Any) -> Any:
+            from moto.core.responses import EmptyResult
+
+            response.stepfunction_backend.send_task_failure(
+                response._get_param("taskToken"), error=response._get_param("error"), cause=response._get_param("cause")
+            )
+            return EmptyResult()
+
+        send_task_failure._keeps_cause = True  # type: ignore[attr-defined]
+        StepFunctionResponse.send_task_failure = send_task_failure  # type: ignore[method-assign,assignment]
 
     # AWS names an unnamed execution with a UUID; moto leaves it None (and $$.Execution.Name with it)
     from moto.stepfunctions.parser.models import StepFunctionsParserBackend
@@ -209,7 +243,8 @@ def _put_emf_metrics(line: str) -> None:
     try:
         document = json.loads(line)
         directives = document["_aws"]["CloudWatchMetrics"]
-        when = dt.datetime.fromtimestamp(document["_aws"]["Timestamp"] / 1000, tz=dt.UTC)
+        # naive UTC, as moto keeps every timestamp (an aware one breaks its GetMetricData comparisons)
+        when = dt.datetime.fromtimestamp(document["_aws"]["Timestamp"] / 1000, tz=dt.UTC).replace(tzinfo=None)
     except (ValueError, KeyError, TypeError):
         return
     backend = cloudwatch_backends[ACCOUNT][REGION]
@@ -234,16 +269,77 @@ def _put_emf_metrics(line: str) -> None:
                 backend.put_metric_data(directive["Namespace"], data)
 
 
-def _normalise_batch_parameters() -> None:
-    """``batch:submitJob`` tasks pass ASL's PascalCase parameters (JobName, ContainerOverrides with
-    Environment Name/Value); boto3 wants the API's own member names (jobName, name/value). moto's
-    engine leaves them as they are, so map each key onto the operation's input shape."""
-    import botocore.session
+def _put_lambda_metrics(function: str, qualifier: str | None, version: str, duration_ms: float, error: bool) -> None:
+    """What Lambda publishes to CloudWatch for every invocation (namespace ``AWS/Lambda``): Invocations,
+    Errors and Duration per function, per qualified resource, and, for an alias, per executed
+    version (the dimension a canary is judged on). moto publishes none of them."""
+    import datetime as dt
+
+    from moto.cloudwatch.models import cloudwatch_backends
+
+    dimension_sets = [[{"Name": "FunctionName", "Value": function}]]
+    if qualifier:
+        resource = [*dimension_sets[0], {"Name": "Resource", "Value": f"{function}:{qualifier}"}]
+        dimension_sets.append(resource)
+        if not qualifier.isdigit() and qualifier != "$LATEST":
+            dimension_sets.append([*resource, {"Name": "ExecutedVersion", "Value": version}])
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # naive UTC, as moto keeps timestamps
+    data = [
+        {"MetricName": name, "Value": value, "Unit": unit, "Dimensions": dimensions, "Timestamp": now}
+        for dimensions in dimension_sets
+        for name, value, unit in (
+            ("Invocations", 1.0, "Count"),
+            ("Errors", 1.0 if error else 0.0, "Count"),
+            ("Duration", duration_ms, "Milliseconds"),
+        )
+    ]
+    cloudwatch_backends[ACCOUNT][REGION].put_metric_data("AWS/Lambda", data)
+
+
+def _percentile_statistics() -> None:
+    """CloudWatch answers ``p99`` (any ``pNN``) for metrics published as single values, as EMF and
+    Lambda's Duration are; moto knows only Sum, Average, Minimum, Maximum and SampleCount."""
+    import numpy as np
+    from moto.cloudwatch.models import Statistics
+
+    original = Statistics.get_statistics_for_type
+    if getattr(original, "_percentiles", False):
+        return
+
+    def get_statistics_for_type(statistics: Any, stat: str) -> Any:
+        if stat.startswith("p") and stat[1:].replace(".", "", 1).isdigit():
+            values = statistics.metric_single_values_list
+            return float(np.percentile(values, float(stat[1:]))) if values else None
+        return original(statistics, stat)
+
+    get_statistics_for_type._percentiles = True  # type: ignore[attr-defined]
+    Statistics.get_statistics_for_type = get_statistics_for_type  # type: ignore[method-assign,assignment]
+
+
+def _normalise_service_tasks() -> None:
+    """Service integrations pass ASL's PascalCase parameters (``batch:submitJob``: JobName,
+    ContainerOverrides with Environment Name/Value; ``states:startExecution``: StateMachineArn,
+    Input); boto3 wants the API's own member names (jobName, stateMachineArn). moto's engine leaves
+    them as they are, so map each key onto the operation's input shape, and the response's keys back
+    to the PascalCase Step Functions returns (JobId, ExecutionArn)."""
     from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_batch import (
         StateTaskServiceBatch,
     )
+    from moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_sfn import (
+        StateTaskServiceSfn,
+    )
 
-    model = botocore.session.get_session().get_service_model("batch")
+    _normalise_service_task(StateTaskServiceBatch, "batch")
+    _normalise_service_task(StateTaskServiceSfn, "stepfunctions")
+
+
+def _normalise_service_task(task_class: Any, service: str) -> None:
+    import botocore.session
+
+    if getattr(task_class._normalise_parameters, "_normalises", False):
+        return
+    model = botocore.session.get_session().get_service_model(service)
+    own_parameters = task_class._normalise_parameters  # e.g. the Sfn task serialises Input to JSON first
 
     def convert(value: Any, shape: Any) -> Any:
         if shape.type_name == "structure" and isinstance(value, dict):
@@ -262,11 +358,14 @@ def _normalise_batch_parameters() -> None:
     def normalise(
         task: Any, parameters: dict[str, Any], boto_service_name: Any = None, service_action_name: Any = None
     ) -> None:
+        own_parameters(task, parameters, boto_service_name, service_action_name)
         action = service_action_name or task._get_boto_service_action()
         operation = model.operation_model("".join(part.capitalize() for part in action.split("_")))
         converted = convert(dict(parameters), operation.input_shape)
         parameters.clear()
         parameters.update(converted)
+
+    normalise._normalises = True  # type: ignore[attr-defined]
 
     def pascal(value: Any, shape: Any) -> None:
         """In place: Step Functions returns service responses with PascalCase member names (JobId,
@@ -292,5 +391,5 @@ def _normalise_batch_parameters() -> None:
         action = service_action_name or task._get_boto_service_action()
         pascal(response, model.operation_model("".join(p.capitalize() for p in action.split("_"))).output_shape)
 
-    StateTaskServiceBatch._normalise_parameters = normalise  # type: ignore[method-assign,assignment]
-    StateTaskServiceBatch._normalise_response = normalise_response  # type: ignore[method-assign,assignment]
+    task_class._normalise_parameters = normalise
+    task_class._normalise_response = normalise_response

@@ -2,8 +2,9 @@
 
 Starts moto, brings up the database (``DATABASE_URL`` or embedded), "deploys" the pipeline (creates
 the resources, then runs the migrate function as CloudFormation would run the custom resource),
-restores saved S3 objects, writes ``state.json`` for the CLI, and serves until SIGTERM/SIGINT, when
-it saves S3 and stops.
+restores saved S3 objects, serves the registry's champion again (its Lambda versions died with the
+previous run), starts the HTTP gateway in front of the API, writes ``state.json`` for the CLI, and
+serves until SIGTERM/SIGINT, when it saves S3 and stops.
 """
 
 from __future__ import annotations
@@ -19,18 +20,87 @@ from typing import Any
 
 from pipectl.localcloud import snapshot
 from pipectl.localcloud.cloud import LocalCloud
+from pipectl.localcloud.gateway import INTEGRATION_TIMEOUT_S, Gateway, moto_api_keys
 from pipectl.localcloud.postgres import database_url
 from pipectl.localcloud.provision import Resources, provision
 
 STATE_FILE = "state.json"
+API_KEY_FILE = "api-key"
+# A laptop's canary bakes for seconds, not the minutes production traffic needs: its traffic is the
+# demo's. Promotion settings set in the daemon's own environment win (e.g. PRICEPIPE_CANARY_PERCENT).
+LOCAL_FUNCTION_SETTINGS = {"PRICEPIPE_CANARY_BAKE_SECONDS": "20"}
+FORWARDED_SETTINGS = (
+    "PRICEPIPE_PROMOTION_STRATEGY",
+    "PRICEPIPE_CANARY_",
+    "PRICEPIPE_MANUAL_APPROVAL_",
+    "PRICEPIPE_AUTO_",
+)
+
+
+def function_settings() -> dict[str, str]:
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_SETTINGS)}
+    return LOCAL_FUNCTION_SETTINGS | forwarded
 
 
 def deploy(cloud: LocalCloud, state_dir: Path, contract: str) -> Resources:
     """Everything ``cdk deploy`` would do, on the local cloud."""
-    resources = provision(cloud, database_url(state_dir), contract=contract)
+    key_file = state_dir / API_KEY_FILE  # the same key across restarts: clients keep working
+    resources = provision(
+        cloud,
+        database_url(state_dir),
+        contract=contract,
+        function_settings=function_settings(),
+        api_key=key_file.read_text().strip() if key_file.exists() else None,
+    )
+    key_file.write_text(resources.api_key)
+    key_file.chmod(0o600)
     run_migrations(cloud, resources)
     snapshot.restore(cloud.client("s3"), buckets(resources), state_dir / "s3")
+    restore_serving(cloud, resources)
     return resources
+
+
+def restore_serving(cloud: LocalCloud, resources: Resources) -> dict[str, Any] | None:
+    """The champion back on the ``live`` alias, as ``cdk deploy`` keeps it through the model layer
+    parameter; returns what was deployed (None: no champion yet)."""
+    from pricepipe import db, promotion
+    from pricepipe.settings import Settings
+
+    settings = Settings(database_url=resources.database_url)
+    with db.connect(resources.database_url, autocommit=True) as conn:
+        return promotion.restore_champion(
+            conn, cloud.client("lambda"), cloud.client("s3"), cloud.client("ssm"), settings, actor="local-cloud"
+        )
+
+
+def start_gateway(cloud: LocalCloud, state_dir: Path, port: int) -> Gateway:
+    """The API's HTTP front door on 127.0.0.1:<port> (another free port if that one is taken)."""
+    from botocore.config import Config
+
+    from infrastructure import catalog
+    from pricepipe.settings import Settings
+
+    settings = Settings()
+    log_path = state_dir / "logs" / "gateway-access.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("a", buffering=1)
+
+    def access_log(line: str) -> None:
+        log.write(line + "\n")
+
+    # API Gateway does not retry a Lambda integration, and gives up after its integration timeout
+    integration = Config(retries={"total_max_attempts": 1}, read_timeout=INTEGRATION_TIMEOUT_S, connect_timeout=5)
+    gateway = Gateway(
+        cloud.client("lambda", integration),
+        catalog.function(catalog.SERVING_FUNCTION).name,
+        catalog.LIVE_ALIAS,
+        moto_api_keys(cloud.client("apigateway")),
+        rate=settings.api_throttle_rate,
+        burst=settings.api_throttle_burst,
+        port=port,
+        access_log=access_log,
+    )
+    return gateway.start(fall_back_to_any_port=True)
 
 
 def run_migrations(cloud: LocalCloud, resources: Resources) -> dict[str, Any]:
@@ -52,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, default=4577)
     parser.add_argument("--contract", default="hotel_rates")
+    parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("PIPECTL_GATEWAY_PORT", "8000")))
     args = parser.parse_args(argv)
     state_dir: Path = args.state_dir.resolve()
     state_file = state_dir / STATE_FILE
@@ -61,10 +132,13 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
 
     cloud = LocalCloud(state_dir, port=args.port).start()
+    gateway: Gateway | None = None
     try:
         resources = deploy(cloud, state_dir, args.contract)
+        gateway = start_gateway(cloud, state_dir, args.gateway_port)
+        resources.gateway_url = gateway.url
         state_file.write_text(json.dumps({"pid": os.getpid(), **resources.to_dict()}, indent=2))
-        print(f"local cloud ready at {cloud.endpoint}", flush=True)
+        print(f"local cloud ready at {cloud.endpoint}; API at {gateway.url}", flush=True)
         stop.wait()
         saved = snapshot.save(cloud.client("s3"), buckets(resources), state_dir / "s3")
         print(f"saved {saved} S3 objects", flush=True)
@@ -73,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
         raise
     finally:
         state_file.unlink(missing_ok=True)
+        if gateway is not None:
+            gateway.stop()
         cloud.stop()
 
 

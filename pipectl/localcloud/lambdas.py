@@ -19,6 +19,7 @@ import select
 import subprocess
 import sys
 import threading
+import time
 import uuid
 import zipfile
 from collections.abc import Callable
@@ -115,11 +116,14 @@ class LambdaRuntime:
         work_dir: Path,
         cloud_env: Callable[[], dict[str, str]],
         cloudwatch: Callable[[str, str, list[str]], None] | None = None,
+        on_invocation: Callable[[str, str | None, str, float, bool], None] | None = None,
         max_containers: int = 2,
     ) -> None:
         self.work_dir = work_dir
         self.cloud_env = cloud_env
         self.cloudwatch = cloudwatch  # (log group, log stream, lines): where CloudWatch Logs receive output
+        # (function, qualifier invoked, version run, duration ms, failed): Lambda's own metrics
+        self.on_invocation = on_invocation
         self.max_containers = max_containers
         self._pools: dict[tuple[str, str, str], _Pool] = {}
         self._lock = threading.Lock()
@@ -135,10 +139,10 @@ class LambdaRuntime:
         event = json.loads(body) if body else {}
         response_headers["x-amz-executed-version"] = str(fn.version)
         if headers.get("X-Amz-Invocation-Type") == "Event":
-            threading.Thread(target=self._invoke_quietly, args=(fn, event, backend), daemon=True).start()
+            threading.Thread(target=self._invoke_quietly, args=(fn, event, backend, qualifier), daemon=True).start()
             return b""
         try:
-            result = self.invoke(fn, event, backend)
+            result = self.invoke(fn, event, backend, qualifier)
         except InvocationError as exc:
             response_headers["x-amz-function-error"] = "Unhandled"
             return json.dumps(exc.payload).encode()
@@ -157,19 +161,26 @@ class LambdaRuntime:
             draw -= float(weight)
         return str(alias.function_version)
 
-    def invoke(self, fn: Any, event: Any, backend: Any) -> Any:
+    def invoke(self, fn: Any, event: Any, backend: Any, qualifier: str | None = None) -> Any:
         key = (fn.function_name, str(fn.version), fn.code_sha_256)
         with self._lock:
             pool = self._pools.setdefault(key, _Pool())
         container = self._acquire(pool, fn, backend)
+        # Duration, as Lambda measures it: the handler's run, not the container's init
+        began, failed = time.perf_counter(), True
         try:
-            return container.invoke(event, str(uuid.uuid4()))
+            result = container.invoke(event, str(uuid.uuid4()))
+            failed = False
+            return result
         finally:
             self._release(pool, container)
+            if self.on_invocation is not None:
+                elapsed_ms = (time.perf_counter() - began) * 1000
+                self.on_invocation(fn.function_name, qualifier, str(fn.version), elapsed_ms, failed)
 
-    def _invoke_quietly(self, fn: Any, event: Any, backend: Any) -> None:
+    def _invoke_quietly(self, fn: Any, event: Any, backend: Any, qualifier: str | None = None) -> None:
         with contextlib.suppress(InvocationError):  # an async invocation's error lands in its log, as on AWS
-            self.invoke(fn, event, backend)
+            self.invoke(fn, event, backend, qualifier)
 
     def _acquire(self, pool: _Pool, fn: Any, backend: Any) -> Container:
         with pool.cond:

@@ -37,6 +37,8 @@ class Resources:
     state_machines: dict[str, str] = field(default_factory=dict)  # key -> ARN
     job_queues: dict[str, str] = field(default_factory=dict)  # job key -> queue ARN
     job_definitions: dict[str, str] = field(default_factory=dict)  # job key -> definition ARN
+    api_key: str = ""  # the value clients send as x-api-key to the gateway
+    gateway_url: str = ""  # set once the daemon's gateway listens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,8 +61,19 @@ def zip_folder(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-def provision(cloud: LocalCloud, database_url: str, contract: str = "hotel_rates", stage: str = "dev") -> Resources:
-    """Create buckets, the database secret, functions and state machines. Idempotent per cloud."""
+def provision(
+    cloud: LocalCloud,
+    database_url: str,
+    contract: str = "hotel_rates",
+    stage: str = "dev",
+    function_settings: dict[str, str] | None = None,
+    api_key: str | None = None,
+) -> Resources:
+    """Create buckets, the database secret, functions and state machines. Idempotent per cloud.
+
+    ``function_settings`` (``PRICEPIPE_*`` variables) are added to every function's environment:
+    this deployment's configuration, as a CDK deploy config would set it.
+    """
     s3, iam = cloud.client("s3"), cloud.client("iam")
     resources = Resources(
         endpoint=cloud.endpoint,
@@ -108,7 +121,7 @@ def provision(cloud: LocalCloud, database_url: str, contract: str = "hotel_rates
             database_secret_arn=resources.database_secret_arn,
             contract=contract,
             stage=stage,
-        )
+        ) | (function_settings or {})
         resources.functions[spec.key] = lam.create_function(
             FunctionName=spec.name,
             Runtime=catalog.LAMBDA_RUNTIME,
@@ -123,14 +136,45 @@ def provision(cloud: LocalCloud, database_url: str, contract: str = "hotel_rates
 
     arns = {spec.substitution: resources.functions[spec.key] for spec in catalog.FUNCTIONS if spec.substitution}
     arns.update(_batch(cloud, resources, role_arn, contract, stage))
+    resources.api_key = _serving(cloud, resources, api_key)
 
     sfn = cloud.client("stepfunctions")
-    for machine in catalog.STATE_MACHINES:
+    for machine in catalog.STATE_MACHINES:  # in catalog order: one a flow starts exists before that flow
         definition = catalog.render_definition(machine, {k: v for k, v in arns.items() if k in machine.substitutions})
         resources.state_machines[machine.key] = sfn.create_state_machine(
             name=machine.name, definition=definition, roleArn=role_arn, type="STANDARD"
         )["stateMachineArn"]
+        if machine.substitution:
+            arns[machine.substitution] = resources.state_machines[machine.key]
     return resources
+
+
+def _serving(cloud: LocalCloud, resources: Resources, api_key: str | None) -> str:
+    """What the serving stack deploys around the API function; returns the API key's value.
+
+    - version 1 without a model and the ``live`` alias on it: the API answers 503 "no model deployed
+      yet" until the first promotion publishes a version carrying a model layer;
+    - the API's log group and its subscription delivering prediction log lines to the prediction
+      writer (the local cloud runs the delivery, see ``cloud.py``);
+    - an API key (``api_key``'s value, else a generated one), which the local gateway requires as
+      API Gateway does.
+    """
+    lam, logs = cloud.client("lambda"), cloud.client("logs")
+    api = catalog.function(catalog.SERVING_FUNCTION)
+    first = lam.publish_version(FunctionName=api.name, Description="no model deployed yet")["Version"]
+    lam.create_alias(FunctionName=api.name, Name=catalog.LIVE_ALIAS, FunctionVersion=first)
+    group = f"/aws/lambda/{api.name}"
+    logs.create_log_group(logGroupName=group)
+    logs.put_subscription_filter(
+        logGroupName=group,
+        filterName="prediction-log",
+        filterPattern=catalog.PREDICTION_LOG_FILTER,
+        destinationArn=resources.functions["prediction-writer"],
+    )
+    request: dict[str, Any] = {"name": f"{catalog.PROJECT}-local", "enabled": True}
+    if api_key:
+        request["value"] = api_key
+    return str(cloud.client("apigateway").create_api_key(**request)["value"])
 
 
 def _batch(cloud: LocalCloud, resources: Resources, role_arn: str, contract: str, stage: str) -> dict[str, str]:

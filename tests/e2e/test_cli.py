@@ -31,6 +31,7 @@ def pipectl(tmp_path: Path, pg_admin_url: str) -> Iterator:  # type: ignore[type
         "DATABASE_URL": url,
         "PIPECTL_STATE_DIR": str(tmp_path / "state"),
         "PIPECTL_LOCAL_PORT": str(free_port()),
+        "PIPECTL_GATEWAY_PORT": str(free_port()),
         "COLUMNS": "200",
     }
 

@@ -21,6 +21,7 @@ def test_every_placeholder_of_an_asl_file_is_declared_and_provided(machine: cata
     assert catalog.placeholders(machine) == set(machine.substitutions)
     provided = {f.substitution for f in catalog.FUNCTIONS if f.substitution}
     provided |= {j.queue_substitution for j in catalog.JOBS} | {j.definition_substitution for j in catalog.JOBS}
+    provided |= {m.substitution for m in catalog.STATE_MACHINES if m.substitution}
     assert set(machine.substitutions) <= provided
 
 
@@ -53,3 +54,45 @@ def test_functions_get_the_same_environment_keys_everywhere() -> None:
     assert env["PRICEPIPE_DATABASE_SECRET_ARN"] == "s"
     assert env["POWERTOOLS_SERVICE_NAME"] == "pricepipe-etl-load"
     assert catalog.function_output(spec) == "EtlLoadFunctionName"
+
+
+def test_a_state_machine_another_one_starts_is_created_before_it() -> None:
+    order = [m.key for m in catalog.STATE_MACHINES]
+    for machine in catalog.STATE_MACHINES:
+        for other in catalog.STATE_MACHINES:
+            if other.substitution and other.substitution in machine.substitutions:
+                assert order.index(other.key) < order.index(machine.key), (other.key, machine.key)
+
+
+def test_training_hands_a_better_challenger_over_to_promotion() -> None:
+    machine = catalog.state_machine("training")
+    values = {name: f"arn:{name}" for name in machine.substitutions}
+    states = json.loads(catalog.render_definition(machine, values))["States"]
+    handover = states["ReadyForPromotion"]
+    # fire-and-forget: startExecution.sync fails in moto's engine, and a canary bakes for minutes
+    assert handover["Resource"] == "arn:aws:states:::states:startExecution"
+    assert handover["Parameters"]["StateMachineArn"] == "arn:PromotionStateMachineArn"
+    assert set(handover["Parameters"]["Input"]) >= {"model_version.$", "reason.$"}
+    assert states[handover["Next"]]["Type"] == "Succeed"
+
+
+def test_promotion_functions_act_on_what_the_settings_name() -> None:
+    from pricepipe.settings import Settings
+
+    settings = Settings()
+    env = dict(catalog.PROMOTION_ENVIRONMENT)
+    assert env["PRICEPIPE_SERVING_FUNCTION"] == settings.serving_function == catalog.function("api").name
+    assert env["PRICEPIPE_SERVING_ALIAS"] == settings.serving_alias == catalog.LIVE_ALIAS
+    assert env["PRICEPIPE_MODEL_LAYER_NAME"] == settings.model_layer_name == catalog.MODEL_LAYER
+    assert env["PRICEPIPE_MODEL_LAYER_PARAMETER"] == settings.model_layer_parameter == catalog.MODEL_LAYER_PARAMETER
+    spec = catalog.function("promotion-finalize")
+    rendered = catalog.function_environment(
+        spec,
+        landing_bucket="l",
+        lake_bucket="k",
+        artifacts_bucket="a",
+        database_secret_arn="s",
+        contract="hotel_rates",
+        stage="dev",
+    )
+    assert rendered["PRICEPIPE_SERVING_ALIAS"] == "live" and spec.needs_registry

@@ -57,11 +57,14 @@ def mlflow_uri_from_dsn(dsn: str, schema: str = MLFLOW_SCHEMA) -> str:
     parts = {k: str(v) for k, v in conninfo_to_dict(dsn).items() if v is not None}
     query = {k: v for k, v in parts.items() if k not in ("host", "port", "user", "password", "dbname")}
     options = f"{query.pop('options', '')} -csearch_path={schema}".strip()
+    host = parts.get("host")
+    if host and host.startswith("/"):  # a Unix socket directory (the embedded server's) is no URL host
+        query["host"], host = host, None
     url = URL.create(
         "postgresql+psycopg",
         username=parts.get("user"),
         password=parts.get("password"),
-        host=parts.get("host"),
+        host=host,
         port=int(parts["port"]) if "port" in parts else None,
         database=parts.get("dbname"),
         query={**query, "options": options},

@@ -30,8 +30,12 @@ def prepare(
     """What the job trains on: the window ending at the latest loaded day, and where it reports."""
     window_days = int(request.get("window_days") or settings.training_window_days)
     holdout_days = int(request.get("holdout_days") or settings.holdout_days)
-    if holdout_days >= window_days:
-        raise ValueError(f"holdout_days ({holdout_days}) must be smaller than window_days ({window_days})")
+    validation_days = settings.validation_days or holdout_days
+    if window_days <= holdout_days + validation_days:  # the job's own rule (training.job.JobOptions.check)
+        raise ValueError(
+            f"a {window_days}-day window leaves no training days after a {holdout_days}-day holdout"
+            f" and {validation_days} validation days"
+        )
     end = request.get("end")
     end_date = dt.date.fromisoformat(end) if end else latest_event_date_postgres(conn, contract)
     result_uri = f"s3://{settings.artifacts_bucket}/training/results/{execution}.json"
@@ -83,8 +87,10 @@ def evaluate(
     result = read_result(s3, prepared["result_uri"])
     if result.get("status") == "failed":
         raise RuntimeError(f"the training job reported failure: {result.get('error')}")
-    end = dt.date.fromisoformat(prepared["end"])
-    holdout = load_postgres(conn, contract, TrainingWindow.ending(end, int(prepared["holdout_days"]))).frame
+    # the job's own holdout (its last days with data), so both models are scored where the
+    # challenger's metrics were measured
+    start, end = (dt.date.fromisoformat(result["holdout"][k]) for k in ("start", "end"))
+    holdout = load_postgres(conn, contract, TrainingWindow(start, end)).frame
     # the served artifact is refit on the whole window, holdout included: score the fit that never saw it
     challenger_uri = str(result.get("evaluation_artifact_uri") or result["serving_artifact_uri"])
     challenger = evaluate_artifact(load_from_uri(challenger_uri, s3), holdout, contract.target)

@@ -1,0 +1,642 @@
+"""Serving: the API's Lambda handler against MLflow's own serving of the same model, in one run.
+
+One LightGBM model is trained on hotel_rates bookings before 2017-06-03 with the project's training
+code (``pricepipe.training.train``, LightGBM family only), then
+
+- exported as the lean artifact and packed as the model layer the API function reads, and
+- saved as an MLflow model exactly as the registry logs it (sklearn flavour: the contract's feature
+  encoding + the LGBMRegressor, pyfunc-loadable).
+
+Requests are real bookings from after the split. Figures, each beside MLflow's and the DESIGN §5
+budget:
+
+(a) package size: the serving layer (``layers/requirements/serving-deps.txt`` + the pricepipe package)
+    vs an MLflow pyfunc serving environment (mlflow-skinny + the model's own requirements), both
+    ``pip install --platform manylinux… --python-version 3.12 --no-compile``, MB unzipped;
+(b) cold start: fresh process → first answer, through the Lambda handler with an API Gateway event,
+    in a python3.12 environment holding only the serving packages — with the layer as built (no
+    ``.pyc``, read-only like ``/opt``, so every module compiles at import) and from a venv (``.pyc``
+    present) — vs fresh process → ``mlflow.pyfunc.load_model`` + first ``predict``; median of runs;
+(c) warm p50/p99, one row and 1,000 rows, through the handler vs ``pyfunc.predict`` on the same rows
+    (MLflow gets the model-feature frame ready-made: its input schema is features, not raw rows);
+(d) HTTP throughput, one uvicorn worker on loopback, ``wrk`` with 8 connections, one row per request:
+    our app vs ``mlflow models serve --env-manager local`` (each in its own request format);
+(e) resident memory after warm-up of each server (MLflow's whole process tree).
+
+    python -m benchmarks.bench_serve [--budget-s 20] [--runs 7] [--http-seconds 10]
+
+Builds are cached under ``.bench/serve/`` (keyed by what is installed). The API's prediction log
+lines go to /dev/null in the handler measurements (in Lambda they go to the runtime's log pipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from benchmarks.common import RESULTS, print_table, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = RESULTS.resolve() / "serve"
+SERVING_DEPS = ROOT / "layers" / "requirements" / "serving-deps.txt"
+PACKAGE = ROOT / "layers" / "pricepipe" / "pricepipe"
+FUNCTION = ROOT / "functions" / "api"
+SPLIT = pd.Timestamp("2017-06-03")
+PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64")
+MLFLOW_SKINNY = "mlflow-skinny==3.17.2"
+UVICORN = "uvicorn==0.54.0"  # bench only (HTTP figure): Lambda needs no server
+ANCHOR_BARE_P50_MS = 0.176  # DESIGN §4: a lean FastAPI app through Mangum, API Gateway v1 event, p50
+BUDGET = {
+    "size_mb": 100.0,
+    "cold_s": 0.6,
+    "one_p50_ms": 0.5,
+    "one_p99_ms": 2.0,
+    "batch_p50_ms": 10.0,
+    "http_ratio": 10.0,
+    "rss_mb": 150.0,
+}
+
+
+# -- the model ---------------------------------------------------------------------------------------
+
+
+def train_model(budget_s: float) -> tuple[Any, Any, pd.DataFrame]:
+    """The pipeline's LightGBM model on bookings before the split; returns (outcome, contract, later raw rows)."""
+    from benchmarks.bench_train import features
+    from pipectl.datasource import hotel_rates
+    from pricepipe.training import SearchSettings, TrainingConfig, TrainingData, TrainingWindow, train
+
+    frame, contract = features()
+    before = frame[pd.to_datetime(frame[contract.event_time]) < SPLIT].reset_index(drop=True)
+    dates = pd.to_datetime(before[contract.event_time])
+    search = SearchSettings(seed=42, time_budget_s=budget_s, max_trials=10, families=("lightgbm",))
+    outcome = train(
+        TrainingData(before, TrainingWindow(dates.min().date(), dates.max().date()), "memory"),
+        contract,
+        TrainingConfig(holdout_days=28, search=search),
+    )
+    raw = hotel_rates()
+    raw = raw[pd.to_datetime(raw[contract.event_time]) >= SPLIT].dropna(subset=["country"]).reset_index(drop=True)
+    return outcome, contract, raw
+
+
+def request_rows(raw: pd.DataFrame, contract: Any, n: int) -> list[dict[str, Any]]:
+    rows = json.loads(raw.head(n).drop(columns=[contract.target]).to_json(orient="records", date_format="iso"))
+    for row in rows:
+        row[contract.event_time] = row[contract.event_time][:10]
+    return rows
+
+
+def feature_frame(rows: list[dict[str, Any]], contract: Any) -> pd.DataFrame:
+    """The model-feature frame MLflow's signature takes, for the same rows."""
+    from pricepipe.features import build_features
+
+    frame = pd.DataFrame(rows).assign(**{contract.event_time: lambda f: pd.to_datetime(f[contract.event_time])})
+    out = build_features(frame, contract)[list(contract.feature_columns)]
+    return out.astype(dict.fromkeys(contract.categorical_features, object))
+
+
+def save_mlflow_model(outcome: Any, contract: Any, path: Path) -> None:
+    """The model as the registry logs it (pricepipe.registry._log_model), saved to a folder."""
+    import lightgbm
+    import mlflow.sklearn
+    import numpy as np
+    import pandas
+    import sklearn
+    import skops
+    from mlflow.models import infer_signature
+
+    from pricepipe.training.pipeline import SKOPS_TRUSTED_TYPES, model_pipeline
+
+    pipeline = model_pipeline(outcome.served_encoding, outcome.served_model)
+    example = outcome.holdout[list(contract.feature_columns)].head(5)
+    example = example.astype(dict.fromkeys(contract.categorical_features, object))
+    shutil.rmtree(path, ignore_errors=True)
+    mlflow.sklearn.save_model(
+        pipeline,
+        str(path),
+        signature=infer_signature(example, pipeline.predict(example)),
+        input_example=example,
+        pip_requirements=[
+            f"numpy=={np.__version__}",
+            f"scikit-learn=={sklearn.__version__}",
+            f"pandas=={pandas.__version__}",
+            f"skops=={skops.__version__}",
+            f"lightgbm=={lightgbm.__version__}",
+        ],
+        code_paths=[str(PACKAGE)],
+        skops_trusted_types=SKOPS_TRUSTED_TYPES,
+    )
+
+
+def model_layer(outcome: Any, folder: Path) -> Path:
+    """The model layer as the API function gets it; returns its ``python/`` folder."""
+    from pricepipe.serving.model_layer import build_layer_zip
+
+    shutil.rmtree(folder, ignore_errors=True)
+    metadata = {"model_name": "price-model", "model_version": "1", "alias": "champion"}
+    zipfile.ZipFile(io.BytesIO(build_layer_zip(outcome.lean.to_bytes(), metadata))).extractall(folder)
+    return folder / "python"
+
+
+# -- environments ------------------------------------------------------------------------------------
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def pip_platform_build(requirements: list[str], name: str) -> Path:
+    """``pip install --platform … --target`` for python3.12 x86_64 (cached); returns the target."""
+    target = WORK / "builds" / f"{name}-{_digest(*requirements)}"
+    if (target / ".complete").exists():
+        return target
+    shutil.rmtree(target, ignore_errors=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
+        handle.write("\n".join(requirements) + "\n")
+    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *platforms]
+    command += ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--no-compile"]
+    subprocess.run([*command, "--target", str(target), "-r", handle.name], check=True)
+    os.unlink(handle.name)
+    (target / ".complete").touch()
+    return target
+
+
+def serving_layer() -> Path:
+    """The API function's layers unzipped: serving-deps + the pricepipe package (no caches)."""
+    deps = pip_platform_build(_requirements(SERVING_DEPS), "serving-deps")
+    layer = WORK / "serving-layer"
+    shutil.rmtree(layer, ignore_errors=True)
+    shutil.copytree(deps, layer / "python", ignore=shutil.ignore_patterns(".complete"))
+    shutil.copytree(PACKAGE, layer / "python" / "pricepipe", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return layer / "python"
+
+
+def _requirements(path: Path) -> list[str]:
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line for line in lines if line]
+
+
+def size_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
+
+
+def python312() -> str:
+    for candidate in ("python3.12", str(Path.home() / ".pyenv/versions/3.12.1/bin/python3.12")):
+        found = shutil.which(candidate) or (candidate if Path(candidate).is_file() else None)
+        if found:
+            version = "import sys; print(sys.version_info[:2])"
+            probe = subprocess.run([found, "-c", version], capture_output=True, check=False)
+            if probe.returncode == 0 and probe.stdout.strip() == b"(3, 12)":
+                return found
+    return sys.executable  # said in the results: not the Lambda runtime's version
+
+
+def serving_venv(python: str) -> Path:
+    """A venv holding only the serving requirements and the pricepipe package (+ uvicorn for HTTP)."""
+    venv = RESULTS.resolve() / "serving-venv"
+    key = _digest(SERVING_DEPS.read_text(), UVICORN, python)
+    stamp = venv / ".requirements"
+    if not (stamp.exists() and stamp.read_text() == key):
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, "-r", str(SERVING_DEPS), UVICORN], check=True)
+        stamp.write_text(key)
+    site = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    shutil.rmtree(site / "pricepipe", ignore_errors=True)  # this checkout's package, compiled like pip does
+    shutil.copytree(PACKAGE, site / "pricepipe", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    subprocess.run([str(venv / "bin" / "python"), "-m", "compileall", "-q", str(site / "pricepipe")], check=True)
+    return venv
+
+
+# -- drivers (run in fresh processes) -------------------------------------------------------------------
+
+HANDLER_DRIVER = r"""
+import json, os, sys, time
+began = time.perf_counter()
+function_dir, model_dir, rows_file, mode = sys.argv[1:5]
+sys.path[:0] = [function_dir, model_dir]
+import app
+rows = json.load(open(rows_file))
+class Context:
+    function_name = "pricepipe-api"; function_version = "1"; memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:pricepipe-api:live"
+    aws_request_id = "bench"; log_group_name = "/aws/lambda/pricepipe-api"; log_stream_name = "bench"
+def event(body):
+    return {"resource": "/{proxy+}", "path": "/predict", "httpMethod": "POST",
+            "headers": {"Content-Type": "application/json"}, "multiValueHeaders": {},
+            "queryStringParameters": None, "multiValueQueryStringParameters": None,
+            "pathParameters": {"proxy": "predict"}, "stageVariables": None,
+            "requestContext": {"requestId": "bench", "stage": "prod", "httpMethod": "POST",
+                               "resourcePath": "/{proxy+}", "path": "/prod/predict",
+                               "identity": {"sourceIp": "127.0.0.1"}},
+            "body": json.dumps(body), "isBase64Encoded": False}
+sink = open(os.devnull, "w")
+app.logger.registered_handler.setStream(sink)  # the prediction log: a pipe to the runtime in Lambda
+real_stdout, sys.stdout = sys.stdout, sink  # Powertools prints the cold-start metric
+answer = app.handler(event(rows[0]), Context())
+first_s = time.perf_counter() - began
+assert answer["statusCode"] == 200, answer
+out = {"first_answer_in_process_s": first_s}
+if mode == "warm":
+    import warnings; warnings.simplefilter("ignore")
+    from fastapi import FastAPI, Request, Response
+    from mangum import Mangum
+    from pricepipe.serving.columns import ColumnCheck, feature_columns
+    # references measured beside ours, in the same process and the same moments: a bare FastAPI app
+    # through Mangum (DESIGN's anchor: 176 us) and the model evaluator alone on the same 1,000 rows
+    bare = FastAPI()
+    @bare.post("/predict")
+    async def bare_predict(request: Request) -> Response:
+        await request.body()
+        return Response(b'{"predictions": [1.0]}', media_type="application/json")
+    bare_handler = Mangum(bare, lifespan="off")
+    service = app.service
+    columns = feature_columns(ColumnCheck(service.contract).columns(rows[:1000]), service.contract)
+    model = service.deployed.model
+    e1, e1000, ctx = event(rows[0]), event({"rows": rows[:1000]}), Context()
+    assert app.handler(e1000, ctx)["statusCode"] == 200 and bare_handler(e1, ctx)["statusCode"] == 200
+    def summary(xs):
+        xs.sort()
+        return {"p50_ms": xs[len(xs) // 2] * 1e3, "p99_ms": xs[int(len(xs) * 0.99) - 1] * 1e3, "n": len(xs)}
+    def interleaved(calls, n, blocks=10):
+        # alternate blocks of each, so a noisy neighbour weighs on all of them alike
+        times = {name: [] for name in calls}
+        for call in calls.values():
+            for _ in range(max(10, n // 20)):
+                call()
+        for _ in range(blocks):
+            for name, call in calls.items():
+                for _ in range(n // blocks):
+                    t = time.perf_counter(); call(); times[name].append(time.perf_counter() - t)
+        return {name: summary(xs) for name, xs in times.items()}
+    out["one_row"] = interleaved(
+        {"handler": lambda: app.handler(e1, ctx), "bare_fastapi_mangum": lambda: bare_handler(e1, ctx)}, 3000
+    )
+    out["batch"] = interleaved(
+        {"handler": lambda: app.handler(e1000, ctx), "model_alone": lambda: model.predict_columns(columns)}, 200
+    )
+    out["rss_mb"] = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+sys.stdout = real_stdout
+print(json.dumps(out))
+"""
+
+PYFUNC_DRIVER = r"""
+import json, sys, time
+began = time.perf_counter()
+model_path, frame_file, mode = sys.argv[1:4]
+import mlflow.pyfunc, pandas as pd
+model = mlflow.pyfunc.load_model(model_path)
+frame = pd.read_pickle(frame_file)  # the feature frame with its dtypes, as the model's signature has them
+model.predict(frame.head(1))
+out = {"first_answer_in_process_s": time.perf_counter() - began}
+if mode == "warm":
+    def timings(rows, n):
+        for _ in range(max(10, n // 10)):
+            model.predict(rows)
+        xs = []
+        for _ in range(n):
+            t = time.perf_counter(); model.predict(rows); xs.append(time.perf_counter() - t)
+        xs.sort()
+        return {"p50_ms": xs[len(xs) // 2] * 1e3, "p99_ms": xs[int(len(xs) * 0.99) - 1] * 1e3, "n": n}
+    out["one_row"] = timings(frame.head(1), 2000)
+    out["batch"] = timings(frame.head(1000), 200)
+    out["rss_mb"] = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+print(json.dumps(out))
+"""
+
+
+def run_driver(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+    """Wall time from spawning a fresh process to its answer, and what it printed."""
+    began = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    elapsed = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed:\n{done.stderr[-3000:]}")
+    return elapsed, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")}
+    return {**keep, "POWERTOOLS_SERVICE_NAME": "pricepipe-api", "AWS_LAMBDA_FUNCTION_VERSION": "1", **extra}
+
+
+# -- HTTP ----------------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(
+    command: list[str], env: dict[str, str], probe_url: str, cwd: Path = ROOT, timeout_s: float = 120
+) -> Iterator[int]:
+    """A server in its own process group, until it answers ``probe_url``; yields its pid."""
+    process = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"{command[:3]} exited: {process.stderr.read().decode()[-3000:]}")  # type: ignore[union-attr]
+            try:
+                with urllib.request.urlopen(probe_url, timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{command[:3]} did not answer {probe_url}") from None
+                time.sleep(0.2)
+        yield process.pid
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def post(url: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def tree_rss_mb(pid: int) -> float:
+    import psutil
+
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+
+def wrk(url: str, body: bytes, seconds: int) -> dict[str, Any]:
+    """Requests per second with wrk (one thread, 8 connections) posting ``body``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = {json.dumps(body.decode())}\n"
+        )
+    done = subprocess.run(
+        ["wrk", "-t1", "-c8", f"-d{seconds}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    os.unlink(script.name)
+    text = done.stdout
+    rate = float(text.split("Requests/sec:")[1].split()[0])
+    errors = int(text.split("Non-2xx or 3xx responses:")[1].split()[0]) if "Non-2xx" in text else 0
+    p50 = text.split("50%")[1].split()[0] if "50%" in text else ""
+    return {"requests_per_s": rate, "non_2xx": errors, "latency_p50": p50, "tool": "wrk -t1 -c8"}
+
+
+REFERENCE_APP = """
+from fastapi import FastAPI, Request, Response
+app = FastAPI()
+@app.get("/health")
+async def health() -> dict:
+    return {"status": "ok"}
+@app.post("/predict")
+async def predict(request: Request) -> Response:
+    await request.body()
+    return Response(b'{"predictions": [1.0]}', media_type="application/json")
+"""
+
+
+def http_ours(
+    venv: Path, model_dir: Path, row: dict[str, Any], seconds: int, app_dir: Path = FUNCTION
+) -> dict[str, Any]:
+    """Our app (or, with ``app_dir``, another ``app:app`` such as the bare reference) under uvicorn."""
+    port = free_port()
+    env = clean_env(PYTHONPATH=f"{app_dir}:{model_dir}")
+    command = [str(venv / "bin" / "python"), "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", "1", "--no-access-log", "--log-level", "warning", "--app-dir", str(app_dir)]
+    body = json.dumps(row).encode()
+    # from the app's folder: "app" is functions/api/app.py there, not the repository's CDK app.py
+    with server(command, env, f"http://127.0.0.1:{port}/health", cwd=app_dir) as pid:
+        url = f"http://127.0.0.1:{port}/predict"
+        status, answer = post(url, body)
+        assert status == 200, answer
+        for _ in range(200):
+            post(url, body)
+        result = wrk(url, body, seconds)
+        result["rss_mb"] = tree_rss_mb(pid)
+    return result
+
+
+def http_mlflow(model_path: Path, frame: pd.DataFrame, seconds: int) -> dict[str, Any]:
+    port = free_port()
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    command = [mlflow, "models", "serve", "-m", str(model_path), "--env-manager", "local"]
+    command += ["-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    # mlflow execs "uvicorn" from PATH: the venv's bin folder must be on it
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    body = json.dumps({"dataframe_split": json.loads(frame.head(1).to_json(orient="split", index=False))}).encode()
+    with server(command, env, f"http://127.0.0.1:{port}/ping") as pid:
+        url = f"http://127.0.0.1:{port}/invocations"
+        status, answer = post(url, body)
+        if status != 200:
+            return {"error": f"mlflow models serve answered {status}: {answer.decode()[:500]}"}
+        for _ in range(50):
+            post(url, body)
+        result = wrk(url, body, seconds)
+        result["rss_mb"] = tree_rss_mb(pid)
+        result["answer"] = json.loads(answer)
+    return result
+
+
+# -- the run -------------------------------------------------------------------------------------------
+
+
+def _within(value: float | None, budget: float, smaller_is_better: bool = True) -> str:
+    if value is None:
+        return "n/a"
+    ok = value <= budget if smaller_is_better else value >= budget
+    return "yes" if ok else "NO"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-s", type=float, default=20.0, help="training search budget")
+    parser.add_argument("--runs", type=int, default=7, help="cold starts per side")
+    parser.add_argument("--http-seconds", type=int, default=10)
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+
+    print("training the model ...")
+    outcome, contract, raw = train_model(args.budget_s)
+    rows = request_rows(raw, contract, 1000)
+    frame = feature_frame(rows, contract)
+    rows_file, frame_file = WORK / "rows.json", WORK / "features.pickle"
+    rows_file.write_text(json.dumps(rows))
+    frame.to_pickle(frame_file)
+    mlflow_model = WORK / "mlflow-model"
+    save_mlflow_model(outcome, contract, mlflow_model)
+    model_dir = model_layer(outcome, WORK / "model-layer")
+
+    print("building the serving layer and the MLflow serving environment (pip --platform, cached) ...")
+    layer = serving_layer()
+    # the model's own requirements, with mlflow-skinny in place of whatever mlflow line MLflow adds
+    model_requirements = _requirements(mlflow_model / "requirements.txt")
+    mlflow_requirements = [MLFLOW_SKINNY, *(r for r in model_requirements if not r.startswith(("mlflow", "-")))]
+    mlflow_env = pip_platform_build(mlflow_requirements, "mlflow-pyfunc")
+    sizes: dict[str, Any] = {
+        "ours_mb": size_mb(layer),
+        "ours_package_mb": size_mb(layer / "pricepipe"),
+        "model_layer_mb": size_mb(model_dir),
+        "mlflow_mb": size_mb(mlflow_env),
+        "mlflow_requirements": mlflow_requirements,
+    }
+
+    python = python312()
+    venv = serving_venv(python)
+    venv_python = str(venv / "bin" / "python")
+    driver = WORK / "handler_driver.py"
+    driver.write_text(HANDLER_DRIVER)
+    pyfunc_driver = WORK / "pyfunc_driver.py"
+    pyfunc_driver.write_text(PYFUNC_DRIVER)
+    handler_args = [str(driver), str(FUNCTION), str(model_dir), str(rows_file)]
+
+    print(f"cold starts ({args.runs} each) ...")
+    # Lambda-like: the runtime's python with the layer on the path, no site-packages, no .pyc written
+    layer_env = clean_env(PYTHONPATH=str(layer), PYTHONDONTWRITEBYTECODE="1")
+    cold = {"ours_layer": [], "ours_venv": [], "floor_imports": [], "mlflow": []}  # type: dict[str, list[float]]
+    floor = [venv_python, "-c", "import fastapi, mangum, numpy; print('{}')"]  # the imports alone
+    for _ in range(args.runs):
+        cold["floor_imports"].append(run_driver(floor, clean_env())[0])
+        cold["ours_layer"].append(run_driver([python, "-S", *handler_args, "cold"], layer_env)[0])
+        cold["ours_venv"].append(run_driver([venv_python, *handler_args, "cold"], clean_env())[0])
+        mlflow_env_vars = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+        cold["mlflow"].append(
+            run_driver(
+                [sys.executable, str(pyfunc_driver), str(mlflow_model), str(frame_file), "cold"], mlflow_env_vars
+            )[0]
+        )
+
+    print("cold start medians, s:", {k: round(statistics.median(v), 3) for k, v in cold.items()})
+    print("warm latency ...")
+    _, ours_warm = run_driver([venv_python, *handler_args, "warm"], clean_env())
+    _, mlflow_warm = run_driver(
+        [sys.executable, str(pyfunc_driver), str(mlflow_model), str(frame_file), "warm"],
+        {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )
+
+    print("warm:", json.dumps({"ours": ours_warm, "mlflow": mlflow_warm}))
+    print(f"HTTP throughput ({args.http_seconds} s each) ...")
+    reference_dir = WORK / "reference-app"
+    reference_dir.mkdir(exist_ok=True)
+    (reference_dir / "app.py").write_text(REFERENCE_APP)
+    http = {
+        "ours": http_ours(venv, model_dir, rows[0], args.http_seconds),
+        "reference_bare_fastapi": http_ours(venv, model_dir, rows[0], args.http_seconds, app_dir=reference_dir),
+    }
+    try:
+        http["mlflow"] = http_mlflow(mlflow_model, frame, args.http_seconds)
+    except (RuntimeError, OSError) as exc:
+        http["mlflow"] = {"error": str(exc)}
+
+    med = {k: statistics.median(v) for k, v in cold.items()}
+    ours_rps = http["ours"].get("requests_per_s")
+    mlflow_rps = http["mlflow"].get("requests_per_s")
+    bare_rps = http["reference_bare_fastapi"].get("requests_per_s")
+    ratio = ours_rps / mlflow_rps if ours_rps and mlflow_rps else None
+    one, batch = ours_warm["one_row"], ours_warm["batch"]
+    mine, bare, alone = one["handler"], one["bare_fastapi_mangum"], batch["model_alone"]
+    # how much slower this machine is now than when DESIGN's anchors were measured (bare app: 176 us)
+    slowdown = bare["p50_ms"] / ANCHOR_BARE_P50_MS
+    f1, f3, fx = (lambda v: f"{v:.1f}"), (lambda v: f"{v:.3f}"), (lambda v: f"{v:.1f}x")
+    table = [
+        ("serving package, MB unzipped", f1(sizes["ours_mb"]), f1(sizes["mlflow_mb"]), "≤ 100",
+         _within(sizes["ours_mb"], BUDGET["size_mb"])),
+        ("cold start to first answer, s (venv, .pyc)", f3(med["ours_venv"]), f3(med["mlflow"]), "≤ 0.6",
+         _within(med["ours_venv"], BUDGET["cold_s"])),
+        ("cold start, s: layer as built (no .pyc, read-only)", f3(med["ours_layer"]), "", "≤ 0.6",
+         _within(med["ours_layer"], BUDGET["cold_s"])),
+        ("  reference: import fastapi+mangum+numpy alone, s", f3(med["floor_imports"]), "", "", ""),
+        ("warm 1 row p50, ms", f3(mine["p50_ms"]), f3(mlflow_warm["one_row"]["p50_ms"]), "≤ 0.5",
+         _within(mine["p50_ms"], BUDGET["one_p50_ms"])),
+        ("warm 1 row p99, ms", f3(mine["p99_ms"]), f3(mlflow_warm["one_row"]["p99_ms"]), "≤ 2",
+         _within(mine["p99_ms"], BUDGET["one_p99_ms"])),
+        ("  reference: bare FastAPI+Mangum p50, ms (anchor 0.176)", f3(bare["p50_ms"]), "", "",
+         f"machine {fx(slowdown)}"),
+        ("warm 1,000 rows p50, ms", f3(batch["handler"]["p50_ms"]), f3(mlflow_warm["batch"]["p50_ms"]), "≤ 10",
+         _within(batch["handler"]["p50_ms"], BUDGET["batch_p50_ms"])),
+        ("warm 1,000 rows p99, ms", f3(batch["handler"]["p99_ms"]), f3(mlflow_warm["batch"]["p99_ms"]), "", ""),
+        ("  reference: the lean model alone, 1,000 rows p50, ms", f3(alone["p50_ms"]), "", "", ""),
+        ("HTTP req/s, 1 uvicorn worker", f1(ours_rps) if ours_rps else "error",
+         f1(mlflow_rps) if mlflow_rps else "error", "≥ 10× MLflow",
+         _within(ratio, BUDGET["http_ratio"], smaller_is_better=False) + (f" ({fx(ratio)})" if ratio else "")),
+        ("  reference: bare FastAPI under uvicorn, req/s", f1(bare_rps) if bare_rps else "error", "", "", ""),
+        ("server RSS after warm-up, MB", f1(http["ours"].get("rss_mb", 0.0)),
+         f1(http["mlflow"]["rss_mb"]) if "rss_mb" in http["mlflow"] else "error", "≤ 150",
+         _within(http["ours"].get("rss_mb"), BUDGET["rss_mb"])),
+        ("handler process RSS after warm-up, MB", f1(ours_warm["rss_mb"]), f1(mlflow_warm["rss_mb"]), "≤ 150",
+         _within(ours_warm["rss_mb"], BUDGET["rss_mb"])),
+    ]  # fmt: skip
+    print_table(
+        f"serving: Lambda handler vs MLflow, same LightGBM model ({outcome.model.n_trees} trees, depth "
+        f"{outcome.lean.max_depth}); python {Path(python).name}",
+        [("", "ours", "MLflow", "budget", "within"), *table],
+    )
+    write_result(
+        "serve",
+        {
+            "run_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "model": {
+                "family": outcome.chosen,
+                "n_trees": outcome.model.n_trees,
+                "max_depth": outcome.lean.max_depth,
+                "holdout": outcome.metrics,
+            },
+            "python_for_serving": subprocess.run([python, "-V"], capture_output=True, text=True, check=True).stdout,
+            "sizes": sizes,
+            "cold_start_s": {k: {"median": med[k], "runs": v} for k, v in cold.items()},
+            "warm": {"ours_handler": ours_warm, "mlflow_pyfunc": mlflow_warm},
+            "http": http,
+            "budgets": BUDGET,
+            "machine_slowdown_vs_design_anchor": slowdown,
+            "table": [dict(zip(("what", "ours", "mlflow", "budget", "within"), row, strict=True)) for row in table],
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

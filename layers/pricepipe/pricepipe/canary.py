@@ -1,0 +1,274 @@
+"""A canary's health: what its own Lambda version did while it baked, against the champion beside it.
+
+Three checks, each on the canary's function version alone (the alias splits traffic at random, so
+both versions see the same mix of requests over the same window):
+
+- **error rate**: Lambda's ``Errors`` (an invocation that failed) plus the API's own 5xx answers
+  (:data:`API_SERVER_ERRORS`; FastAPI under Mangum turns an exception into a 500 that Lambda never
+  counts), over Lambda's ``Invocations``: above ``canary_max_error_rate`` fails;
+- **latency**: p99 of Lambda's ``Duration``: above ``canary_max_p99_ms`` fails;
+- **prediction shift**: the canary's logged predictions (``monitoring.predictions``) against the
+  champion's over the champion's decile bins: PSI above ``canary_max_prediction_psi`` *and* a
+  chi-square p-value below ``drift_pvalue`` fails. An absurd model rarely errs or slows down; its
+  prices give it away.
+
+Lambda publishes ``Invocations``, ``Errors`` and ``Duration`` per version reached through an alias
+(dimension ``ExecutedVersion``), which is exactly what a canary needs; the local cloud publishes
+them the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import psycopg
+
+    from pricepipe.settings import Settings
+
+LAMBDA_NAMESPACE = "AWS/Lambda"
+# The API's EMF count of 5xx answers, dimensions {service: <function name>, function_version: <version>}.
+API_SERVER_ERRORS = "ServerErrors"
+PSI_BINS = 10  # deciles of the champion's predictions
+MAX_PREDICTION_ROWS = 200_000  # per version and check: plenty for PSI, bounded memory
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.isoformat()
+
+
+def lambda_traffic(
+    cloudwatch: Any, function: str, alias: str, version: str, start: dt.datetime, end: dt.datetime
+) -> dict[str, float | None]:
+    """Invocations, errors and p99 duration (ms) of one version behind ``alias`` between two moments.
+
+    Lambda publishes these per version reached through an alias (dimension ``ExecutedVersion``),
+    exactly what a canary needs; the function's own code adds nothing for it.
+    """
+    dimensions = [
+        {"Name": "FunctionName", "Value": function},
+        {"Name": "Resource", "Value": f"{function}:{alias}"},
+        {"Name": "ExecutedVersion", "Value": version},
+    ]
+    seconds = max(1.0, (end - start).total_seconds())
+    period = int(max(60, math.ceil(seconds / 60) * 60))  # one period spans the bake
+
+    def query(key: str, metric: str, stat: str) -> dict[str, Any]:
+        return {
+            "Id": key,
+            "MetricStat": {
+                "Metric": {"Namespace": LAMBDA_NAMESPACE, "MetricName": metric, "Dimensions": dimensions},
+                "Period": period,
+                "Stat": stat,
+            },
+        }
+
+    answer = cloudwatch.get_metric_data(
+        MetricDataQueries=[
+            query("invocations", "Invocations", "Sum"),
+            query("errors", "Errors", "Sum"),
+            query("p99", "Duration", "p99"),
+        ],
+        StartTime=start,
+        EndTime=end,
+    )
+    values = {r["Id"]: [v for v in r.get("Values", []) if v is not None] for r in answer["MetricDataResults"]}
+    return {
+        "invocations": float(sum(values.get("invocations", []))),
+        "errors": float(sum(values.get("errors", []))),
+        "p99_ms": max(values["p99"]) if values.get("p99") else None,
+    }
+
+
+def api_server_errors(
+    cloudwatch: Any, namespace: str, metric: str, function: str, version: str, start: dt.datetime, end: dt.datetime
+) -> float:
+    """Responses the API answered with a 5xx from that version (errors it caught, which Lambda's own
+    Errors metric does not count)."""
+    seconds = max(1.0, (end - start).total_seconds())
+    answer = cloudwatch.get_metric_data(
+        MetricDataQueries=[
+            {
+                "Id": "server_errors",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": namespace,
+                        "MetricName": metric,
+                        "Dimensions": [
+                            {"Name": "service", "Value": function},
+                            {"Name": "function_version", "Value": version},
+                        ],
+                    },
+                    "Period": int(max(60, math.ceil(seconds / 60) * 60)),
+                    "Stat": "Sum",
+                },
+            }
+        ],
+        StartTime=start,
+        EndTime=end,
+    )
+    return float(sum(v for r in answer["MetricDataResults"] for v in r.get("Values", []) if v is not None))
+
+
+def predictions_since(
+    conn: psycopg.Connection[Any], model_name: str, function_version: str, since: dt.datetime
+) -> np.ndarray:
+    import numpy as np
+
+    rows = conn.execute(
+        "SELECT prediction FROM monitoring.predictions WHERE model_name = %s AND function_version = %s"
+        " AND predicted_at >= %s ORDER BY predicted_at DESC LIMIT %s",
+        (model_name, function_version, since, MAX_PREDICTION_ROWS),
+    ).fetchall()
+    return np.array([r[0] for r in rows], dtype=np.float64)
+
+
+def prediction_shift(reference: np.ndarray, current: np.ndarray, bins: int = PSI_BINS) -> tuple[float, float]:
+    """(PSI, chi-square p-value) of ``current`` against ``reference`` over the reference's quantile bins,
+    open-ended at both ends so predictions outside the reference's range land in its outer bins."""
+    import numpy as np
+
+    from pricepipe.drift import chi2_homogeneity, psi
+
+    inner = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
+    edges = np.concatenate(([-np.inf], inner, [np.inf]))
+    ref_counts = np.histogram(reference, edges)[0]
+    cur_counts = np.histogram(current, edges)[0]
+    return psi(ref_counts / ref_counts.sum(), cur_counts / cur_counts.sum()), chi2_homogeneity(cur_counts, ref_counts)[
+        2
+    ]
+
+
+def judge_canary(
+    settings: Settings,
+    *,
+    attempt: int,
+    canary: dict[str, float | None],
+    server_errors: float,
+    canary_predictions: np.ndarray,
+    champion_predictions: np.ndarray,
+) -> dict[str, Any]:
+    """The verdict on measured canary health: ``healthy``, ``unhealthy`` or ``wait`` (bake again).
+
+    A check that fails on the evidence there is fails the canary at once, however little traffic it
+    saw: an error or a slow answer is evidence. Too little traffic to judge means another bake, up to
+    ``canary_max_bakes``; after that ``canary_on_insufficient_traffic`` decides.
+    """
+    checks: list[dict[str, Any]] = []
+    invocations = float(canary["invocations"] or 0)
+    errors = float(canary["errors"] or 0) + server_errors
+    if invocations > 0:
+        rate = errors / invocations
+        checks.append(
+            {
+                "check": "error_rate",
+                "value": rate,
+                "threshold": settings.canary_max_error_rate,
+                "passed": rate <= settings.canary_max_error_rate,
+                "detail": f"{errors:g} errors in {invocations:g} requests",
+            }
+        )
+    if canary.get("p99_ms") is not None:
+        p99 = float(canary["p99_ms"])  # type: ignore[arg-type]
+        checks.append(
+            {
+                "check": "p99_ms",
+                "value": p99,
+                "threshold": settings.canary_max_p99_ms,
+                "passed": p99 <= settings.canary_max_p99_ms,
+            }
+        )
+    enough_rows = min(len(canary_predictions), len(champion_predictions)) >= settings.canary_min_predictions
+    if enough_rows:
+        value, pvalue = prediction_shift(champion_predictions, canary_predictions)
+        # As the drift checks do: a shift needs both the effect size and significance. Two samples of
+        # one distribution differ by chance, and PSI between small ones is biased upwards (about
+        # 0.25 for 10 bins and 50 + 120 rows): PSI alone would fail one good canary in ten there.
+        shifted = value > settings.canary_max_prediction_psi and pvalue < settings.drift_pvalue
+        checks.append(
+            {
+                "check": "prediction_psi",
+                "value": value,
+                "threshold": settings.canary_max_prediction_psi,
+                "passed": not shifted,
+                "detail": (
+                    f"chi-square p {pvalue:.2g}; mean prediction {canary_predictions.mean():.2f} (canary,"
+                    f" {len(canary_predictions)} rows) vs {champion_predictions.mean():.2f} (champion,"
+                    f" {len(champion_predictions)} rows)"
+                ),
+            }
+        )
+    failed = [c for c in checks if not c["passed"]]
+
+    def describe(check: dict[str, Any]) -> str:
+        relation = "<=" if check["value"] <= check["threshold"] else ">"
+        text = f"{check['check']} {check['value']:.4g} {relation} {check['threshold']:g}"
+        return f"{text} ({check['detail']})" if check.get("detail") else text
+
+    summary = "; ".join(describe(c) for c in checks) or "no measurements"
+    if failed:
+        return {"verdict": "unhealthy", "attempt": attempt, "reason": "canary unhealthy: " + summary, "checks": checks}
+    missing = []
+    if invocations < settings.canary_min_requests:
+        missing.append(f"{invocations:g} canary requests (needs {settings.canary_min_requests})")
+    if not enough_rows:
+        missing.append(
+            f"{len(canary_predictions)} canary and {len(champion_predictions)} champion predictions logged"
+            f" (needs {settings.canary_min_predictions} each)"
+        )
+    if not missing:
+        return {"verdict": "healthy", "attempt": attempt, "reason": "canary healthy: " + summary, "checks": checks}
+    if attempt < settings.canary_max_bakes:
+        return {
+            "verdict": "wait",
+            "attempt": attempt,
+            "reason": f"not enough traffic yet ({'; '.join(missing)}): baking again",
+            "checks": checks,
+        }
+    verdict = "healthy" if settings.canary_on_insufficient_traffic == "promote" else "unhealthy"
+    return {
+        "verdict": verdict,
+        "attempt": attempt,
+        "reason": (
+            f"not enough traffic to judge after {attempt} bake(s): {'; '.join(missing)};"
+            f" canary_on_insufficient_traffic={settings.canary_on_insufficient_traffic}"
+        ),
+        "checks": checks,
+    }
+
+
+def check(
+    conn: psycopg.Connection[Any],
+    cloudwatch: Any,
+    settings: Settings,
+    state: dict[str, Any],
+    now: dt.datetime | None = None,
+) -> dict[str, Any]:
+    """Measure the canary since it started (Lambda metrics, the API's 5xx, logged predictions) and judge."""
+    plan, deployment = state["plan"], state["deployment"]
+    attempt = int((state.get("canary") or {}).get("attempt", 0)) + 1
+    started = dt.datetime.fromisoformat(state["canary_started"]["started_at"])
+    end = (now or dt.datetime.now(dt.UTC)) + dt.timedelta(seconds=1)
+    canary_version = deployment["function_version"]
+    champion_version = plan["champion"]["function_version"]
+    canary = lambda_traffic(cloudwatch, plan["function"], plan["alias"], canary_version, started, end)
+    champion = lambda_traffic(cloudwatch, plan["function"], plan["alias"], champion_version, started, end)
+    server_errors = api_server_errors(
+        cloudwatch, settings.metrics_namespace, API_SERVER_ERRORS, plan["function"], canary_version, started, end
+    )
+    verdict = judge_canary(
+        settings,
+        attempt=attempt,
+        canary=canary,
+        server_errors=server_errors,
+        canary_predictions=predictions_since(conn, plan["model_name"], canary_version, started),
+        champion_predictions=predictions_since(conn, plan["model_name"], champion_version, started),
+    )
+    return {
+        **verdict,
+        "window": {"start": _iso(started), "end": _iso(end)},
+        "traffic": {"canary": {**canary, "server_errors": server_errors}, "champion": champion},
+    }

@@ -1,0 +1,306 @@
+"""Deploying a model to the serving function: Lambda layers, versions and the alias's weights.
+
+A model is deployed as a **layer version** (:func:`pricepipe.serving.model_layer.build_layer_zip`) and a
+**function version** of the serving function whose ``Layers`` carry it, so each function version serves
+exactly one model version, for good: that is what canary and blue-green route between, and what a
+rollback goes back to. The ``live`` alias decides who gets the traffic (``FunctionVersion`` plus
+``RoutingConfig.AdditionalVersionWeights`` for a canary). A function version's description names its
+model (:func:`describe`), so the version serving a model can be found again from Lambda alone.
+
+Thin adapter over the Lambda, S3 and SSM clients it is given; every function returns a plain dict the
+promotion state machine can carry. Nothing here touches the registry.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pricepipe.errors import PricePipeError
+
+DESCRIPTION_PREFIX = "model "  # + "<model name>@<version>": how a function version names its model
+UPDATE_TIMEOUT_S = 120.0  # Lambda applies a configuration change in seconds; give up well before the task times out
+
+
+class DeploymentError(PricePipeError, RuntimeError):
+    """A deployment step that could not be done; nothing it started was left half-applied."""
+
+
+# -- naming ------------------------------------------------------------------------------------------
+
+
+def describe(model_name: str, version: str) -> str:
+    """The description of the function version serving ``model_name`` version ``version``."""
+    return f"{DESCRIPTION_PREFIX}{model_name}@{version}"
+
+
+def model_of(description: str | None) -> tuple[str, str] | None:
+    """``(model name, version)`` a function version's description names, or None (no model)."""
+    if not description or not description.startswith(DESCRIPTION_PREFIX):
+        return None
+    name, at, version = description.removeprefix(DESCRIPTION_PREFIX).split(" ", 1)[0].rpartition("@")
+    return (name, version) if at and name and version else None
+
+
+def layer_name_of(layer_arn: str) -> str:
+    """``arn:aws:lambda:<region>:<account>:layer:<name>:<version>`` -> ``<name>``."""
+    parts = layer_arn.split(":")
+    if len(parts) != 8 or parts[5] != "layer":
+        raise DeploymentError(f"not a layer version ARN: {layer_arn}")
+    return parts[6]
+
+
+# -- the model layer ---------------------------------------------------------------------------------
+
+
+def read_artifact(s3: Any, uri: str) -> bytes:
+    if not uri.startswith("s3://"):
+        raise DeploymentError(f"a serving artifact must be in S3, got {uri}")
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    except Exception as exc:
+        raise DeploymentError(f"could not read the serving artifact {uri}: {exc}") from exc
+
+
+def publish_model_layer(
+    lam: Any, s3: Any, *, layer_name: str, artifact_uri: str, metadata: dict[str, Any], runtime: str | None
+) -> dict[str, Any]:
+    """A new version of the model layer holding the lean artifact at ``artifact_uri``."""
+    from pricepipe.serving.model_layer import build_layer_zip
+
+    content = build_layer_zip(read_artifact(s3, artifact_uri), metadata)
+    request: dict[str, Any] = {
+        "LayerName": layer_name,
+        "Description": describe(str(metadata["model_name"]), str(metadata["model_version"])),
+        "Content": {"ZipFile": content},
+    }
+    if runtime:
+        request["CompatibleRuntimes"] = [runtime]
+    published = lam.publish_layer_version(**request)
+    return {"layer_arn": published["LayerVersionArn"], "layer_version": published["Version"], "bytes": len(content)}
+
+
+# -- function versions -------------------------------------------------------------------------------
+
+
+def _layer_arns(configuration: dict[str, Any]) -> list[str]:
+    return [layer["Arn"] for layer in configuration.get("Layers") or []]
+
+
+def model_layer_of(configuration: dict[str, Any], layer_name: str) -> str | None:
+    """The model layer ARN in a function (version) configuration, or None."""
+    return next((arn for arn in _layer_arns(configuration) if layer_name_of(arn) == layer_name), None)
+
+
+def with_model_layer(layer_arns: list[str], layer_name: str, layer_arn: str) -> list[str]:
+    """``layer_arns`` with the model layer replaced (or appended: it comes last, so nothing shadows it)."""
+    kept = [arn for arn in layer_arns if layer_name_of(arn) != layer_name]
+    return [*kept, layer_arn]
+
+
+def versions(lam: Any, function: str) -> list[dict[str, Any]]:
+    """Published versions of ``function`` (not $LATEST), newest first."""
+    found: list[dict[str, Any]] = []
+    for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=function):
+        found.extend(v for v in page["Versions"] if v["Version"] != "$LATEST")
+    return sorted(found, key=lambda v: int(v["Version"]), reverse=True)
+
+
+def find_version(lam: Any, function: str, model_name: str, version: str, layer_name: str) -> dict[str, Any] | None:
+    """The newest function version serving that model (named by its description, carrying a model layer)."""
+    wanted = (model_name, version)
+    for candidate in versions(lam, function):
+        if model_of(candidate.get("Description")) == wanted and model_layer_of(candidate, layer_name):
+            return candidate
+    return None
+
+
+def _wait_until_updated(lam: Any, function: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.25
+    while True:
+        configuration = dict(lam.get_function_configuration(FunctionName=function))
+        status = configuration.get("LastUpdateStatus", "Successful")
+        if status == "Successful":
+            return configuration
+        if status == "Failed":
+            raise DeploymentError(
+                f"updating {function} failed: {configuration.get('LastUpdateStatusReasonCode')}:"
+                f" {configuration.get('LastUpdateStatusReason')}"
+            )
+        if time.monotonic() > deadline:
+            raise DeploymentError(f"{function} was still updating after {timeout_s:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def publish_function_version(
+    lam: Any,
+    *,
+    function: str,
+    layer_name: str,
+    layer_arn: str,
+    description: str,
+    timeout_s: float = UPDATE_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Put ``layer_arn`` on $LATEST in place of any model layer, then publish a version of exactly that.
+
+    The revision ids make both calls conditional: if someone else changes $LATEST in between (a
+    ``cdk deploy``, another promotion), Lambda refuses instead of publishing a mix of the two.
+    """
+    current = dict(lam.get_function_configuration(FunctionName=function))
+    if current.get("LastUpdateStatus") == "InProgress":
+        current = _wait_until_updated(lam, function, timeout_s)
+    layers = with_model_layer(_layer_arns(current), layer_name, layer_arn)
+    update: dict[str, Any] = {"FunctionName": function, "Layers": layers}
+    if current.get("RevisionId"):
+        update["RevisionId"] = current["RevisionId"]
+    lam.update_function_configuration(**update)
+    updated = _wait_until_updated(lam, function, timeout_s)
+    publish: dict[str, Any] = {"FunctionName": function, "Description": description}
+    if updated.get("RevisionId"):
+        publish["RevisionId"] = updated["RevisionId"]
+    published = dict(lam.publish_version(**publish))
+    if model_layer_of(published, layer_name) != layer_arn:
+        raise DeploymentError(
+            f"{function} version {published.get('Version')} does not carry {layer_arn}: $LATEST changed while"
+            " it was published; run the promotion again"
+        )
+    return {
+        "function_version": str(published["Version"]),
+        "function_arn": published["FunctionArn"],
+        "layer_arn": layer_arn,
+        "code_sha256": published.get("CodeSha256"),
+        "description": published.get("Description"),
+    }
+
+
+def reusable_version(
+    lam: Any, function: str, model_name: str, version: str, layer_name: str, latest: dict[str, Any]
+) -> dict[str, Any] | None:
+    """A published version serving that model with the code and other layers $LATEST (``latest``) has.
+
+    Re-promoting a model (or retrying a deploy step) then publishes nothing new; a version built
+    from older function code is not reused for a promotion, since promoting must not roll code back.
+    """
+    found = find_version(lam, function, model_name, version, layer_name)
+    if found is None:
+        return None
+    same_code = found.get("CodeSha256") == latest.get("CodeSha256")
+    others = [arn for arn in _layer_arns(latest) if layer_name_of(arn) != layer_name]
+    same_layers = [arn for arn in _layer_arns(found) if layer_name_of(arn) != layer_name] == others
+    return found if same_code and same_layers else None
+
+
+def deploy_model(
+    lam: Any,
+    s3: Any,
+    *,
+    function: str,
+    layer_name: str,
+    artifact_uri: str,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """A function version serving this model: an existing one with today's code, else a new layer and version."""
+    model_name, version = str(metadata["model_name"]), str(metadata["model_version"])
+    latest = dict(lam.get_function_configuration(FunctionName=function))
+    existing = reusable_version(lam, function, model_name, version, layer_name, latest)
+    if existing is not None:
+        return {
+            "function_version": str(existing["Version"]),
+            "function_arn": existing["FunctionArn"],
+            "layer_arn": model_layer_of(existing, layer_name),
+            "code_sha256": existing.get("CodeSha256"),
+            "description": existing.get("Description"),
+            "reused": True,
+        }
+    layer = publish_model_layer(
+        lam, s3, layer_name=layer_name, artifact_uri=artifact_uri, metadata=metadata, runtime=latest.get("Runtime")
+    )
+    published = publish_function_version(
+        lam,
+        function=function,
+        layer_name=layer_name,
+        layer_arn=layer["layer_arn"],
+        description=describe(model_name, version),
+    )
+    return {**published, "layer_version": layer["layer_version"], "reused": False}
+
+
+def version_configuration(lam: Any, function: str, version: str) -> dict[str, Any]:
+    return dict(lam.get_function_configuration(FunctionName=function, Qualifier=version))
+
+
+# -- the alias ---------------------------------------------------------------------------------------
+
+
+def alias_state(lam: Any, function: str, alias: str) -> dict[str, Any]:
+    """Where ``alias`` sends traffic: its version, the canary weights, and its revision."""
+    described = lam.get_alias(FunctionName=function, Name=alias)
+    weights = (described.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+    return {
+        "function_version": str(described["FunctionVersion"]),
+        "weights": {str(k): float(v) for k, v in weights.items()},
+        "revision_id": described.get("RevisionId"),
+    }
+
+
+def _update_alias(
+    lam: Any, function: str, alias: str, version: str, weights: dict[str, float], revision_id: str | None
+) -> dict[str, Any]:
+    request: dict[str, Any] = {
+        "FunctionName": function,
+        "Name": alias,
+        "FunctionVersion": version,
+        # an empty map removes a previous split: a switch is never left with a stale canary weight
+        "RoutingConfig": {"AdditionalVersionWeights": weights},
+    }
+    if revision_id:
+        request["RevisionId"] = revision_id
+    lam.update_alias(**request)
+    return alias_state(lam, function, alias)
+
+
+def set_canary(
+    lam: Any,
+    function: str,
+    alias: str,
+    *,
+    stable_version: str,
+    canary_version: str,
+    percent: float,
+    revision_id: str | None = None,
+) -> dict[str, Any]:
+    """``percent`` of the alias's traffic to ``canary_version``, the rest to ``stable_version``."""
+    if not 0 < percent < 100:
+        raise DeploymentError(f"a canary takes between 0 and 100 percent of the traffic, got {percent}")
+    if stable_version == canary_version:
+        raise DeploymentError(f"the canary and the stable version are both {stable_version}")
+    return _update_alias(lam, function, alias, stable_version, {canary_version: round(percent / 100, 4)}, revision_id)
+
+
+def switch(lam: Any, function: str, alias: str, version: str, revision_id: str | None = None) -> dict[str, Any]:
+    """All of the alias's traffic to ``version`` at once (and no canary split left)."""
+    return _update_alias(lam, function, alias, version, {}, revision_id)
+
+
+def restore_alias(lam: Any, function: str, alias: str, snapshot: dict[str, Any]) -> dict[str, Any]:
+    """Put the alias back as :func:`alias_state` recorded it."""
+    return _update_alias(lam, function, alias, snapshot["function_version"], dict(snapshot.get("weights") or {}), None)
+
+
+# -- what cdk deploy keeps ---------------------------------------------------------------------------
+
+
+def put_model_layer_parameter(ssm: Any, name: str, layer_arn: str) -> dict[str, Any]:
+    """Record the champion's model layer in SSM, where the serving stack reads it on ``cdk deploy``, so a
+    code deploy publishes its new version with the champion's model rather than without one."""
+    put = ssm.put_parameter(
+        Name=name,
+        Value=layer_arn,
+        Type="String",
+        Overwrite=True,
+        Description="Model layer version of the champion (set by the promotion flow)",
+    )
+    return {"parameter": name, "value": layer_arn, "version": put.get("Version")}

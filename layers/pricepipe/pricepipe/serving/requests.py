@@ -1,0 +1,163 @@
+"""The API's request and response models, generated from the data contract.
+
+A row of ``POST /predict`` carries every input column of the contract (all columns but the target):
+the contract's type becomes the Python type (a category becomes a ``Literal`` of its allowed values,
+a date a ``datetime.date``), ``min``/``max`` become ``ge``/``le``, ``max_length`` stays, a nullable
+column is optional with ``None`` as default and every other column is required. Unknown fields are
+refused (``extra="forbid"``), so a typo is a 422 naming the field rather than a silently missing
+value. A batch is ``{"rows": [row, ...]}``.
+
+These models are the definition of valid input: they produce the OpenAPI schema, validate single rows
+and report every error of a bad batch. Large valid batches take a faster columnar path
+(:mod:`pricepipe.serving.columns`) whose acceptance is a strict subset of theirs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+if TYPE_CHECKING:
+    from pricepipe.contract import Column, Contract
+
+# An OpenAPI document's component schemas: where ``$ref`` s of the request body point.
+REF_TEMPLATE = "#/components/schemas/{model}"
+
+_PYTHON_TYPES: dict[str, Any] = {
+    "integer": int,
+    "float": float,
+    "boolean": bool,
+    "string": str,
+    "date": dt.date,
+    "datetime": dt.datetime,
+}
+
+
+class PredictionResponse(BaseModel):
+    """Predicted prices in the order of the rows sent, with what produced them."""
+
+    request_id: str = Field(description="Identifies this request in the prediction log (monitoring.predictions)")
+    model_name: str
+    model_version: str
+    keys: list[str] = Field(description="Each row's key (the contract's key columns joined with '|')")
+    predictions: list[float] = Field(description="The predicted price of each row, in request order")
+
+
+class ErrorResponse(BaseModel):
+    """A request that could not be served (no model, batch too large), and why."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    """One invalid field: pydantic's error as FastAPI reports it, plus the field's path as text."""
+
+    type: str
+    loc: list[str | int] = Field(description='Where in the body, e.g. ["body", "rows", 3, "lead_time"]')
+    msg: str
+    field: str = Field(description="The same location as a person writes it, e.g. rows[3].lead_time")
+    input: Any = None
+    ctx: dict[str, Any] | None = None
+
+
+class ValidationErrorResponse(BaseModel):
+    """Every invalid field of the request (the first 100 of them)."""
+
+    detail: list[FieldError]
+
+
+def _python_type(column: Column) -> Any:
+    if column.allowed:
+        return Literal[tuple(column.allowed)]
+    return _PYTHON_TYPES[column.type]
+
+
+def _field(name: str, column: Column) -> tuple[Any, Any]:
+    """``(annotation, FieldInfo)`` of one contract column for ``create_model``."""
+    constraints: dict[str, Any] = {}
+    if column.min is not None:
+        constraints["ge"] = math.ceil(column.min) if column.type == "integer" else column.min
+    if column.max is not None:
+        constraints["le"] = math.floor(column.max) if column.type == "integer" else column.max
+    if column.max_length is not None and not column.allowed:  # allowed values already bound the text
+        constraints["max_length"] = column.max_length
+    if column.type == "float":
+        constraints["allow_inf_nan"] = False  # the ETL refuses them too: a model never saw one
+    kind = _python_type(column)
+    description = column.description or None
+    if column.nullable:
+        return kind | None, Field(default=None, description=description, **constraints)
+    return kind, Field(description=description, **constraints)
+
+
+def example_value(column: Column) -> Any:
+    """A value that satisfies the column's checks, for documentation examples."""
+    if column.allowed:
+        return column.allowed[0]
+    if column.type in ("integer", "float"):
+        low = column.min if column.min is not None else 0.0
+        high = column.max if column.max is not None else low + 100.0
+        value = low + (high - low) / 4 if column.max is not None else low + 1.0
+        return round(value) if column.type == "integer" else round(value, 2)
+    if column.type == "boolean":
+        return False
+    if column.type == "date":
+        return "2017-08-01"
+    if column.type == "datetime":
+        return "2017-08-01T12:00:00Z"
+    return "text"[: column.max_length or 4]
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The models of one contract's API, built once per process."""
+
+    row: type[BaseModel]
+    batch: type[BaseModel]
+    max_batch_rows: int
+    example: dict[str, Any]
+
+    def body_schemas(self) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """The request body's schema (one row *or* a batch) and the component schemas it refers to."""
+        components: dict[str, dict[str, Any]] = {}
+        refs = []
+        for model in (self.row, self.batch):
+            schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+            components.update(schema.pop("$defs", {}))
+            components[model.__name__] = schema
+            refs.append({"$ref": REF_TEMPLATE.format(model=model.__name__)})
+        return {"oneOf": refs}, components
+
+
+def request_models(contract: Contract, max_batch_rows: int) -> RequestModels:
+    """Row and batch models for ``contract`` (see the module docstring)."""
+    title = "".join(part.capitalize() for part in contract.name.split("_"))
+    example = {name: example_value(contract.columns[name]) for name in contract.input_columns}
+    fields = {name: _field(name, contract.columns[name]) for name in contract.input_columns}
+    row: type[BaseModel] = create_model(  # type: ignore[call-overload]
+        f"{title}Row",
+        __config__=ConfigDict(
+            extra="forbid",
+            title=f"{title}Row",
+            json_schema_extra={"description": f"One {contract.name} record to price.", "examples": [example]},
+        ),
+        **fields,
+    )
+    batch: type[BaseModel] = create_model(
+        f"{title}Batch",
+        __config__=ConfigDict(
+            extra="forbid",
+            title=f"{title}Batch",
+            json_schema_extra={
+                "description": f"Up to {max_batch_rows} {contract.name} records to price in one request.",
+                "examples": [{"rows": [example]}],
+            },
+        ),
+        # the size limit is checked before validation (a 413, not a 422), so it is not a constraint here
+        rows=(list[row], Field(min_length=1, description=f"At most {max_batch_rows} rows")),
+    )
+    return RequestModels(row=row, batch=batch, max_batch_rows=max_batch_rows, example=example)

@@ -1,0 +1,287 @@
+"""The local cloud's API Gateway: HTTP on 127.0.0.1 in front of the serving function's ``live`` alias.
+
+What it does as a REST API with a Lambda proxy integration, an API key and a usage plan would:
+
+- requires the ``x-api-key`` header to hold an enabled API key of the cloud (403 ``Forbidden``), except
+  for ``GET /docs`` and ``GET /openapi.json`` (and Swagger UI's OAuth redirect), so the docs page
+  opens in a browser; the serving stack leaves the same methods open;
+- throttles each key with a token bucket (``rate`` requests per second, ``burst`` at once; 429
+  ``Too Many Requests``), as a usage plan does;
+- turns each request into an API Gateway v1 proxy event and invokes ``<function>:<alias>`` through
+  the Lambda API, so the alias's canary weights decide which version answers;
+- returns the function's status, headers and body (decoding ``isBase64Encoded``), 502 when the
+  function fails and 504 when it runs past the integration timeout;
+- writes one access log line (JSON) per request.
+
+What it does not: custom domains and stage paths (the API is at the root), request validation and
+models, authorizers other than API keys, per-method throttling, caching, quotas, CORS, payload limits.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import errno
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+PUBLIC_ROUTES = {("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/docs/oauth2-redirect")}
+INTEGRATION_TIMEOUT_S = 29.0  # API Gateway's default integration timeout
+STAGE = "local"
+
+
+class TokenBucket:
+    """``rate`` tokens a second up to ``burst``; a request takes one or is throttled."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = float(rate), float(burst)
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return True
+            return False
+
+
+def proxy_event(
+    method: str,
+    target: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    *,
+    source_ip: str,
+    api_key: str | None,
+    request_id: str,
+) -> dict[str, Any]:
+    """The API Gateway REST (v1) Lambda proxy event for one request on a ``/{proxy+}`` resource."""
+    parts = urlsplit(target)
+    path = parts.path or "/"
+    query = parse_qs(parts.query, keep_blank_values=True)
+    multi_headers: dict[str, list[str]] = {}
+    for name, value in headers:
+        multi_headers.setdefault(name, []).append(value)
+    try:
+        text: str | None = body.decode("utf-8") if body else None
+        encoded = False
+    except UnicodeDecodeError:
+        text, encoded = base64.b64encode(body).decode(), True
+    resource = "/" if path == "/" else "/{proxy+}"
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "resource": resource,
+        "path": path,
+        "httpMethod": method,
+        "headers": {name: values[-1] for name, values in multi_headers.items()} or None,
+        "multiValueHeaders": multi_headers or None,
+        "queryStringParameters": {k: v[-1] for k, v in query.items()} or None,
+        "multiValueQueryStringParameters": query or None,
+        "pathParameters": None if path == "/" else {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "local",
+            "resourceId": "local",
+            "resourcePath": resource,
+            "httpMethod": method,
+            "path": f"/{STAGE}{path}",
+            "stage": STAGE,
+            "requestId": request_id,
+            "extendedRequestId": request_id,
+            "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "requestTimeEpoch": int(now.timestamp() * 1000),
+            "protocol": "HTTP/1.1",
+            "domainName": multi_headers.get("Host", multi_headers.get("host", ["localhost"]))[-1],
+            "identity": {
+                "sourceIp": source_ip,
+                "userAgent": (multi_headers.get("User-Agent") or [""])[-1] or None,
+                "apiKey": api_key,
+                "apiKeyId": api_key[:8] if api_key else None,
+            },
+        },
+        "body": text,
+        "isBase64Encoded": encoded,
+    }
+
+
+class Gateway:
+    """An HTTP server invoking ``function:alias`` for every request; start() binds, stop() closes."""
+
+    def __init__(
+        self,
+        lambda_client: Any,
+        function: str,
+        alias: str,
+        api_keys: Callable[[], set[str]],
+        *,
+        rate: float,
+        burst: int,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        access_log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.lambda_client = lambda_client
+        self.function, self.alias = function, alias
+        self.api_keys = api_keys
+        self.rate, self.burst = rate, burst
+        self.host, self.port = host, port
+        self.access_log = access_log
+        self._buckets: dict[str, TokenBucket] = {}
+        self._buckets_lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, fall_back_to_any_port: bool = False) -> Gateway:
+        """Listen; when the port is taken and ``fall_back_to_any_port``, on a free one (see :attr:`url`)."""
+        handler = _handler_for(self)
+        try:
+            self._server = ThreadingHTTPServer((self.host, self.port), handler)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or not fall_back_to_any_port:
+                raise
+            self._server = ThreadingHTTPServer((self.host, 0), handler)
+        self._server.daemon_threads = True
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def _bucket(self, key: str) -> TokenBucket:
+        with self._buckets_lock:
+            if key not in self._buckets:
+                self._buckets[key] = TokenBucket(self.rate, self.burst)
+            return self._buckets[key]
+
+    def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, source_ip: str) -> Answer:
+        """The answer to one request, with its access log fields."""
+        request_id = str(uuid.uuid4())
+        path = urlsplit(target).path or "/"
+        api_key = next((v for k, v in headers if k.lower() == "x-api-key"), None)
+        public = (method, path) in PUBLIC_ROUTES
+        fields: dict[str, Any] = {"requestId": request_id, "ip": source_ip, "httpMethod": method, "path": path}
+        if not public and (not api_key or api_key not in self.api_keys()):
+            return _message(403, "Forbidden", request_id, {**fields, "error": "missing or unknown API key"})
+        if not self._bucket(api_key or "anonymous").take():
+            return _message(429, "Too Many Requests", request_id, {**fields, "error": "throttled"})
+        event = proxy_event(method, target, headers, body, source_ip=source_ip, api_key=api_key, request_id=request_id)
+        began = time.perf_counter()
+        try:
+            answer = self.lambda_client.invoke(
+                FunctionName=self.function, Qualifier=self.alias, Payload=json.dumps(event).encode()
+            )
+        except Exception as exc:  # noqa: BLE001 - the integration failed: the client sees a gateway error
+            status = 504 if "timed out" in str(exc).lower() or "Timeout" in type(exc).__name__ else 502
+            message = "Endpoint request timed out" if status == 504 else "Internal server error"
+            return _message(status, message, request_id, {**fields, "error": f"{type(exc).__name__}: {exc}"})
+        latency_ms = round((time.perf_counter() - began) * 1000, 3)
+        fields |= {"integrationLatency": latency_ms, "executedVersion": answer.get("ExecutedVersion")}
+        payload = answer["Payload"].read()
+        if answer.get("FunctionError"):
+            return _message(502, "Internal server error", request_id, {**fields, "error": payload[:500].decode()})
+        try:
+            response = json.loads(payload)
+            status = int(response["statusCode"])
+        except (ValueError, KeyError, TypeError):
+            return _message(502, "Internal server error", request_id, {**fields, "error": "malformed response"})
+        out_headers: list[tuple[str, str]] = []
+        for name, values in (response.get("multiValueHeaders") or {}).items():
+            out_headers.extend((name, str(v)) for v in values)
+        named = {name.lower() for name, _ in out_headers}
+        out_headers.extend(
+            (name, str(value)) for name, value in (response.get("headers") or {}).items() if name.lower() not in named
+        )
+        out_headers.append(("x-amzn-RequestId", request_id))
+        raw = response.get("body") or ""
+        content = base64.b64decode(raw) if response.get("isBase64Encoded") else str(raw).encode()
+        return Answer(status, out_headers, content, fields)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    log: dict[str, Any]  # access log fields
+
+
+def _message(status: int, message: str, request_id: str, log: dict[str, Any]) -> Answer:
+    """An answer of the gateway's own, in API Gateway's shape: ``{"message": ...}``."""
+    headers = [("Content-Type", "application/json"), ("x-amzn-RequestId", request_id)]
+    if status == 403:
+        headers.append(("x-amzn-ErrorType", "ForbiddenException"))
+    return Answer(status, headers, json.dumps({"message": message}).encode(), log)
+
+
+def _handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "pricepipe-local-gateway"
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            began = time.perf_counter()
+            answer = gateway.handle(self.command, self.path, list(self.headers.items()), body, self.client_address[0])
+            status, content, fields = answer.status, answer.body, answer.log
+            self.send_response(status)
+            for name, value in answer.headers:
+                if name.lower() not in ("content-length", "connection", "transfer-encoding"):
+                    self.send_header(name, value)
+            self.send_header("Content-Length", str(len(content)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(content)
+            if gateway.access_log is not None:
+                fields |= {
+                    "requestTime": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                    "status": status,
+                    "responseLength": len(content),
+                    "responseLatency": round((time.perf_counter() - began) * 1000, 3),
+                    "protocol": self.request_version,
+                }
+                gateway.access_log(json.dumps(fields))
+
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Silenced: the access log above is the gateway's log."""
+
+    return Handler
+
+
+def moto_api_keys(apigateway: Any, ttl_s: float = 5.0) -> Callable[[], set[str]]:
+    """The enabled API keys of the cloud, re-read every ``ttl_s`` (a key created or disabled with the
+    API Gateway API takes effect within that)."""
+    cached: dict[str, Any] = {"at": -1e9, "keys": set()}
+    lock = threading.Lock()
+
+    def keys() -> set[str]:
+        with lock:
+            if time.monotonic() - cached["at"] > ttl_s:
+                items = apigateway.get_api_keys(includeValues=True).get("items", [])
+                cached["keys"] = {item["value"] for item in items if item.get("enabled")}
+                cached["at"] = time.monotonic()
+            return set(cached["keys"])
+
+    return keys

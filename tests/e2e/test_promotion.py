@@ -1,0 +1,410 @@
+"""Promotion on the local cloud: the promotion state machine (the ASL file CDK deploys) with the real
+handlers, Lambda versions and alias weights, CloudWatch metrics, the prediction log, MLflow in
+PostgreSQL, and the HTTP gateway in front of the ``live`` alias.
+
+Models are trained once for the module on real hotel_rates rows loaded through the real ETL step,
+and registered with :func:`pricepipe.registry.log_and_register`: version 1 and 2 are that model, 3
+is the same trees with every leaf value multiplied by ten, a model that answers without error but
+prices rooms absurdly. The tests run in file order and share the cloud: each says what it starts from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import psycopg
+import pytest
+
+from infrastructure import catalog
+from pipectl import datasource, flows
+from pipectl.cli import CommandFailed, _command
+from pipectl.localcloud import LocalCloud
+from pipectl.localcloud.daemon import run_migrations
+from pipectl.localcloud.gateway import Gateway, moto_api_keys
+from pipectl.localcloud.provision import Resources, provision
+from pipectl.target import Target
+from pricepipe import db, deployer, registry
+from pricepipe.contract import Contract
+from pricepipe.lean_model import LeanModel
+from pricepipe.settings import Settings
+from pricepipe.training import TrainingWindow, load_postgres
+from pricepipe.training.search import SearchSettings
+from pricepipe.training.trainer import TrainingConfig, train
+from tests.conftest import land_and_load
+
+pytestmark = pytest.mark.e2e
+
+DAYS = 60
+API = catalog.function(catalog.SERVING_FUNCTION).name
+BAKE_SECONDS = 3
+# a laptop's canary sees tens of requests, not thousands: judge it on fewer
+CANARY_SETTINGS = {"PRICEPIPE_CANARY_MIN_REQUESTS": "5", "PRICEPIPE_CANARY_MIN_PREDICTIONS": "30"}
+
+
+@pytest.fixture(scope="module")
+def deployed(cloud: LocalCloud, cloud_database: str) -> Resources:
+    """The pipeline as the daemon deploys it, with the canary minimums above (overrides conftest's)."""
+    resources = provision(cloud, cloud_database, function_settings=CANARY_SETTINGS)
+    run_migrations(cloud, resources)
+    return resources
+
+
+@pytest.fixture(scope="module")
+def versions(cloud: LocalCloud, deployed: Resources, contract: Contract) -> dict[str, str]:
+    """Registered versions: ``good`` (1, and again as 2 and 4) and ``bad`` (3), on DAYS of loaded hotel_rates."""
+    url = deployed.database_url
+    settings = Settings(database_url=url)
+    days = datasource.select_days(days=DAYS)
+    with db.connect(url, autocommit=True) as conn, mock.patch.dict(os.environ, cloud.client_env()):
+        land_and_load(conn, cloud.client("s3"), contract, settings, days)
+        data = load_postgres(conn, contract, TrainingWindow.ending(days[-1], DAYS))
+        search = SearchSettings(seed=7, time_budget_s=2.0, max_trials=2, max_tree_levels=300)
+        outcome = train(data, contract, TrainingConfig(holdout_days=14, validation_days=14, search=search))
+        trees = outcome.lean.trees
+        absurd = dataclasses.replace(trees, value=trees.value * 10, base_score=trees.base_score * 10)
+        bad_model = LeanModel(absurd, outcome.lean.encoding, outcome.lean.info)
+        bad = dataclasses.replace(outcome, lean=bad_model, evaluation_lean=bad_model)
+
+        def register(variant: Any) -> str:
+            return registry.log_and_register(
+                variant,
+                uri=registry.mlflow_uri_from_dsn(url),
+                conn=conn,
+                model_name=settings.model_name,
+                experiment=settings.mlflow_experiment,
+                artifact_location=f"s3://{settings.artifacts_bucket}/mlflow/{settings.mlflow_experiment}",
+            ).model_version
+
+        return {
+            "good": register(outcome),
+            "good_again": register(outcome),
+            "bad": register(bad),
+            "spare": register(outcome),
+        }
+
+
+@pytest.fixture(scope="module")
+def gateway(cloud: LocalCloud, deployed: Resources) -> Iterator[Gateway]:
+    started = Gateway(
+        cloud.client("lambda"),
+        API,
+        catalog.LIVE_ALIAS,
+        moto_api_keys(cloud.client("apigateway")),
+        rate=500,
+        burst=500,
+        port=0,
+    ).start()
+    yield started
+    started.stop()
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+
+
+def promote(target: Target, version: str, **options: Any) -> flows.Execution:
+    return flows.run(target, "promotion", {"model_version": version, "reason": "test", **options})
+
+
+def alias(target: Target) -> dict[str, Any]:
+    return deployer.alias_state(target.client("lambda"), API, catalog.LIVE_ALIAS)
+
+
+def served_model(target: Target, function_version: str) -> str | None:
+    configuration = deployer.version_configuration(target.client("lambda"), API, function_version)
+    model = deployer.model_of(configuration.get("Description"))
+    return model[1] if model else None
+
+
+def mlflow_aliases(target: Target) -> dict[str, str | None]:
+    assert target.database_url
+    client = registry.client_for(registry.mlflow_uri_from_dsn(target.database_url))
+    return {name: registry.alias_version(client, "price-model", name) for name in registry.ALIASES}
+
+
+def stage(target: Target, version: str) -> str:
+    assert target.database_url
+    with psycopg.connect(target.database_url) as conn:
+        row = conn.execute(
+            "SELECT stage FROM model_registry.models WHERE model_name = 'price-model' AND version = %s", (version,)
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def deployments(target: Target, execution_arn: str | None = None) -> list[dict[str, Any]]:
+    rows = _command(target, {"command": "history", "limit": 100})
+    return [r for r in reversed(rows) if execution_arn is None or r["execution_arn"] == execution_arn]
+
+
+def http(gateway: Gateway, method: str, path: str, body: Any = None, key: str | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        gateway.url + path,
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"content-type": "application/json", **({"x-api-key": key} if key else {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def rows(n: int, seed: int) -> list[dict[str, Any]]:
+    """Bookings after the training window, that the API accepts."""
+    return datasource.api_rows(datasource.api_bookings().iloc[3000:4000].sample(n, random_state=seed))
+
+
+def run_with_traffic(target: Target, gateway: Gateway, key: str, version: str, **options: Any) -> flows.Execution:
+    """A canary promotion while clients keep sending 20-row batches through the gateway."""
+    stop = threading.Event()
+    statuses: list[int] = []
+
+    def client(seed: int) -> None:
+        while not stop.is_set():
+            statuses.append(http(gateway, "POST", "/predict", {"rows": rows(20, seed)}, key)[0])
+            seed += 2
+
+    arn = flows.start(target, "promotion", {"model_version": version, "reason": "test", **options})
+    clients = [threading.Thread(target=client, args=(seed,), daemon=True) for seed in (0, 1)]
+    for thread in clients:
+        thread.start()
+    try:
+        execution = flows.wait(target, arn, timeout_s=120)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+    assert statuses and set(statuses) == {200}, f"clients saw {sorted(set(statuses))}"
+    return execution
+
+
+# -- blue-green and rollback ----------------------------------------------------------------------------
+
+
+def test_blue_green_switches_at_once_and_rollback_restores_the_previous_version_instantly(
+    target: Target, versions: dict[str, str]
+) -> None:
+    # GIVEN no model serves yet, WHEN version 1 then version 2 are promoted blue-green
+    first = promote(target, versions["good"], strategy="blue-green")
+    second = promote(target, versions["good_again"], strategy="blue-green")
+    assert (first.status, second.status) == ("SUCCEEDED", "SUCCEEDED"), (first.cause, second.cause)
+    serving_first = first.output["deployment"]["function_version"]
+    serving_second = second.output["deployment"]["function_version"]
+    # THEN version 2 takes all traffic at once, with version 1 recorded as previous
+    assert alias(target) | {"revision_id": None} == {
+        "function_version": serving_second,
+        "weights": {},
+        "revision_id": None,
+    }
+    assert served_model(target, serving_second) == versions["good_again"]
+    assert mlflow_aliases(target) == {
+        "champion": versions["good_again"],
+        "challenger": None,
+        "previous": versions["good"],
+    }
+
+    # WHEN an operator rolls back
+    began = time.monotonic()
+    answer = _command(target, {"command": "rollback", "actor": "ops@test", "reason": "bad reviews"})
+    took = time.monotonic() - began
+    # THEN the alias points back at version 1's function version, no new version was published
+    assert answer["function_version"] == serving_first
+    assert alias(target)["function_version"] == serving_first and alias(target)["weights"] == {}
+    assert took < 10, f"rollback took {took:.1f} s"
+    assert mlflow_aliases(target) == {"champion": versions["good"], "challenger": None, "previous": None}
+    assert stage(target, versions["good_again"]) == "rejected"
+    history = deployments(target)
+    assert [(r["action"], r["version"]) for r in history[-3:]] == [
+        ("deployed", versions["good_again"]),
+        ("promoted", versions["good_again"]),
+        ("rolled-back", versions["good"]),
+    ]
+    assert history[-1]["actor"] == "ops@test" and history[-1]["reason"] == "bad reviews"
+    assert history[-1]["previous_version"] == versions["good_again"] and history[-1]["traffic_percent"] == 100
+
+
+def test_a_second_rollback_has_nothing_to_go_back_to(target: Target, versions: dict[str, str]) -> None:
+    # GIVEN the rollback above consumed the previous version
+    with pytest.raises(CommandFailed, match="no previous version to roll back to"):
+        _command(target, {"command": "rollback", "actor": "ops@test"})
+    assert mlflow_aliases(target)["champion"] == versions["good"]
+
+
+# -- canary ----------------------------------------------------------------------------------------------
+
+
+def test_a_bad_canary_rolls_back_by_itself(
+    target: Target, versions: dict[str, str], gateway: Gateway, deployed: Resources
+) -> None:
+    # GIVEN version 1 serves all traffic
+    before = alias(target)
+    assert served_model(target, before["function_version"]) == versions["good"]
+    # WHEN the absurd version 3 is promoted as a canary while clients send requests
+    execution = run_with_traffic(
+        target,
+        gateway,
+        deployed.api_key,
+        versions["bad"],
+        strategy="canary",
+        canary_percent=30,
+        bake_seconds=BAKE_SECONDS,
+    )
+    # THEN the flow fails on purpose, with the reason, and traffic is back on the champion alone
+    assert (execution.status, execution.error) == ("FAILED", "CanaryRolledBack"), execution.cause
+    assert "prediction_psi" in (execution.cause or "")
+    assert alias(target) | {"revision_id": None} == before | {"revision_id": None}
+    assert mlflow_aliases(target)["champion"] == versions["good"]
+    assert stage(target, versions["bad"]) == "rejected"
+    history = deployments(target, execution.arn)
+    assert [r["action"] for r in history] == ["deployed", "canary-started", "rolled-back"]
+    assert history[1]["traffic_percent"] == 30
+    assert history[-1]["traffic_percent"] == 0 and "canary unhealthy" in history[-1]["reason"]
+
+
+def test_a_good_canary_reaches_all_traffic_and_becomes_champion(
+    target: Target, versions: dict[str, str], gateway: Gateway, deployed: Resources
+) -> None:
+    # GIVEN version 1 serves all traffic
+    champion = alias(target)["function_version"]
+    # WHEN version 2, the same model, is promoted as a canary while clients send requests
+    execution = run_with_traffic(
+        target,
+        gateway,
+        deployed.api_key,
+        versions["good_again"],
+        strategy="canary",
+        canary_percent=30,
+        bake_seconds=BAKE_SECONDS,
+    )
+    # THEN it passes its health check and takes all traffic as champion
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert execution.output["canary"]["verdict"] == "healthy"
+    checks = {c["check"] for c in execution.output["canary"]["checks"]}
+    assert checks == {"error_rate", "p99_ms", "prediction_psi"}
+    now = alias(target)
+    assert now["function_version"] == execution.output["deployment"]["function_version"] != champion
+    assert now["weights"] == {}
+    assert mlflow_aliases(target) == {
+        "champion": versions["good_again"],
+        "challenger": None,
+        "previous": versions["good"],
+    }
+    history = deployments(target, execution.arn)
+    assert [r["action"] for r in history] == ["deployed", "canary-started", "promoted"]
+    assert history[-1]["traffic_percent"] == 100 and history[-1]["reason"].startswith("canary healthy")
+
+
+# -- manual approval, and the metric gate ----------------------------------------------------------------
+
+
+def wait_for_approval(target: Target, version: str) -> str:
+    arn = flows.start(target, "promotion", {"model_version": version, "strategy": "manual", "reason": "test"})
+    waiting = flows.wait(target, arn, timeout_s=60, stop_at=("RequestApproval",))
+    assert waiting.status == "RUNNING", waiting.cause
+    deadline = time.monotonic() + 30  # the task records its token just after the state is entered
+    while time.monotonic() < deadline:
+        rows = deployments(target, arn)
+        if rows and rows[-1]["action"] == "approval-requested":
+            return arn
+        time.sleep(0.3)
+    raise AssertionError("the approval request was never recorded")
+
+
+def test_manual_approve_promotes(target: Target, versions: dict[str, str]) -> None:
+    # GIVEN version 2 is champion and version 1 waits for approval
+    arn = wait_for_approval(target, versions["good"])
+    assert mlflow_aliases(target)["challenger"] == versions["good"]
+    # WHEN someone approves it
+    _command(
+        target, {"command": "approve", "model_version": versions["good"], "actor": "alice", "reason": "looks right"}
+    )
+    execution = flows.wait(target, arn, timeout_s=60)
+    # THEN it serves all traffic as champion, and the history names the approver
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert served_model(target, alias(target)["function_version"]) == versions["good"]
+    assert mlflow_aliases(target)["champion"] == versions["good"]
+    history = deployments(target, arn)
+    assert [r["action"] for r in history] == ["deployed", "approval-requested", "promoted"]
+    assert history[-1]["actor"] == "alice" and "looks right" in history[-1]["reason"]
+
+
+def test_manual_reject_leaves_traffic_unchanged(target: Target, versions: dict[str, str]) -> None:
+    # GIVEN version 1 is champion and version 4 waits for approval
+    before = alias(target)
+    arn = wait_for_approval(target, versions["spare"])
+    # WHEN someone rejects it
+    _command(target, {"command": "reject", "model_version": versions["spare"], "actor": "bob", "reason": "too soon"})
+    execution = flows.wait(target, arn, timeout_s=60)
+    # THEN nothing changed for traffic, and the version is marked rejected with the reason
+    assert execution.status == "SUCCEEDED" and execution.output["result"]["outcome"] == "rejected"
+    assert alias(target) | {"revision_id": None} == before | {"revision_id": None}
+    assert mlflow_aliases(target) == {
+        "champion": versions["good"],
+        "challenger": None,
+        "previous": versions["good_again"],
+    }
+    assert stage(target, versions["spare"]) == "rejected"
+    history = deployments(target, arn)
+    assert [r["action"] for r in history] == ["deployed", "approval-requested", "rejected"]
+    assert history[-1]["actor"] == "bob" and history[-1]["reason"] == "rejected by bob: too soon"
+
+
+def test_approving_a_version_without_a_pending_approval_says_so(target: Target) -> None:
+    with pytest.raises(CommandFailed, match="version 99 has no pending approval"):
+        _command(target, {"command": "approve", "model_version": "99", "actor": "alice"})
+
+
+def test_the_auto_gate_refuses_a_worse_model(target: Target, versions: dict[str, str]) -> None:
+    # GIVEN version 1 is champion; WHEN the absurd version 3 is promoted with the metric gate
+    before = alias(target)
+    execution = promote(target, versions["bad"], strategy="auto")
+    # THEN it never reaches traffic, and the history says why
+    assert execution.status == "SUCCEEDED" and execution.output["result"]["outcome"] == "rejected"
+    assert execution.output["gate"]["passed"] is False
+    assert alias(target) | {"revision_id": None} == before | {"revision_id": None}
+    history = deployments(target, execution.arn)
+    assert [r["action"] for r in history] == ["rejected"] and "RMSE" in history[0]["reason"]
+
+
+def test_promoting_an_unknown_version_fails_before_changing_anything(target: Target) -> None:
+    before = alias(target)
+    execution = promote(target, "404", strategy="blue-green")
+    assert (execution.status, execution.error) == ("FAILED", "PromotionRefused")
+    assert "not registered" in (execution.cause or "")
+    assert alias(target) | {"revision_id": None} == before | {"revision_id": None}
+
+
+# -- the gateway -------------------------------------------------------------------------------------------
+
+
+def test_the_gateway_requires_an_api_key_but_serves_the_docs(gateway: Gateway, deployed: Resources) -> None:
+    assert http(gateway, "GET", "/health")[0] == 403
+    assert http(gateway, "GET", "/health", key="not-a-key")[0] == 403
+    status, body = http(gateway, "GET", "/health", key=deployed.api_key)
+    assert status == 200 and json.loads(body)["model_loaded"] is True
+    status, body = http(gateway, "GET", "/docs")
+    assert status == 200 and b"swagger" in body.lower()
+    status, body = http(gateway, "GET", "/openapi.json")
+    assert status == 200 and "/predict" in json.loads(body)["paths"]
+    status, body = http(gateway, "POST", "/predict", {"rows": rows(3, 0)}, deployed.api_key)
+    assert status == 200 and len(json.loads(body)["predictions"]) == 3
+
+
+def test_the_gateway_throttles_a_key_beyond_its_burst(cloud: LocalCloud, deployed: Resources) -> None:
+    keys = moto_api_keys(cloud.client("apigateway"))
+    tight = Gateway(cloud.client("lambda"), API, catalog.LIVE_ALIAS, keys, rate=0.5, burst=3, port=0).start()
+    try:
+        statuses = [http(tight, "GET", "/health", key=deployed.api_key)[0] for _ in range(6)]
+    finally:
+        tight.stop()
+    assert statuses[:3] == [200, 200, 200] and statuses[3:] == [429, 429, 429]

@@ -1,0 +1,60 @@
+"""The local gateway's API Gateway parts that need no cloud: the proxy event and the token bucket.
+(Its behaviour in front of the real API function is in tests/e2e/test_promotion.py.)"""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from mangum.handlers.api_gateway import APIGateway
+
+from pipectl.localcloud.gateway import TokenBucket, proxy_event
+
+
+def event(**overrides: object) -> dict:  # type: ignore[type-arg]
+    values: dict = {  # type: ignore[type-arg]
+        "method": "POST",
+        "target": "/predict?debug=1&tag=a&tag=b",
+        "headers": [("Host", "127.0.0.1:8000"), ("x-api-key", "k"), ("Accept", "a"), ("Accept", "b")],
+        "body": b'{"rows": []}',
+    }
+    values.update(overrides)
+    return proxy_event(
+        str(values["method"]),
+        str(values["target"]),
+        list(values["headers"]),  # type: ignore[arg-type]
+        bytes(values["body"]),  # type: ignore[arg-type]
+        source_ip="127.0.0.1",
+        api_key="k",
+        request_id="r-1",
+    )
+
+
+def test_a_request_becomes_a_rest_api_proxy_event_mangum_recognises() -> None:
+    built = event()
+    assert built["resource"] == "/{proxy+}" and built["path"] == "/predict"
+    assert built["pathParameters"] == {"proxy": "predict"}
+    assert built["queryStringParameters"] == {"debug": "1", "tag": "b"}
+    assert built["multiValueQueryStringParameters"]["tag"] == ["a", "b"]
+    assert built["headers"]["Accept"] == "b" and built["multiValueHeaders"]["Accept"] == ["a", "b"]
+    assert built["requestContext"]["requestId"] == "r-1"
+    assert built["requestContext"]["identity"]["apiKey"] == "k"
+    assert (built["body"], built["isBase64Encoded"]) == ('{"rows": []}', False)
+    assert APIGateway.infer(built, None, {"api_gateway_base_path": "/"})  # type: ignore[arg-type]
+
+
+def test_a_binary_body_travels_base64_encoded() -> None:
+    built = event(body=b"\xff\xfe\x00")
+    assert built["isBase64Encoded"] is True and base64.b64decode(built["body"]) == b"\xff\xfe\x00"
+
+
+def test_the_root_path_has_no_proxy_parameter() -> None:
+    built = event(method="GET", target="/", body=b"")
+    assert (built["resource"], built["pathParameters"], built["body"]) == ("/", None, None)
+
+
+def test_the_bucket_allows_a_burst_then_its_rate() -> None:
+    bucket = TokenBucket(rate=20, burst=3)
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+    time.sleep(0.12)  # two tokens' worth at 20 a second
+    assert [bucket.take() for _ in range(3)] == [True, True, False]

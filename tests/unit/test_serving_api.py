@@ -1,0 +1,588 @@
+"""The prediction API's contract, through FastAPI's test client and through the Lambda handler.
+
+A real LightGBM model is trained here on hotel_rates, exported to the lean artifact and packed as the
+model layer the API function reads (:func:`pricepipe.serving.model_layer.build_layer_zip`); the
+layer's ``python/`` folder goes on ``sys.path``, as Lambda puts it there, and ``functions/api/app.py``
+is imported fresh for each scenario, as a new container would.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import subprocess
+import sys
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+
+from infrastructure import catalog
+from pricepipe.contract import Contract, parse_contract
+from pricepipe.features import build_features, feature_row
+from pricepipe.lean_model import LeanModel
+from pricepipe.observability import logger
+from pricepipe.serving import prediction_log
+from pricepipe.serving.columns import ColumnCheck, feature_columns
+from pricepipe.serving.model_layer import build_layer_zip
+from pricepipe.serving.requests import request_models
+from pricepipe.settings import get_settings
+from pricepipe.training.data import encode, fit_encoding
+from pricepipe.training.search import FAMILIES
+
+APP = Path(__file__).resolve().parents[2] / "functions" / "api" / "app.py"
+MAX_ROWS = 50
+METADATA = {
+    "model_name": "price-model",
+    "model_version": "7",
+    "alias": "champion",
+    "run_id": "run-123",
+    "metrics": {"rmse": 21.5, "mae": 15.2},
+    "data_window": {"start": "2016-07-02", "end": "2016-12-31"},
+}
+
+
+@dataclass(frozen=True)
+class Trained:
+    model: LeanModel
+    layer: Path  # the extracted layer (holds python/pricepipe_model/)
+    rows: list[dict[str, Any]]  # request rows (every input column), not seen in training
+
+
+@pytest.fixture(scope="module")
+def trained(hotel_rates: pd.DataFrame, contract: Contract, tmp_path_factory: pytest.TempPathFactory) -> Trained:
+    raw = hotel_rates.dropna(subset=["country"])
+    train = raw.iloc[:5000]
+    features = build_features(train.assign(arrival_date=pd.to_datetime(train["arrival_date"])), contract)
+    encoding = fit_encoding(features, contract)
+    family = FAMILIES["lightgbm"]
+    params = {**family.sample(np.random.default_rng(0), 0), "max_depth": 6}
+    fitted = family.fit(
+        params,
+        40,
+        encode(features, encoding),
+        features[contract.target].to_numpy(dtype=float),
+        [encoding.index[name] for name in contract.categorical_features],
+        seed=1,
+    )
+    lean = LeanModel(
+        family.export(fitted, encoding),
+        encoding,
+        {"contract": {"name": contract.name, "version": contract.version}, "model_family": "lightgbm"},
+    )
+    layer = tmp_path_factory.mktemp("model-layer")
+    zipfile.ZipFile(io.BytesIO(build_layer_zip(lean.to_bytes(), METADATA))).extractall(layer)
+    later = raw.iloc[6000 : 6000 + 2 * MAX_ROWS].drop(columns=[contract.target])
+    rows = json.loads(later.to_json(orient="records", date_format="iso"))
+    for row in rows:
+        row["arrival_date"] = row["arrival_date"][:10]
+    return Trained(lean, layer, rows)
+
+
+@dataclass
+class Api:
+    module: ModuleType
+    client: TestClient
+    log: io.StringIO  # what the function wrote to its log
+
+    def handler(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        """Invoke the Lambda handler with an API Gateway (REST, v1) proxy event."""
+        return self.module.handler(api_gateway_event(method, path, body), LambdaContext())
+
+    def prediction_lines(self) -> list[prediction_log.PredictionLogLine]:
+        lines = [prediction_log.parse_line(text) for text in self.log.getvalue().splitlines()]
+        return [line for line in lines if line is not None]
+
+
+class LambdaContext:
+    function_name = "pricepipe-api"
+    function_version = "3"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:pricepipe-api:live"
+    memory_limit_in_mb = 512
+    aws_request_id = "lambda-request-1"
+    log_group_name = "/aws/lambda/pricepipe-api"
+    log_stream_name = "2026/11/26/[3]abc"
+
+
+def api_gateway_event(method: str, path: str, body: Any = None) -> dict[str, Any]:
+    """An API Gateway REST API proxy event (payload format 1.0), as API Gateway sends it."""
+    return {
+        "resource": "/{proxy+}",
+        "path": path,
+        "httpMethod": method,
+        "headers": {"Content-Type": "application/json", "Host": "abc.execute-api.us-east-1.amazonaws.com"},
+        "multiValueHeaders": {"Content-Type": ["application/json"]},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": "/{proxy+}",
+            "httpMethod": method,
+            "path": f"/prod{path}",
+            "stage": "prod",
+            "requestId": f"apigw-{uuid.uuid4()}",
+            "identity": {"sourceIp": "203.0.113.9", "apiKey": "test-key"},
+        },
+        "body": None if body is None else json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
+@pytest.fixture
+def load_api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Path | None], Api]]:
+    """Import functions/api/app.py as a fresh container would: with the given model layer on the path
+    (or none), the function's environment, and its log captured."""
+    formatter = logger.registered_formatter
+    saved = (formatter.json_serializer, formatter.json_deserializer)  # type: ignore[attr-defined]
+    log = io.StringIO()
+    stream = logger.registered_handler.setStream(log)  # type: ignore[attr-defined]
+
+    def load(layer: Path | None) -> Api:
+        monkeypatch.delitem(sys.modules, "pricepipe_model", raising=False)
+        if layer is not None:
+            monkeypatch.syspath_prepend(str(layer / "python"))
+        monkeypatch.setenv("PRICEPIPE_MAX_BATCH_ROWS", str(MAX_ROWS))
+        monkeypatch.setenv("AWS_LAMBDA_FUNCTION_VERSION", "3")
+        get_settings.cache_clear()
+        spec = importlib.util.spec_from_file_location(f"api_app_{uuid.uuid4().hex}", APP)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return Api(module, TestClient(module.app), log)
+
+    yield load
+    get_settings.cache_clear()
+    logger.registered_handler.setStream(stream)  # type: ignore[attr-defined]
+    formatter.json_serializer, formatter.json_deserializer = saved  # type: ignore[attr-defined]
+    sys.modules.pop("pricepipe_model", None)
+
+
+@pytest.fixture
+def api(load_api: Callable[[Path | None], Api], trained: Trained) -> Api:
+    return load_api(trained.layer)
+
+
+@pytest.fixture
+def api_without_model(load_api: Callable[[Path | None], Api]) -> Api:
+    return load_api(None)
+
+
+def expected(trained: Trained, contract: Contract, rows: list[dict[str, Any]]) -> np.ndarray:
+    """The lean model's own predictions for these request rows, one row at a time."""
+    return np.array([trained.model.predict_rows([feature_row(row, contract)])[0] for row in rows])
+
+
+def errors_by_field(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {error["field"]: error for error in body["detail"]}
+
+
+# -- valid requests -----------------------------------------------------------------------------------
+
+
+def test_one_row_is_priced_as_the_lean_model_prices_it(api: Api, trained: Trained, contract: Contract) -> None:
+    row = trained.rows[0]
+
+    response = api.client.post("/predict", json=row)
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["keys"] == [str(row["booking_id"])]
+    assert body["model_name"] == "price-model" and body["model_version"] == "7"
+    np.testing.assert_allclose(body["predictions"], expected(trained, contract, [row]), rtol=0, atol=1e-9)
+    assert response.headers["x-model-version"] == "7"
+    assert response.headers["x-request-id"] == body["request_id"]
+
+
+def test_a_batch_is_priced_in_row_order_as_the_lean_model_prices_each_row(
+    api: Api, trained: Trained, contract: Contract
+) -> None:
+    rows = trained.rows[:MAX_ROWS]
+
+    response = api.client.post("/predict", json={"rows": rows})
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["keys"] == [str(row["booking_id"]) for row in rows]
+    np.testing.assert_allclose(body["predictions"], expected(trained, contract, rows), rtol=0, atol=1e-9)
+
+
+def test_rows_the_fast_path_declines_are_validated_by_the_models_and_priced_alike(
+    api: Api, trained: Trained, contract: Contract
+) -> None:
+    """A number as text ("12") is pydantic's to coerce (lax mode): the batch takes the model path."""
+    rows = [dict(row) for row in trained.rows[:5]]
+    rows[2]["lead_time"] = str(rows[2]["lead_time"])
+
+    assert ColumnCheck(contract).columns(rows) is None
+    response = api.client.post("/predict", json={"rows": rows})
+
+    assert response.status_code == 200
+    reference = [{**row, "lead_time": int(row["lead_time"])} for row in rows]
+    np.testing.assert_allclose(response.json()["predictions"], expected(trained, contract, reference), atol=1e-9)
+
+
+def test_the_lambda_handler_answers_an_api_gateway_event_as_the_app_does(api: Api, trained: Trained) -> None:
+    rows = trained.rows[:10]
+
+    single = api.handler("POST", "/predict", rows[0])
+    batch = api.handler("POST", "/predict", {"rows": rows})
+
+    assert single["statusCode"] == 200 and batch["statusCode"] == 200
+    assert single["headers"]["content-type"] == "application/json"
+    assert json.loads(single["body"])["predictions"] == api.client.post("/predict", json=rows[0]).json()["predictions"]
+    assert (
+        json.loads(batch["body"])["predictions"]
+        == api.client.post("/predict", json={"rows": rows}).json()["predictions"]
+    )
+
+
+def test_through_api_gateway_the_request_id_is_api_gateways(api: Api, trained: Trained) -> None:
+    event = api_gateway_event("POST", "/predict", trained.rows[0])
+
+    response = api.module.handler(event, LambdaContext())
+
+    request_id = event["requestContext"]["requestId"]
+    assert json.loads(response["body"])["request_id"] == request_id
+    assert [line.request_id for line in api.prediction_lines()] == [request_id]
+
+
+# -- invalid requests -----------------------------------------------------------------------------------
+
+
+def test_every_invalid_field_of_a_batch_is_named_with_its_location(api: Api, trained: Trained) -> None:
+    rows = [dict(row) for row in trained.rows[:6]]
+    rows[3]["lead_time"] = -1
+    rows[3]["meal"] = "all_inclusive"
+    rows[4]["children"] = "two"
+    del rows[5]["adults"]
+
+    response = api.client.post("/predict", json={"rows": rows})
+
+    assert response.status_code == 422
+    errors = errors_by_field(response.json())
+    assert set(errors) == {"rows[3].lead_time", "rows[3].meal", "rows[4].children", "rows[5].adults"}
+    assert errors["rows[3].lead_time"]["loc"] == ["body", "rows", 3, "lead_time"]
+    assert errors["rows[3].lead_time"]["type"] == "greater_than_equal"
+    assert errors["rows[3].meal"]["type"] == "literal_error"
+    assert errors["rows[4].children"]["type"] == "int_parsing"
+    assert errors["rows[5].adults"]["type"] == "missing"
+    assert api.prediction_lines() == []  # nothing priced, nothing logged
+
+
+def test_a_single_rows_invalid_field_is_named(api: Api, trained: Trained) -> None:
+    response = api.client.post("/predict", json={**trained.rows[0], "arrival_date": "2017-02-30"})
+
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "arrival_date"] and error["field"] == "arrival_date"
+
+
+def test_an_unknown_field_is_refused_so_a_typo_is_not_a_silent_missing_value(api: Api, trained: Trained) -> None:
+    row = dict(trained.rows[0])
+    row["lead_tme"] = row.pop("lead_time")
+
+    response = api.client.post("/predict", json={"rows": [trained.rows[1], row]})
+
+    assert response.status_code == 422
+    errors = errors_by_field(response.json())
+    assert errors["rows[1].lead_tme"]["type"] == "extra_forbidden"
+    assert errors["rows[1].lead_time"]["type"] == "missing"
+
+
+def test_a_batch_over_the_limit_is_413_naming_the_limit_and_the_count(api: Api, trained: Trained) -> None:
+    rows = [{**trained.rows[i % len(trained.rows)], "booking_id": i + 1} for i in range(MAX_ROWS + 7)]
+
+    response = api.client.post("/predict", json={"rows": rows})
+
+    assert response.status_code == 413
+    detail = response.json()["detail"]
+    assert f"at most {MAX_ROWS} rows" in detail and f"has {MAX_ROWS + 7}" in detail
+
+
+def test_a_key_repeated_within_a_batch_is_refused(api: Api, trained: Trained) -> None:
+    rows = [trained.rows[0], trained.rows[1], trained.rows[0]]
+
+    response = api.client.post("/predict", json={"rows": rows})
+
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["field"] == "rows[2].booking_id" and error["type"] == "duplicate_key"
+
+
+def test_a_body_that_is_not_json_is_422(api: Api) -> None:
+    response = api.client.post("/predict", content=b'{"rows": [', headers={"content-type": "application/json"})
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["type"] == "json_invalid"
+
+
+def test_an_invalid_request_through_the_handler_keeps_fastapis_error_shape(api: Api, trained: Trained) -> None:
+    response = api.handler("POST", "/predict", {"rows": [{**trained.rows[0], "adults": 99}]})
+
+    assert response["statusCode"] == 422
+    (error,) = json.loads(response["body"])["detail"]
+    assert error["loc"] == ["body", "rows", 0, "adults"] and set(error) >= {"type", "loc", "msg", "input"}
+
+
+# -- no model deployed ------------------------------------------------------------------------------------
+
+
+def test_without_a_model_predict_is_503_no_model_deployed_yet(api_without_model: Api, trained: Trained) -> None:
+    response = api_without_model.client.post("/predict", json=trained.rows[0])
+
+    assert response.status_code == 503
+    assert response.json()["detail"].startswith("no model deployed yet")
+
+
+def test_without_a_model_health_is_503_and_says_why(api_without_model: Api) -> None:
+    via_client = api_without_model.client.get("/health")
+    via_handler = api_without_model.handler("GET", "/health")
+
+    assert via_client.status_code == 503 and via_handler["statusCode"] == 503
+    body = via_client.json()
+    assert body["model_loaded"] is False and body["detail"].startswith("no model deployed yet")
+    assert api_without_model.client.get("/model-info").status_code == 503
+
+
+# -- health, model info, metrics, docs ----------------------------------------------------------------------
+
+
+def test_health_names_the_loaded_model(api: Api) -> None:
+    response = api.client.get("/health")
+
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "model_loaded": True,
+        "model_name": "price-model",
+        "model_version": "7",
+        "function_version": "3",
+    }
+
+
+def test_model_info_describes_the_served_model(api: Api, trained: Trained, contract: Contract) -> None:
+    info = api.client.get("/model-info").json()
+
+    assert (info["model_name"], info["model_version"], info["alias"]) == ("price-model", "7", "champion")
+    assert info["metrics"] == METADATA["metrics"] and info["data_window"] == METADATA["data_window"]
+    assert info["features"] == list(trained.model.features) == list(contract.feature_columns)
+    assert set(info["categorical_features"]) == set(contract.categorical_features)
+    assert info["model_family"] == "lightgbm" and info["n_trees"] == trained.model.n_trees
+    assert info["contract"] == {"name": contract.name, "version": contract.version}
+
+
+def test_metrics_count_requests_by_route_and_status_and_rows_by_model_version(api: Api, trained: Trained) -> None:
+    api.client.post("/predict", json=trained.rows[0])
+    api.client.post("/predict", json={"rows": trained.rows[:4]})
+    api.client.post("/predict", json={"rows": [{"booking_id": 1}]})
+    api.client.get("/no-such-page")
+
+    response = api.client.get("/metrics")
+
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'pricepipe_http_requests_total{method="POST",route="/predict",status="200"} 2.0' in text
+    assert 'pricepipe_http_requests_total{method="POST",route="/predict",status="422"} 1.0' in text
+    assert 'pricepipe_http_requests_total{method="GET",route="<unmatched>",status="404"} 1.0' in text
+    assert 'pricepipe_predictions_total{model_name="price-model",model_version="7"} 5.0' in text
+    assert 'pricepipe_http_request_duration_seconds_count{route="/predict"} 3.0' in text
+    assert 'pricepipe_model_info{model_name="price-model",model_version="7"} 1.0' in text
+    assert "process_resident_memory_bytes" in text
+
+
+def test_the_openapi_document_shows_a_row_or_a_batch_from_the_contract(api: Api, contract: Contract) -> None:
+    document = api.client.get("/openapi.json").json()
+
+    body = document["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    refs = [option["$ref"].rsplit("/", 1)[1] for option in body["schema"]["oneOf"]]
+    schemas = document["components"]["schemas"]
+    row, batch = (schemas[name] for name in refs)
+    assert list(row["properties"]) == list(contract.input_columns)
+    assert row["additionalProperties"] is False and set(row["required"]) == set(contract.input_columns)
+    assert row["properties"]["meal"]["enum"] == list(contract.columns["meal"].allowed or ())
+    assert batch["properties"]["rows"]["items"]["$ref"].endswith(refs[0])
+    assert set(body["examples"]) == {"one row", "batch"}
+    assert {"413", "422", "503"} <= set(document["paths"]["/predict"]["post"]["responses"])
+    assert api.client.get("/docs").status_code == 200
+
+
+# -- the prediction log ----------------------------------------------------------------------------------
+
+
+def test_each_request_writes_one_prediction_line_that_parses_back(api: Api, trained: Trained) -> None:
+    rows = trained.rows[:3]
+
+    body = api.client.post("/predict", json={"rows": rows}).json()
+
+    (line,) = api.prediction_lines()
+    assert line.message == catalog.PREDICTION_LOG_MARKER
+    assert (line.request_id, line.model_name, line.model_version, line.function_version) == (
+        body["request_id"],
+        "price-model",
+        "7",
+        "3",
+    )
+    records = prediction_log.records_of(line)
+    assert [r.record_key for r in records] == body["keys"]
+    assert [r.prediction for r in records] == body["predictions"]
+    assert records[0].features["lead_time"] == rows[0]["lead_time"]
+    assert records[0].features["arrival_date"] == rows[0]["arrival_date"]
+    assert "arrival_date_month" in records[0].features
+
+
+def test_the_prediction_line_carries_the_requests_cloudwatch_metrics(api: Api, trained: Trained) -> None:
+    api.handler("POST", "/predict", {"rows": trained.rows[:4]})
+
+    (text,) = [t for t in api.log.getvalue().splitlines() if catalog.PREDICTION_LOG_MARKER in t]
+    line = json.loads(text)
+    (directive,) = line["_aws"]["CloudWatchMetrics"]
+    assert directive["Dimensions"] == [["service", "model_version"]]
+    assert {m["Name"] for m in directive["Metrics"]} == {"Predictions", "PredictLatency"}
+    assert line["Predictions"] == 4 and line["PredictLatency"] > 0 and line["model_version"] == "7"
+
+
+def test_a_large_request_is_logged_in_parts_that_together_hold_every_row() -> None:
+    n = 3000
+    lines = list(
+        prediction_log.log_lines(
+            request_id="r1",
+            model_name="m",
+            model_version="1",
+            function_version="1",
+            predicted_at_ms=1_700_000_000_000,
+            keys=[str(i) for i in range(n)],
+            predictions=np.arange(n, dtype=float),
+            features={"x": np.arange(n), "city": ["lisbon"] * n},
+            size_hint=3 * prediction_log.MAX_LINE_BYTES,
+            metrics={"Predictions": n},
+        )
+    )
+
+    assert len(lines) >= 3 and {line["parts"] for line in lines} == {len(lines)}
+    assert [line.get("Predictions") for line in lines] == [n] + [None] * (len(lines) - 1)  # counted once
+    parsed = [prediction_log.PredictionLogLine.model_validate({"message": "prediction_log", **line}) for line in lines]
+    records = [record for line in parsed for record in prediction_log.records_of(line)]
+    assert [r.record_key for r in records] == [str(i) for i in range(n)]
+    assert all(len(json.dumps(line)) < prediction_log.MAX_LINE_BYTES for line in lines)
+
+
+def test_the_packages_marker_is_the_one_the_subscription_filters_on() -> None:
+    assert prediction_log.PREDICTION_LOG_MARKER == catalog.PREDICTION_LOG_MARKER
+
+
+# -- request models and the column path -----------------------------------------------------------------------
+
+SMALL_CONTRACT = """
+name: rides
+key: [city, ride_id]
+target: price
+event_time: day
+columns:
+  ride_id: {type: integer, min: 1}
+  city: {type: category, allowed: [lisbon, porto]}
+  day: {type: date}
+  distance_km: {type: float, min: 0, max: 500}
+  tip: {type: float, nullable: true}
+  note: {type: string, max_length: 5, nullable: true}
+  price: {type: float, min: 0}
+"""
+
+
+def test_row_models_follow_the_contract() -> None:
+    models = request_models(parse_contract(SMALL_CONTRACT), max_batch_rows=10)
+    schema = models.row.model_json_schema()
+
+    assert set(schema["required"]) == {"ride_id", "city", "day", "distance_km"}  # nullable: optional
+    assert schema["properties"]["city"]["enum"] == ["lisbon", "porto"]
+    assert schema["properties"]["day"]["format"] == "date"
+    assert schema["properties"]["distance_km"]["maximum"] == 500
+    assert "price" not in schema["properties"]  # the target is what is predicted
+    row = models.row.model_validate({"ride_id": 1, "city": "porto", "day": "2024-02-29", "distance_km": 3})
+    assert row.tip is None and row.note is None  # type: ignore[attr-defined]
+    assert models.row.model_validate(models.example)  # the documented example is valid
+
+
+def test_the_column_path_gives_the_pydantic_models_values_or_declines() -> None:
+    contract = parse_contract(SMALL_CONTRACT)
+    models = request_models(contract, max_batch_rows=10)
+    check = ColumnCheck(contract)
+    rows: list[dict[str, Any]] = [
+        {"ride_id": 1, "city": "porto", "day": "2024-02-29", "distance_km": 3, "tip": 1.5, "note": "hi"},
+        {"ride_id": 2, "city": "lisbon", "day": "2024-03-01", "distance_km": 7.25},  # nullable left out
+        {"ride_id": 3, "city": "lisbon", "day": "2024-03-01", "distance_km": 0, "tip": None, "note": None},
+    ]
+
+    columns = check.columns(rows)
+
+    validated = [row.__dict__ for row in models.batch.model_validate({"rows": rows}).rows]  # type: ignore[attr-defined]
+    assert columns is not None
+    for name in contract.input_columns:
+        assert list(np.asarray(columns[name], dtype=object)) == [r[name] for r in validated], name
+    # a bool among integers: numpy reads it as 1, as pydantic's lax mode does
+    mixed = check.columns([rows[0], {**rows[1], "ride_id": True}])
+    assert mixed is not None and list(mixed["ride_id"]) == [1, 1]
+    for bad in (
+        {"ride_id": 1.0},
+        {"ride_id": 0},
+        {"city": "faro"},
+        {"day": "2024-02-30"},
+        {"day": "20240301"},
+        {"distance_km": 501},
+        {"distance_km": "3"},
+        {"note": "too long"},
+        {"note": 5},
+        {"extra": 1},
+    ):
+        assert check.columns([rows[0], {**rows[1], **bad}]) is None, bad
+    assert check.columns([{k: v for k, v in rows[0].items() if k != "city"}]) is None  # a required one missing
+
+
+def test_column_features_equal_feature_row_on_every_row(trained: Trained, contract: Contract) -> None:
+    columns = ColumnCheck(contract).columns(trained.rows)
+    assert columns is not None
+
+    by_column = feature_columns(columns, contract)
+
+    for index, row in enumerate(trained.rows):
+        one = feature_row(row, contract)
+        assert {name: np.asarray(by_column[name][index]).item() for name in one} == one
+
+
+def test_the_serving_modules_import_nothing_heavy() -> None:
+    # (Powertools imports botocore's package __init__, ~1 ms, to tag its user agent where botocore
+    # exists, as in the Lambda runtime: not boto3 and no client, so botocore is not on this list)
+    code = (
+        "import sys\n"
+        "import pricepipe.serving.service, pricepipe.serving.http_metrics, pricepipe.serving.model_layer\n"
+        "import pricepipe.contract, pricepipe.features, pricepipe.lean_model, pricepipe.settings\n"
+        "import pricepipe.observability\n"
+        "heavy = {'pandas', 'pyarrow', 'boto3', 'psycopg', 'mlflow', 'sklearn', 'lightgbm', 'scipy', 'fastapi'}\n"
+        "print(sorted(heavy & {m.split('.')[0] for m in sys.modules}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_log_decoder_keeps_text_as_text_and_holds_on_to_nothing() -> None:
+    """Powertools decodes every message it can; a plain message must fail cheaply, with a new error
+    each time (re-raising one instance chained every traceback, and its log records, onto it)."""
+    from pricepipe.serving.service import log_deserializer
+
+    errors = []
+    for _ in range(2):
+        with pytest.raises(ValueError, match="not JSON") as caught:
+            log_deserializer(catalog.PREDICTION_LOG_MARKER)
+        errors.append(caught.value)
+
+    assert errors[0] is not errors[1]
+    assert log_deserializer('{"a": 1}') == {"a": 1}
