@@ -177,6 +177,16 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         needs_data_layer=False,
     ),
     FunctionSpec(
+        key="drift-check",
+        folder="drift",
+        handler="handler.check",
+        description="Drift: newest days vs the champion's training reference; report, metrics, decision",
+        memory_mb=1024,
+        timeout_s=300,
+        substitution="DriftCheckFunctionArn",
+        s3=(Grant("artifacts", "mlflow/", "read"), Grant("artifacts", "drift/reports/", "write")),
+    ),
+    FunctionSpec(
         key="migrate",
         folder="migrate",
         handler="handler.on_event",
@@ -365,6 +375,13 @@ STATE_MACHINES: tuple[StateMachineSpec, ...] = (
             "TrainingEvaluateFunctionArn",
             "PromotionStateMachineArn",
         ),
+        substitution="TrainingStateMachineArn",
+    ),
+    StateMachineSpec(
+        key="drift",
+        file="drift.asl.json",
+        description="Drift of the newest days against the champion's reference; starts training when over threshold",
+        substitutions=("DriftCheckFunctionArn", "TrainingStateMachineArn"),
     ),
 )
 

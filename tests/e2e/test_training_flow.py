@@ -95,3 +95,45 @@ def test_too_little_data_ends_without_training(target: Target, loaded: dt.date) 
     assert execution.status == "SUCCEEDED"
     assert execution.output["ready"] is False and "training needs" in execution.output["why"]
     assert models(target) == before
+
+
+def drift_rows(target: Target, check_id: str) -> list[tuple[str, str | None, str, bool]]:
+    assert target.database_url
+    with psycopg.connect(target.database_url) as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                "SELECT kind, feature, metric, drifted FROM monitoring.drift_metrics WHERE check_id = %s", (check_id,)
+            )
+        ]
+
+
+def test_drift_on_the_champions_own_period_stays_quiet(target: Target, loaded: dt.date) -> None:
+    execution = flows.run(target, "drift", {"end": loaded.isoformat(), "window_days": 14})
+    assert execution.status == "SUCCEEDED", execution.cause
+    summary = execution.output
+    assert summary["decision"] == "none", summary["reasons"]
+    assert summary["model_version"] == "1" and summary["current_rows"] > 100
+    rows = drift_rows(target, summary["check_id"])
+    assert {kind for kind, *_ in rows} == {"feature", "prediction", "performance"}
+    report = target.client("s3").get_object(Bucket=target.artifacts_bucket, Key=summary["report_uri"].split("/", 3)[3])
+    assert b"<html" in report["Body"].read()[:200].lower()
+
+
+def test_drift_over_threshold_starts_training(target: Target, loaded: dt.date) -> None:
+    assert target.database_url
+    winter = datasource.select_days(start=dt.date(2017, 1, 2), end=dt.date(2017, 1, 22))
+    with psycopg.connect(target.database_url, autocommit=True) as conn:
+        land_and_load(
+            conn, target.client("s3"), load_contract("hotel_rates"), Settings(database_url=target.database_url), winter
+        )
+    execution = flows.run(target, "drift", {"window_days": 21})
+    assert execution.status == "SUCCEEDED", execution.cause
+    summary = execution.output
+    assert summary["decision"] == "retrain" and summary["drifted"] is True, summary
+    assert any(drifted for *_, drifted in drift_rows(target, summary["check_id"]))
+    training = flows.wait(target, summary["handover"]["training_execution"])
+    assert training.status == "SUCCEEDED", training.cause
+    assert training.output["reason"].startswith("drift check")
+    if training.output.get("promotion"):
+        flows.wait(target, training.output["promotion"]["execution_arn"])  # let it finish before teardown

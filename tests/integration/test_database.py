@@ -93,3 +93,16 @@ def test_dsn_from_an_rds_secret_requires_tls_and_names_missing_fields() -> None:
     assert db.dsn_from_secret({"dsn": "postgresql://local"}) == "postgresql://local"
     with pytest.raises(ConfigurationError, match="lacks password"):
         db.dsn_from_secret({"host": "h", "username": "u"})
+
+
+def test_a_cached_connection_commits_writes_after_a_plain_read(database_url: str) -> None:
+    """A Lambda container's connection: a SELECT first must not turn the next write into a savepoint."""
+    cache = db.ConnectionCache(lambda: database_url)
+    conn = cache.get()
+    conn.execute("SELECT 1").fetchone()
+    with conn.transaction():
+        conn.execute("CREATE TABLE public.cached_write (x int)")
+    with db.connect(database_url) as other:
+        assert other.execute("SELECT to_regclass('public.cached_write')").fetchone() == ("cached_write",)
+    assert cache.get() is conn
+    cache.close()

@@ -174,3 +174,17 @@ def test_a_dropped_connection_is_a_transient_error(s3, contract, settings, datab
         admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
     with pytest.raises(TransientError, match="database"):
         etl.load_file(victim, s3, contract, settings, ref, "run-t")
+
+
+def test_served_predictions_get_their_actual_price_when_the_row_arrives(conn, s3, contract, settings) -> None:  # type: ignore[no-untyped-def]
+    frame = datasource.hotel_rates()
+    booking = frame[frame["arrival_date"] == DAY.isoformat()].iloc[0]
+    conn.execute(
+        "INSERT INTO monitoring.predictions (request_id, record_key, model_name, model_version, features, prediction)"
+        " VALUES ('req-1', %s, 'price-model', '1', '{}', 99.0), ('req-2', 'not-a-booking', 'price-model', '1', '{}', 1)",
+        (str(booking["booking_id"]),),
+    )
+    (result,) = land_and_load(conn, s3, contract, settings, [DAY])
+    assert result.actuals_joined == 1
+    rows = conn.execute("SELECT record_key, actual FROM monitoring.predictions ORDER BY request_id").fetchall()
+    assert rows == [(str(booking["booking_id"]), booking["avg_price_per_room"]), ("not-a-booking", None)]

@@ -84,7 +84,9 @@ class ConnectionCache:
     def get(self) -> psycopg.Connection[Any]:
         if self._conn is not None and not self._conn.closed and not self._conn.broken:
             return self._conn
-        self._conn = connect(self._dsn_factory())
+        # autocommit: every write sits in an explicit conn.transaction(); a plain SELECT must not
+        # leave an open transaction that would turn later transaction blocks into savepoints
+        self._conn = connect(self._dsn_factory(), autocommit=True)
         return self._conn
 
     def close(self) -> None:

@@ -54,6 +54,7 @@ class FileResult:
     lake_keys: list[str] = field(default_factory=list)
     ingest_id: int | None = None
     reason: str | None = None
+    actuals_joined: int = 0  # served predictions whose actual price arrived with this file
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,6 +186,7 @@ def _load(
         rows_duplicate=len(good) - len(new),
         ingest_id=ingest_id,
     )
+    result.actuals_joined = _join_actuals(conn, contract, ingest_id) if len(new) else 0
     if len(checked.bad):
         result.quarantine_key = _write_quarantine(s3, ref.bucket, quarantine_key, checked.bad)
     result.lake_keys = lake_keys
@@ -297,6 +299,20 @@ def _not_yet_stored(conn: psycopg.Connection[Any], contract: Contract, good: pd.
         return np.ones(len(good), dtype=bool)
     stored_index = pd.MultiIndex.from_tuples(stored, names=keys)
     return ~pd.MultiIndex.from_frame(good[keys]).isin(stored_index)
+
+
+def _join_actuals(conn: psycopg.Connection[Any], contract: Contract, ingest_id: int) -> int:
+    """Give served predictions their actual price: rows that just arrived, matched by record key
+    (the contract's key values joined with '|', as the API logs them; dates in ISO form)."""
+    key = sql.SQL(" || '|' || ").join(sql.SQL("r.{}::text").format(sql.Identifier(k)) for k in contract.key)
+    updated = conn.execute(
+        sql.SQL(
+            "UPDATE monitoring.predictions p SET actual = r.{target}, actual_at = now()"
+            " FROM price_data.raw_data r WHERE r._ingest_id = %s AND p.record_key = {key} AND p.actual IS NULL"
+        ).format(target=sql.Identifier(contract.target), key=key),
+        (ingest_id,),
+    )
+    return updated.rowcount
 
 
 def _raw_schema(contract: Contract) -> Any:

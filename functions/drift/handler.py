@@ -1,0 +1,36 @@
+"""Drift state machine task (infrastructure/statemachines/drift.asl.json): check the newest days
+against the champion's training reference, store the report, emit the scores as metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from pricepipe import drift_flow
+from pricepipe.contract import load_contract
+from pricepipe.db import ConnectionCache, resolve_dsn
+from pricepipe.observability import logger, metrics
+from pricepipe.settings import get_settings
+
+settings = get_settings()
+s3 = boto3.client("s3", region_name=settings.region)
+database = ConnectionCache(lambda: resolve_dsn(settings))
+contract = load_contract(settings.contract, s3)
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def check(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = {**(event.get("request") or {}), "check_id": event.get("execution")}
+    summary = drift_flow.check(database.get(), s3, contract, settings, request)
+    metrics.add_dimension(name="model_name", value=settings.model_name)
+    metrics.add_metric(name="drift_detected", unit=MetricUnit.Count, value=1 if summary["decision"] == "retrain" else 0)
+    if summary.get("drifted") is not None:
+        metrics.add_metric(name="drift_share", unit=MetricUnit.Percent, value=100 * float(summary["drift_share"]))
+        for name, value in (summary.get("performance") or {}).items():
+            metrics.add_metric(name=f"performance_{name}", unit=MetricUnit.NoUnit, value=float(value))
+    logger.info("drift checked", extra=summary)
+    return summary

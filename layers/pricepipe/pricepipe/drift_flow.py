@@ -1,0 +1,108 @@
+"""The drift state machine's step (infrastructure/statemachines/drift.asl.json): check and decide.
+
+The champion's training reference (its MLflow run's ``reference/reference_stats.json``) against the
+most recent loaded days: feature drift on the window's model-ready rows, prediction drift of the
+champion's own predictions on them, and performance drift where the actual prices are known — the
+loaded rows carry them, so the champion's error on the newest days is measured directly. Calendar
+features (month, day of year, ...) are left out of feature drift: against a reference that spans
+months, a week-long window always "drifts" in them, and the seasonal shift they stand for shows up
+where it matters, in the prices and the champion's errors.
+
+The report goes to ``monitoring.drift_metrics`` and, as HTML, to the artifacts bucket.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from pricepipe import storage
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from pricepipe.contract import Contract
+    from pricepipe.settings import Settings
+
+REPORT_PREFIX = "drift/reports/"
+
+
+def reference_uri(serving_artifact_uri: str) -> str:
+    """Where a version's reference statistics are: beside its serving artifact in the MLflow run."""
+    from pricepipe.registry import SERVING_ARTIFACT
+
+    if not serving_artifact_uri.endswith(SERVING_ARTIFACT):
+        raise ValueError(f"{serving_artifact_uri} is not a serving artifact of an MLflow run")
+    return serving_artifact_uri.removesuffix(SERVING_ARTIFACT) + "reference/reference_stats.json"
+
+
+def check(
+    conn: psycopg.Connection[Any],
+    s3: Any,
+    contract: Contract,
+    settings: Settings,
+    request: dict[str, Any],
+) -> dict[str, Any]:
+    """Run one drift check; the summary says ``decision`` = retrain | none and why."""
+    from pricepipe.drift import check_drift, save_report
+    from pricepipe.drift_report import render_html
+    from pricepipe.lean_model import load_from_uri
+    from pricepipe.training.data import TrainingWindow, frame_columns, latest_event_date_postgres, load_postgres
+
+    check_id = str(request.get("check_id") or uuid.uuid4())
+    champion = conn.execute(
+        "SELECT version, serving_artifact_uri, metrics FROM model_registry.models"
+        " WHERE model_name = %s AND stage = 'champion' ORDER BY updated_at DESC LIMIT 1",
+        (settings.model_name,),
+    ).fetchone()
+    if champion is None:
+        return {"check_id": check_id, "decision": "retrain", "drifted": None, "reasons": ["no champion model yet"]}
+    version, serving_uri, metrics = str(champion[0]), str(champion[1]), dict(champion[2] or {})
+    end = dt.date.fromisoformat(request["end"]) if request.get("end") else latest_event_date_postgres(conn, contract)
+    if end is None:
+        return {"check_id": check_id, "decision": "none", "drifted": None, "reasons": ["no data loaded yet"]}
+    days = int(request.get("window_days") or settings.drift_window_days)
+    window = TrainingWindow.ending(end, days)
+    frame = load_postgres(conn, contract, window).frame
+    reference = storage.get_json(s3, *_split(reference_uri(serving_uri)))
+    model = load_from_uri(serving_uri, s3)
+    predictions: Any = model.predict_columns(frame_columns(frame, model.encoding)) if len(frame) else []
+    calendar = set(contract.date_part_columns)
+    features = [f for f in contract.feature_columns if f not in calendar]
+    report = check_drift(
+        reference,
+        frame,
+        predictions=predictions,
+        actuals=frame[contract.target].to_numpy(dtype=float) if len(frame) else None,
+        reference_metrics={k: float(metrics[k]) for k in ("rmse", "mae") if k in metrics},
+        features=features,
+        model_name=settings.model_name,
+        model_version=version,
+        window_start=dt.datetime.combine(window.start, dt.time(), tzinfo=dt.UTC),
+        window_end=dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC),
+        check_id=check_id,
+    )
+    save_report(conn, report)
+    key = f"{REPORT_PREFIX}{end.isoformat()}/{check_id}.html"
+    storage.put_bytes(
+        s3,
+        settings.artifacts_bucket,
+        key,
+        render_html(report, title=f"Drift of {settings.model_name} v{version}, {window.start}..{window.end}").encode(),
+        "text/html",
+    )
+    summary = report.summary()
+    performance = {c.metric: c.value for c in report.checks if c.kind == "performance"}
+    return {
+        **summary,
+        "decision": "retrain" if report.drifted else "none",
+        "end": end.isoformat(),
+        "performance": performance,
+        "report_uri": f"s3://{settings.artifacts_bucket}/{key}",
+    }
+
+
+def _split(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    return bucket, key
