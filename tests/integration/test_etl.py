@@ -181,7 +181,8 @@ def test_served_predictions_get_their_actual_price_when_the_row_arrives(conn, s3
     booking = frame[frame["arrival_date"] == DAY.isoformat()].iloc[0]
     conn.execute(
         "INSERT INTO monitoring.predictions (request_id, record_key, model_name, model_version, features, prediction)"
-        " VALUES ('req-1', %s, 'price-model', '1', '{}', 99.0), ('req-2', 'not-a-booking', 'price-model', '1', '{}', 1)",
+        " VALUES ('req-1', %s, 'price-model', '1', '{}', 99.0),"
+        " ('req-2', 'not-a-booking', 'price-model', '1', '{}', 1)",
         (str(booking["booking_id"]),),
     )
     (result,) = land_and_load(conn, s3, contract, settings, [DAY])
