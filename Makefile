@@ -13,7 +13,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test lint typecheck unit integration e2e infra bench bench-etl bench-train bench-drift bench-serve dev-train mlflow-ui synth \
         local-up local-down \
-        local-status clean help
+        local-status clean help health backup-db restore-db scale-serving replay
 
 help:
 	@echo "make demo   - run the pipeline end to end on the local cloud (no AWS account, no Docker)"
@@ -83,6 +83,28 @@ synth: $(STAMP) $(NODE_STAMP)
 
 clean:
 	rm -rf $(VENV) node_modules cdk.out build .pytest_cache .mypy_cache .ruff_cache
+
+# The seed spec's operations, on the local cloud (TARGET=aws for the deployed stack)
+TARGET ?= local
+health: $(STAMP)
+	$(BIN)/pipectl health --target $(TARGET)
+
+logs-%: $(STAMP)
+	$(BIN)/pipectl logs $* --target $(TARGET)
+
+backup-db: $(STAMP)
+	$(BIN)/pipectl backup-db --target $(TARGET)
+
+restore-db: $(STAMP)
+	@test -n "$(file)" || (echo "usage: make restore-db file=backups/<dump>" && exit 2)
+	$(BIN)/pipectl restore-db $(file) --target $(TARGET)
+
+scale-serving: $(STAMP)
+	@test -n "$(n)" || (echo "usage: make scale-serving n=<containers>" && exit 2)
+	$(BIN)/pipectl scale-serving $(n) --target $(TARGET)
+
+replay: $(STAMP)
+	$(BIN)/pipectl replay --weeks $(or $(weeks),4)
 
 constraints: $(STAMP)
 	( echo "# Transitive pins for requirements-dev.txt (pip freeze of a fresh install). Regenerate with"; \

@@ -172,6 +172,7 @@ def _configure_moto(cloud: LocalCloud) -> None:
             {},
         )
 
+    _route_provisioned_concurrency()
     LambdaSimpleBackend.send_log_event = deliver_logs  # type: ignore[method-assign,assignment]
 
     from moto.batch_simple.models import BatchSimpleBackend
@@ -215,6 +216,64 @@ def _configure_moto(cloud: LocalCloud) -> None:
         StepFunctionsParserBackend.start_execution = start_execution  # type: ignore[method-assign,assignment]
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+_provisioned: dict[tuple[str, str], dict[str, Any]] = {}  # (function, qualifier) -> config
+
+
+def _route_provisioned_concurrency() -> None:
+    """moto has no provisioned-concurrency API: answer Put/Get/Delete ProvisionedConcurrencyConfig
+    and keep that many containers of each version the qualifier routes to initialised."""
+    import datetime as dt
+
+    from moto.awslambda import urls
+    from moto.awslambda.utils import get_backend
+
+    pattern = r"{0}/(?P<api_version>[^/]+)/functions/(?P<function_name>[\w_:%-]+)/provisioned-concurrency/?$"
+
+    def handle(request: Any, full_url: str, headers: Any) -> tuple[int, dict[str, str], str]:
+        from urllib.parse import parse_qs, unquote, urlparse
+
+        url = urlparse(full_url)
+        name = unquote(url.path.rstrip("/").split("/")[-2])
+        qualifier = (parse_qs(url.query).get("Qualifier") or [""])[0]
+        key = (name.split(":")[-1] if not name.startswith("arn:") else name.split(":")[6], qualifier)
+        json_headers = {"content-type": "application/json"}
+        if request.method == "GET":
+            if key not in _provisioned:
+                error = {"Type": "User", "message": "No Provisioned Concurrency Config found for this function"}
+                return (
+                    404,
+                    {**json_headers, "x-amzn-errortype": "ProvisionedConcurrencyConfigNotFoundException"},
+                    json.dumps(error),
+                )
+            return 200, json_headers, json.dumps(_provisioned[key])
+        if request.method == "DELETE":
+            _provisioned.pop(key, None)
+            return 204, json_headers, ""
+        active = _active
+        if active is None:
+            return 503, json_headers, json.dumps({"message": "no local cloud"})
+        wanted = int(json.loads(request.data or b"{}").get("ProvisionedConcurrentExecutions", 0))
+        backend = get_backend(ACCOUNT, REGION)
+        alias = backend._lambdas.get_alias(qualifier, key[0]) if not qualifier.isdigit() else None
+        versions = {qualifier} if alias is None else {str(alias.function_version)}
+        if alias is not None:
+            routing: Any = alias.routing_config or {}
+            versions |= {str(v) for v in (routing.get("AdditionalVersionWeights") or {})}
+        allocated = min(
+            active.lambdas.provision(backend.get_function(key[0], version), backend, wanted) for version in versions
+        )
+        _provisioned[key] = {
+            "RequestedProvisionedConcurrentExecutions": wanted,
+            "AvailableProvisionedConcurrentExecutions": allocated,
+            "AllocatedProvisionedConcurrentExecutions": allocated,
+            "Status": "READY",
+            "LastModified": dt.datetime.now(dt.UTC).isoformat(),
+        }
+        return 202, json_headers, json.dumps(_provisioned[key])
+
+    urls.url_paths[pattern] = handle
 
 
 def _put_log_lines(group: str, stream: str, lines: list[str]) -> None:

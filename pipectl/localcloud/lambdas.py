@@ -105,6 +105,7 @@ class Container:
 class _Pool:
     idle: list[Container] = field(default_factory=list)
     busy: int = 0
+    provisioned: int = 0  # containers kept initialised (provisioned concurrency)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
 
@@ -161,6 +162,23 @@ class LambdaRuntime:
             draw -= float(weight)
         return str(alias.function_version)
 
+    def provision(self, fn: Any, backend: Any, containers: int) -> int:
+        """Provisioned concurrency for one function version: keep ``containers`` initialised (their
+        cold start paid now, not by a request) and allow at least that many at once."""
+        key = (fn.function_name, str(fn.version), fn.code_sha_256)
+        with self._lock:
+            pool = self._pools.setdefault(key, _Pool())
+        with pool.cond:
+            pool.provisioned = containers
+            missing = max(0, containers - len(pool.idle) - pool.busy)
+        started = [self._start(fn, backend) for _ in range(missing)]
+        with pool.cond:
+            pool.idle.extend(started)
+            while len(pool.idle) > max(containers, self.max_containers):
+                pool.idle.pop(0).kill()
+            pool.cond.notify_all()
+            return len(pool.idle) + pool.busy
+
     def invoke(self, fn: Any, event: Any, backend: Any, qualifier: str | None = None) -> Any:
         key = (fn.function_name, str(fn.version), fn.code_sha_256)
         with self._lock:
@@ -190,7 +208,7 @@ class LambdaRuntime:
                     if container.alive:
                         pool.busy += 1
                         return container
-                if pool.busy < self.max_containers:
+                if pool.busy < max(self.max_containers, pool.provisioned):
                     pool.busy += 1
                     break
                 pool.cond.wait()

@@ -44,7 +44,12 @@ def check(
     settings: Settings,
     request: dict[str, Any],
 ) -> dict[str, Any]:
-    """Run one drift check; the summary says ``decision`` = retrain | none and why."""
+    """Run one drift check; the summary says ``decision`` = retrain | none and why.
+
+    ``window_days`` in the summary is also the holdout a retraining it starts compares on: the
+    newest days, which neither the champion nor the challenger's comparison fit has seen. A longer
+    holdout would keep the very change that triggered the retraining out of the challenger.
+    """
     from pricepipe.drift import check_drift, save_report
     from pricepipe.drift_report import render_html
     from pricepipe.lean_model import load_from_uri
@@ -96,11 +101,22 @@ def check(
     performance = {c.metric: c.value for c in report.checks if c.kind == "performance"}
     return {
         **summary,
-        "decision": "retrain" if report.drifted else "none",
+        "decision": decide(report, "rmse_ratio" in performance),
         "end": end.isoformat(),
+        "window_days": days,
         "performance": performance,
         "report_uri": f"s3://{settings.artifacts_bucket}/{key}",
     }
+
+
+def decide(report: Any, errors_measured: bool) -> str:
+    """Retrain when the champion got worse on the newest prices; only when that cannot be measured
+    (no actual prices yet) do shifted inputs or predictions alone ask for it. Seasonal inputs move
+    every week while the champion may still price them well, and a retraining that cannot win the
+    comparison only adds a registered version."""
+    if errors_measured:
+        return "retrain" if report.performance_drift else "none"
+    return "retrain" if report.drifted else "none"
 
 
 def _split(uri: str) -> tuple[str, str]:
