@@ -1,4 +1,10 @@
-"""The CDK app: both stacks, tags and the cdk-nag checks, built the same way by ``app.py`` and tests."""
+"""The CDK app: the stacks, tags and the cdk-nag checks, built the same way by ``app.py`` and tests.
+
+Deployed in this order (``cdk deploy --all``): data (network, buckets, database) -> pipeline (layers,
+functions, jobs, state machines, the model-layer parameter) -> serving (the API, its alias and
+canary) -> monitoring (alarms to an SNS topic, the dashboard). Monitoring names what it watches and
+references nothing, so it can also be deployed on its own.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +19,15 @@ from infrastructure import nag
 from infrastructure.catalog import PROJECT, ROOT
 from infrastructure.stacks.config import DeployConfig
 from infrastructure.stacks.data_stack import DataStack
+from infrastructure.stacks.monitoring_stack import MonitoringStack
 from infrastructure.stacks.pipeline_stack import PipelineStack
+from infrastructure.stacks.serving_stack import ServingStack
 
 DATA_STACK = "PricePipe-Data"
 PIPELINE_STACK = "PricePipe-Pipeline"
+SERVING_STACK = "PricePipe-Serving"
+MONITORING_STACK = "PricePipe-Monitoring"
+STACKS = (DATA_STACK, PIPELINE_STACK, SERVING_STACK, MONITORING_STACK)
 
 
 def environment() -> Environment | None:
@@ -36,7 +47,7 @@ def project_context() -> dict[str, Any]:
 
 
 def build_app(*, outdir: str | None = None, context: Mapping[str, Any] | None = None) -> App:
-    """Both stacks with the AWS Solutions checks enabled; call ``synth()`` on the result.
+    """The stacks with the AWS Solutions checks enabled; call ``synth()`` on the result.
 
     cdk.json's context is applied here too, so an app built by a test or by ``python app.py`` has the
     same feature flags as one run by the CLI (whose own context still takes precedence).
@@ -67,6 +78,30 @@ def build_app(*, outdir: str | None = None, context: Mapping[str, Any] | None = 
     )
     # Implied by the secret and VPC references too, but the buckets are used by name: say it outright.
     pipeline.add_stack_dependency(data, "the pipeline uses the data stack's buckets, database and network")
+    serving = ServingStack(
+        app,
+        SERVING_STACK,
+        stack_name=SERVING_STACK,
+        description=(
+            "PricePipe: the prediction API (FastAPI on Lambda) behind API Gateway, its live alias with CodeDeploy "
+            "canaries, and the prediction log"
+        ),
+        env=env,
+        data=data,
+        pipeline=pipeline,
+        config=config,
+    )
+    # CloudFormation resolves the model-layer parameter when it creates this stack's change set: the
+    # pipeline stack creates that parameter, so it must be deployed first.
+    serving.add_stack_dependency(pipeline, "the pipeline stack creates the model-layer parameter the API resolves")
+    MonitoringStack(
+        app,
+        MONITORING_STACK,
+        stack_name=MONITORING_STACK,
+        description="PricePipe: alarms to an SNS topic and a CloudWatch dashboard of the API, flows, drift, training",
+        env=env,
+        config=config,
+    )
     Tags.of(app).add("project", PROJECT)
     Tags.of(app).add("stage", config.stage)
     nag.enable(app)

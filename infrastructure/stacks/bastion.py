@@ -30,8 +30,10 @@ and then; a tunnel that exists only while someone looks has no public surface at
 
 The host: the smallest Graviton instance with Amazon Linux 2023 (SSM Agent preinstalled), IMDSv2
 only, an encrypted root volume, no key pair and no inbound rule. Its own security group reaches only
-PostgreSQL (5432) and the three Session Manager endpoints (443). Those endpoints are created with it,
-so a deployment without the bastion pays for none of them.
+PostgreSQL (5432) and the three Session Manager endpoints (443). The ``ssmmessages`` and
+``ec2messages`` endpoints are created with it, so a deployment without the bastion pays for neither;
+the ``ssm`` endpoint is the data stack's, which the promotion steps use anyway (a VPC can hold only
+one endpoint with private DNS per service).
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ from infrastructure import nag
 
 BASTION_INSTANCE_TYPE = "t4g.nano"
 LOCAL_PORT = 15432
-# Session Manager from subnets without a route out: the agent registers (ssm), opens its data
-# channel (ssmmessages) and, with agents older than 3.3.40, polls for messages (ec2messages).
+# Session Manager from subnets without a route out: the agent registers (ssm, the data stack's
+# endpoint), opens its data channel (ssmmessages) and, with agents older than 3.3.40, polls for
+# messages (ec2messages).
 SESSION_MANAGER_ENDPOINTS = {
-    "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
     "SsmMessages": ec2.InterfaceVpcEndpointAwsService.SSM_MESSAGES,
     "Ec2Messages": ec2.InterfaceVpcEndpointAwsService.EC2_MESSAGES,
 }
@@ -66,6 +68,7 @@ class DatabaseBastion(Construct):
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
         database: rds.DatabaseInstance,
+        ssm_endpoint: ec2.InterfaceVpcEndpoint,
     ) -> None:
         super().__init__(scope, construct_id)
         self.security_group = ec2.SecurityGroup(
@@ -80,6 +83,7 @@ class DatabaseBastion(Construct):
                 self, name, vpc=vpc, service=service, subnets=subnets, private_dns_enabled=True, open=False
             )
             endpoint.connections.allow_default_port_from(self.security_group, "Session Manager from the bastion")
+        ssm_endpoint.connections.allow_default_port_from(self.security_group, "Session Manager from the bastion")
         database.connections.allow_default_port_from(self.security_group, "Port forwarding from the bastion")
 
         role = iam.Role(

@@ -15,6 +15,15 @@ from constructs import Node
 
 STAGES = ("dev", "test", "prod")
 DEFAULT_ETL_SCHEDULE = "cron(0 2 * * ? *)"
+# Daily, two hours after the ETL: the drift check compares the newest loaded days.
+DEFAULT_DRIFT_SCHEDULE = "cron(0 5 * * ? *)"  # after the 02:00 ETL and the 04:00-04:30 RDS backup window
+# API Gateway throttling (stage default and usage plan): the same defaults as the local gateway's
+# token bucket, pricepipe.settings.Settings api_throttle_rate / api_throttle_burst (a test holds them equal).
+DEFAULT_API_THROTTLE_RATE = 50.0
+DEFAULT_API_THROTTLE_BURST = 100
+DEFAULT_API_QUOTA_PER_DAY = 1_000_000
+# An ETL run whose quarantined rows exceed this share of its input raises an alarm.
+DEFAULT_QUARANTINE_ALARM_PERCENT = 5.0
 # Version of AWS's "AWS SDK for pandas" layer for python3.12 x86_64 (pandas, numpy, pyarrow). Layer
 # version numbers differ between regions: look yours up in
 # https://aws-sdk-pandas.readthedocs.io/en/stable/layers.html and pin it with
@@ -60,6 +69,17 @@ class DeployConfig:
     bastion: bool = False
     # Fargate vCPUs that Batch may run at once: caps the cost of concurrent or runaway training jobs.
     batch_max_vcpus: int = 4
+    drift_schedule: str = DEFAULT_DRIFT_SCHEDULE
+    # Per API key (usage plan) and for the stage as a whole (the docs paths need no key).
+    api_throttle_rate: float = DEFAULT_API_THROTTLE_RATE
+    api_throttle_burst: int = DEFAULT_API_THROTTLE_BURST
+    api_quota_per_day: int = DEFAULT_API_QUOTA_PER_DAY
+    # API Gateway writes access and execution logs only with an account-wide CloudWatch Logs role
+    # (AWS::ApiGateway::Account). On by default so a fresh account works; turn it off where the
+    # account already has one managed elsewhere (-c pricepipe:apiGatewayAccountRole=false).
+    api_gateway_account_role: bool = True
+    alarm_email: str | None = None  # subscribed to the alarm topic when given
+    quarantine_alarm_percent: float = DEFAULT_QUARANTINE_ALARM_PERCENT
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -70,9 +90,17 @@ class DeployConfig:
             )
         if self.batch_max_vcpus < 1:
             raise ValueError(f"pricepipe:batchMaxVcpus must be at least 1, got {self.batch_max_vcpus}")
-        if not (self.etl_schedule.startswith(("cron(", "rate(", "at(")) and self.etl_schedule.endswith(")")):
+        for key, expression in (("etlSchedule", self.etl_schedule), ("driftSchedule", self.drift_schedule)):
+            if not (expression.startswith(("cron(", "rate(", "at(")) and expression.endswith(")")):
+                raise ValueError(f"pricepipe:{key} must be an EventBridge Scheduler expression, got {expression!r}")
+        if self.api_throttle_rate <= 0 or self.api_throttle_burst < 1 or self.api_quota_per_day < 1:
             raise ValueError(
-                f"pricepipe:etlSchedule must be an EventBridge Scheduler expression, got {self.etl_schedule!r}"
+                "pricepipe:apiThrottleRate must be positive, apiThrottleBurst and apiQuotaPerDay at least 1, got "
+                f"{self.api_throttle_rate}, {self.api_throttle_burst}, {self.api_quota_per_day}"
+            )
+        if not 0 < self.quarantine_alarm_percent <= 100:
+            raise ValueError(
+                f"pricepipe:quarantineAlarmPercent must be in (0, 100], got {self.quarantine_alarm_percent}"
             )
 
     @property
@@ -101,6 +129,13 @@ class DeployConfig:
             log_retention_days=int(get("logRetentionDays") or cls.log_retention_days),
             bastion=_flag(get("bastion"), default=cls.bastion),
             batch_max_vcpus=int(get("batchMaxVcpus") or cls.batch_max_vcpus),
+            drift_schedule=str(get("driftSchedule") or cls.drift_schedule),
+            api_throttle_rate=float(get("apiThrottleRate") or cls.api_throttle_rate),
+            api_throttle_burst=int(get("apiThrottleBurst") or cls.api_throttle_burst),
+            api_quota_per_day=int(get("apiQuotaPerDay") or cls.api_quota_per_day),
+            api_gateway_account_role=_flag(get("apiGatewayAccountRole"), default=cls.api_gateway_account_role),
+            alarm_email=get("alarmEmail") or None,
+            quarantine_alarm_percent=float(get("quarantineAlarmPercent") or cls.quarantine_alarm_percent),
         )
 
 

@@ -31,6 +31,12 @@ LANDING_PREFIX = "landing/"
 QUARANTINE_PREFIX = "quarantine/"
 LAKE_PREFIX = "processed_features/"
 MANIFEST_PREFIX = "manifests/etl/"
+CONTROL_PLANE_ENDPOINTS = {
+    "Lambda": ec2.InterfaceVpcEndpointAwsService.LAMBDA_,
+    "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
+    "StepFunctions": ec2.InterfaceVpcEndpointAwsService.STEP_FUNCTIONS,
+    "CloudWatchMonitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
+}
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,20 @@ class DataStack(Stack):
         }
         for endpoint in self.fargate_endpoints.values():
             endpoint.connections.allow_default_port_from(self.database_clients, "Batch jobs on Fargate")
+
+        # The promotion steps run in these subnets (they use the database) and act on AWS APIs that
+        # have no gateway endpoint: Lambda (the serving function's layers, versions and alias), SSM
+        # (the champion's model-layer parameter), Step Functions (other promotions, approvals) and
+        # CloudWatch (a canary's metrics). Four interface endpoints in two AZs cost less than a NAT
+        # gateway and open no route out. The SSM one also serves the bastion's agent.
+        self.control_plane_endpoints = {
+            name: self.vpc.add_interface_endpoint(
+                name, service=service, private_dns_enabled=True, subnets=self.subnets, open=False
+            )
+            for name, service in CONTROL_PLANE_ENDPOINTS.items()
+        }
+        for endpoint in self.control_plane_endpoints.values():
+            endpoint.connections.allow_default_port_from(self.database_clients, "Promotion steps")
 
     # -- buckets -----------------------------------------------------------------------------------
 
@@ -344,7 +364,14 @@ class DataStack(Stack):
         # How people browse MLflow in AWS: `mlflow ui` on their own machine against this database,
         # through a Session Manager tunnel to this optional host (see bastion.py for the commands).
         self.bastion = (
-            DatabaseBastion(self, "Bastion", vpc=self.vpc, subnets=self.subnets, database=self.database)
+            DatabaseBastion(
+                self,
+                "Bastion",
+                vpc=self.vpc,
+                subnets=self.subnets,
+                database=self.database,
+                ssm_endpoint=self.control_plane_endpoints["Ssm"],
+            )
             if config.bastion
             else None
         )

@@ -50,6 +50,7 @@ class PipelineFunction(Construct):
         vpc: ec2.IVpc | None = None,
         vpc_subnets: ec2.SubnetSelection | None = None,
         security_groups: Sequence[ec2.ISecurityGroup] = (),
+        current_version_options: lambda_.VersionOptions | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.spec = spec
@@ -94,6 +95,7 @@ class PipelineFunction(Construct):
             vpc=vpc,
             vpc_subnets=vpc_subnets if vpc is not None else None,
             security_groups=list(security_groups) if vpc is not None else None,
+            current_version_options=current_version_options,
         )
         # Active tracing is set on the L1 because the L2 ``tracing`` prop would add its X-Ray
         # statement to the role's default policy, next to the scoped grants (see module docstring).
@@ -102,14 +104,15 @@ class PipelineFunction(Construct):
         cfn_function.tracing_config = lambda_.CfnFunction.TracingConfigProperty(mode="Active")
         # Lambda extracts layers in list order and a later layer's file wins. With the
         # recognizeLayerVersion feature flag the L2 sorts the list by token text (an arbitrary order),
-        # so the caller's order (managed pandas layer first, our pinned packages after) is set here.
+        # so the caller's order (managed pandas layer first, our pinned packages after, the serving
+        # function's model last) is set here.
         cfn_function.layers = [layer.layer_version_arn for layer in layers]
         # Lambda checks the ENI permissions when the function is created, so they must exist first.
         self.function.node.add_dependency(platform)
         nag.acknowledge(
             self.function,
             "L1",
-            f"{LAMBDA_RUNTIME} is pinned on purpose: the dependency layer is built for CPython "
-            f"{LAMBDA_RUNTIME.removeprefix('python')} wheels and the AWS SDK for pandas managed layer is the "
-            "Python312 build; the runtime moves with infrastructure/catalog.py LAMBDA_RUNTIME.",
+            f"{LAMBDA_RUNTIME} is pinned on purpose: the layers are built for CPython "
+            f"{LAMBDA_RUNTIME.removeprefix('python')} wheels and bytecode and the AWS SDK for pandas managed layer "
+            "is the Python312 build; the runtime moves with infrastructure/catalog.py LAMBDA_RUNTIME.",
         )

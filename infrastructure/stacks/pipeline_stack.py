@@ -1,8 +1,13 @@
 """The pipeline: layers, the catalog's functions and jobs, the database migrations and the state machines.
 
-Reads top to bottom like the flow: code and layers -> functions with their data grants -> container
-jobs on AWS Batch -> schema migration on deploy -> state machines from their ASL files -> what starts
-them (a daily schedule and new objects in the landing bucket).
+Reads top to bottom like the flow: code and layers -> the model-layer parameter the serving stack
+reads -> functions with their data grants (and, for the promotion steps, their access to the serving
+function) -> container jobs on AWS Batch -> schema migration on deploy -> state machines from their
+ASL files -> what starts them (daily schedules and new objects in the landing bucket).
+
+The serving function itself (``catalog.SERVING_FUNCTION``) is deployed by the serving stack: its
+layers include a dynamic reference to the model-layer parameter, which must exist before that
+stack's change set is created (see :mod:`infrastructure.stacks.model_layer`).
 
 The Batch jobs live in this stack, next to the state machines that submit them: a job definition is
 immutable, so a change replaces it, and CloudFormation deregisters the old revision only in the
@@ -16,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import ArnFormat, CfnOutput, CustomResource, Duration, Stack
+from aws_cdk import Annotations, ArnFormat, CfnOutput, CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_iam as iam
@@ -28,16 +33,30 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
-from infrastructure import catalog, nag
-from infrastructure.layers import PANDAS_LAYER_PROVIDED, RUNTIME_PROVIDED, package_layer_code, requirements_layer_code
+from infrastructure import catalog, layers, nag
+from infrastructure.layers import (
+    PANDAS_LAYER_PROVIDED,
+    RUNTIME_PROVIDED,
+    build_requirements_layer,
+    installed_distributions,
+    package_layer_code,
+    requirements_layer_code,
+)
+from infrastructure.stacks import layer_names
 from infrastructure.stacks.batch_jobs import BatchJobs
 from infrastructure.stacks.config import PANDAS_LAYER_ACCOUNT, DeployConfig
 from infrastructure.stacks.data_access import attach_data_access, bucket_arn
 from infrastructure.stacks.data_stack import LANDING_PREFIX, MANIFEST_PREFIX, DataStack
+from infrastructure.stacks.model_layer import ModelLayerSeed
 from infrastructure.stacks.pipeline_function import RUNTIMES, PipelineFunction
+from infrastructure.stacks.serving_access import PROMOTION_ACCESS, attach_serving_access
 
 PACKAGE_DIR = catalog.ROOT / "layers" / "pricepipe" / "pricepipe"
-DEPS_REQUIREMENTS = catalog.ROOT / "layers" / "requirements" / "pricepipe-deps.txt"
+REQUIREMENTS_DIR = catalog.ROOT / "layers" / "requirements"
+DEPS_REQUIREMENTS = REQUIREMENTS_DIR / "pricepipe-deps.txt"
+NUMPY_REQUIREMENTS = REQUIREMENTS_DIR / "numpy.txt"
+MLFLOW_REQUIREMENTS = REQUIREMENTS_DIR / "mlflow-deps.txt"
+NO_BYTECODE_WARNING = "pricepipe:layers:noBytecode"
 MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
 BUNDLED_CONTRACTS_DIR = PACKAGE_DIR / "contracts"
 # AWS publishes the layer per Python version: AWSSDKPandas-Python312 for python3.12.
@@ -47,6 +66,8 @@ BATCH_SUBMIT_JOB = "arn:aws:states:::batch:submitJob"
 BATCH_SUBMIT_JOB_SYNC = f"{BATCH_SUBMIT_JOB}.sync"
 # The managed rule through which Step Functions learns that a .sync Batch job finished.
 BATCH_EVENTS_RULE = "StepFunctionsGetEventsForBatchJobsRule"
+# Step Functions' integration that starts another state machine and moves on (not .sync).
+STATES_START_EXECUTION = "arn:aws:states:::states:startExecution"
 
 
 def migrations_fingerprint(
@@ -107,34 +128,69 @@ class PipelineStack(Stack):
         self.data = data
         self.config = config
         self._layers()
+        self.model_layer_seed = ModelLayerSeed(
+            self, "ModelLayerSeed", log_retention=config.log_retention, delete_with_stack=not config.retain_data
+        )
         self._functions()
         self.jobs = BatchJobs(self, "Jobs", data=data, config=config)
         for placeholder, arn in self.jobs.substitutions().items():
             CfnOutput(self, placeholder, value=arn)  # e.g. TrainingJobQueueArn, for pipectl --target aws
         self._migrations()
-        self.state_machines = {spec.key: self._state_machine(spec) for spec in catalog.STATE_MACHINES}
+        self.state_machines: dict[str, sfn.StateMachine] = {}
+        for spec in catalog.STATE_MACHINES:  # a machine that another one starts comes first
+            self.state_machines[spec.key] = self._state_machine(spec)
         self._etl_triggers(self.state_machines["etl"])
+        self._drift_schedule(self.state_machines["drift"])
 
     # -- layers ------------------------------------------------------------------------------------
 
     def _layers(self) -> None:
-        runtime = RUNTIMES[catalog.LAMBDA_RUNTIME]
-        self.deps_layer = lambda_.LayerVersion(
-            self,
+        """Our layers, each under a fixed name (:mod:`infrastructure.stacks.layer_names`), with bytecode.
+
+        Per function (:meth:`function_layers`): numpy comes from the AWS SDK for pandas layer where a
+        function has it, else from our numpy layer (the shared package's model evaluator imports it);
+        MLflow's client only where a function opens a registry (its own layer: ~110 MB does not fit
+        beside the pandas layer, and no function needs both).
+        """
+        deps_excluded = RUNTIME_PROVIDED + PANDAS_LAYER_PROVIDED
+        self.deps_layer = self._layer(
             "DepsLayer",
-            code=requirements_layer_code(DEPS_REQUIREMENTS, excluded=RUNTIME_PROVIDED + PANDAS_LAYER_PROVIDED),
-            compatible_runtimes=[runtime],
-            compatible_architectures=[lambda_.Architecture.X86_64],
-            description=f"Third-party dependencies of the pricepipe package ({DEPS_REQUIREMENTS.name})",
+            layer_names.DEPS,
+            requirements_layer_code(DEPS_REQUIREMENTS, excluded=deps_excluded),
+            f"Third-party dependencies of the pricepipe package ({DEPS_REQUIREMENTS.name})",
         )
-        self.package_layer = lambda_.LayerVersion(
-            self,
+        self.numpy_layer = self._layer(
+            "NumpyLayer",
+            layer_names.NUMPY,
+            requirements_layer_code(NUMPY_REQUIREMENTS),
+            f"numpy for functions without the AWS SDK for pandas layer ({NUMPY_REQUIREMENTS.name})",
+        )
+        # Whatever the dependency layer ships is taken out of MLflow's, so each package exists once
+        # on a function's path (and pydantic, PyYAML, ... stay the dependency layer's pins).
+        deps_site = build_requirements_layer(DEPS_REQUIREMENTS, deps_excluded) / "python"
+        self.mlflow_layer = self._layer(
+            "MlflowLayer",
+            layer_names.MLFLOW,
+            requirements_layer_code(
+                MLFLOW_REQUIREMENTS, excluded=RUNTIME_PROVIDED + tuple(installed_distributions(deps_site))
+            ),
+            f"MLflow's tracking and registry client over PostgreSQL ({MLFLOW_REQUIREMENTS.name})",
+        )
+        self.package_layer = self._layer(
             "PackageLayer",
-            code=package_layer_code(PACKAGE_DIR),
-            compatible_runtimes=[runtime],
-            compatible_architectures=[lambda_.Architecture.X86_64],
-            description="The shared pricepipe package: contract, features, ETL, database, storage",
+            layer_names.PACKAGE,
+            package_layer_code(PACKAGE_DIR),
+            "The shared pricepipe package: contract, features, ETL, database, storage, serving, promotion",
+            # The serving stack uses this layer too and moves to a new version only when it is
+            # deployed after this stack: the version it still names must not be deleted meanwhile.
+            removal_policy=RemovalPolicy.RETAIN,
         )
+        if layers.bytecode_interpreter() is None:
+            Annotations.of(self).add_warning_v2(
+                NO_BYTECODE_WARNING,
+                f"No CPython {layers.PYTHON_VERSION} found (set {layers.BYTECODE_PYTHON_ENV}): the layers ship "
+                "sources only, and every cold start compiles the modules it imports.",
+            )
         pandas_arn = self.config.pandas_layer_arn or self.format_arn(
             service="lambda",
             account=PANDAS_LAYER_ACCOUNT,
@@ -144,6 +200,35 @@ class PipelineStack(Stack):
         )
         self.pandas_layer = lambda_.LayerVersion.from_layer_version_arn(self, "PandasLayer", pandas_arn)
 
+    def _layer(
+        self,
+        construct_id: str,
+        name: str,
+        code: lambda_.Code,
+        description: str,
+        removal_policy: RemovalPolicy | None = None,
+    ) -> lambda_.LayerVersion:
+        return lambda_.LayerVersion(
+            self,
+            construct_id,
+            layer_version_name=name,
+            code=code,
+            compatible_runtimes=[RUNTIMES[catalog.LAMBDA_RUNTIME]],
+            compatible_architectures=[lambda_.Architecture.X86_64],
+            description=description,
+            removal_policy=removal_policy,
+        )
+
+    def function_layers(self, spec: catalog.FunctionSpec) -> list[lambda_.ILayerVersion]:
+        """A pipeline function's layers in extraction order: later layers win where paths collide, so
+        our pinned dependencies come after the managed layer's and the shared package last."""
+        found: list[lambda_.ILayerVersion] = [self.pandas_layer if spec.needs_data_layer else self.numpy_layer]
+        found.append(self.deps_layer)
+        if spec.needs_registry:
+            found.append(self.mlflow_layer)
+        found.append(self.package_layer)
+        return found
+
     # -- functions ---------------------------------------------------------------------------------
 
     def _functions(self) -> None:
@@ -151,13 +236,10 @@ class PipelineStack(Stack):
         codes: dict[Path, lambda_.Code] = {}
         self.functions: dict[str, PipelineFunction] = {}
         for spec in catalog.FUNCTIONS:
+            if spec.key == catalog.SERVING_FUNCTION:
+                continue  # the serving stack's (see the module docstring)
             if spec.code_dir not in codes:
-                codes[spec.code_dir] = lambda_.Code.from_asset(
-                    str(spec.code_dir), exclude=["__pycache__", "*.pyc", "tests"]
-                )
-            # Later layers win where paths collide: our pinned dependencies over the managed layer's.
-            layers = [self.pandas_layer] if spec.needs_data_layer else []
-            layers += [self.deps_layer, self.package_layer]
+                codes[spec.code_dir] = function_code(spec)
             environment = catalog.function_environment(
                 spec,
                 landing_bucket=data.bucket_names.landing,
@@ -172,7 +254,7 @@ class PipelineStack(Stack):
                 catalog.camel(spec.key),
                 spec=spec,
                 code=codes[spec.code_dir],
-                layers=layers,
+                layers=self.function_layers(spec),
                 environment=environment,
                 log_retention=self.config.log_retention,
                 vpc=data.vpc if spec.needs_database else None,
@@ -184,20 +266,26 @@ class PipelineStack(Stack):
             CfnOutput(self, catalog.function_output(spec), value=function.function.function_name)
 
     def _grant_data_access(self, function: PipelineFunction) -> None:
-        """The S3 access its catalog entry declares (none without grants) and the database secret."""
+        """The S3 access its catalog entry declares (none without grants), the database secret, and for a
+        promotion step what it does to the serving function (:mod:`infrastructure.stacks.serving_access`)."""
         spec = function.spec
         if spec.needs_database:
             self.data.database_secret.grant_read(function.role)
-        policy = attach_data_access(
-            function,
-            function.role,
-            names=self.data.bucket_names,
-            grants=spec.s3,
-            contract=self.config.contract,
-            who=spec.name,
-        )
-        if policy is not None:
-            function.function.node.add_dependency(policy)
+        policies = [
+            attach_data_access(
+                function,
+                function.role,
+                names=self.data.bucket_names,
+                grants=spec.s3,
+                contract=self.config.contract,
+                who=spec.name,
+            )
+        ]
+        if spec.key in PROMOTION_ACCESS:
+            policies += attach_serving_access(function, function.role, spec.key)
+        for policy in policies:
+            if policy is not None:
+                function.function.node.add_dependency(policy)
 
     # -- migrations --------------------------------------------------------------------------------
 
@@ -249,9 +337,13 @@ class PipelineStack(Stack):
         functions = {f.spec.substitution: f for f in self.functions.values() if f.spec.substitution}
         values = {name: functions[name].function.function_arn for name in needed if name in functions}
         values |= {name: arn for name, arn in self.jobs.substitutions().items() if name in needed}
+        # Another state machine, by its fixed name: no reference to it, so two flows that start each
+        # other's machines could never form a dependency cycle.
+        started = [m for m in catalog.STATE_MACHINES if m.substitution in needed]
+        values |= {m.substitution: self.state_machine_arn(m) for m in started if m.substitution}
         unknown = needed - values.keys()
         if unknown:
-            raise KeyError(f"{spec.file}: no function or job provides {', '.join(sorted(unknown))}")
+            raise KeyError(f"{spec.file}: no function, job or state machine provides {', '.join(sorted(unknown))}")
         tasks = [functions[name] for name in sorted(needed) if name in functions]
         submitted = {job.key: job for name in needed if (job := self.jobs.job_for(name))}
         jobs = [submitted[key] for key in sorted(submitted)]
@@ -280,6 +372,7 @@ class PipelineStack(Stack):
                     "qualifiers, as Step Functions' Lambda integration documents."
                 )
         acknowledgments |= self._distributed_map_statements(spec, definition, asl_policy)
+        self._start_execution_statements(spec, definition, started, asl_policy)
         batch_acknowledgments, batch_policies = self._batch_statements(spec, definition, jobs, role, asl_policy)
         acknowledgments |= batch_acknowledgments
         for finding, reason in acknowledgments.items():
@@ -300,8 +393,11 @@ class PipelineStack(Stack):
         # The role must allow what the definition calls before the first execution can start.
         for policy in (asl_policy, *batch_policies):
             machine.node.add_dependency(policy)
-        # The first scheduled run must find the tables.
+        # The first scheduled run must find the tables, and the machines this one starts.
         machine.node.add_dependency(self.schema)
+        for other in started:
+            if other.key in self.state_machines:
+                machine.node.add_dependency(self.state_machines[other.key])
         default_policy = role.node.try_find_child("DefaultPolicy")
         if default_policy is not None:
             nag.acknowledge(
@@ -314,6 +410,36 @@ class PipelineStack(Stack):
         CfnOutput(self, catalog.state_machine_output(spec), value=machine.state_machine_arn)
         return machine
 
+    def state_machine_arn(self, spec: catalog.StateMachineSpec) -> str:
+        """A catalog state machine's ARN from its fixed name."""
+        return self.format_arn(
+            service="states", resource="stateMachine", resource_name=spec.name, arn_format=ArnFormat.COLON_RESOURCE_NAME
+        )
+
+    def _start_execution_statements(
+        self,
+        spec: catalog.StateMachineSpec,
+        definition: dict[str, Any],
+        started: list[catalog.StateMachineSpec],
+        policy: iam.Policy,
+    ) -> None:
+        """StartExecution on the machines the definition starts (``states:startExecution``, not .sync:
+        the started execution is not followed, so nothing else is needed)."""
+        if not started:
+            return
+        integrations = task_resources(definition)
+        if integrations & {f"{STATES_START_EXECUTION}.sync", f"{STATES_START_EXECUTION}.sync:2"}:
+            raise ValueError(f"{spec.file} waits for a started execution (.sync): grant what that needs first")
+        if STATES_START_EXECUTION not in integrations:
+            raise ValueError(f"{spec.file} names another state machine but never starts one")
+        policy.add_statements(
+            iam.PolicyStatement(
+                sid="StartStateMachines",
+                actions=["states:StartExecution"],
+                resources=[self.state_machine_arn(m) for m in started],
+            )
+        )
+
     def _distributed_map_statements(
         self, spec: catalog.StateMachineSpec, definition: dict[str, Any], policy: iam.Policy
     ) -> dict[str, str]:
@@ -323,9 +449,7 @@ class PipelineStack(Stack):
             return {}
         # The name is fixed so the role can name the state machine (and its executions) without a
         # reference to the resource that needs the role.
-        machine_arn = self.format_arn(
-            service="states", resource="stateMachine", resource_name=spec.name, arn_format=ArnFormat.COLON_RESOURCE_NAME
-        )
+        machine_arn = self.state_machine_arn(spec)
         manifests = bucket_arn(self, self.data.bucket_names.artifacts, MANIFEST_PREFIX)
         policy.add_statements(
             iam.PolicyStatement(sid="ReadItemManifests", actions=["s3:GetObject"], resources=[manifests]),
@@ -458,3 +582,22 @@ class PipelineStack(Stack):
                 )
             ],
         )
+
+    def _drift_schedule(self, machine: sfn.StateMachine) -> None:
+        scheduler.Schedule(
+            self,
+            "DriftSchedule",
+            description="Daily drift check of the newest days against the champion, after the ETL",
+            schedule=scheduler.ScheduleExpression.expression(self.config.drift_schedule),
+            target=scheduler_targets.StepFunctionsStartExecution(
+                machine,
+                input=scheduler.ScheduleTargetInput.from_object({}),
+                retry_attempts=3,
+                max_event_age=Duration.hours(1),
+            ),
+        )
+
+
+def function_code(spec: catalog.FunctionSpec) -> lambda_.Code:
+    """A function's folder as its code asset (without bytecode caches and tests)."""
+    return lambda_.Code.from_asset(str(spec.code_dir), exclude=["__pycache__", "*.pyc", "tests"])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ import pytest
 from aws_cdk import App, cx_api
 from aws_cdk.assertions import Template
 
-from infrastructure.stacks import DATA_STACK, PIPELINE_STACK, build_app
+from infrastructure.catalog import SERVING_FUNCTION, FunctionSpec
+from infrastructure.stacks import DATA_STACK, MONITORING_STACK, PIPELINE_STACK, SERVING_STACK, build_app
 
 
 @dataclass(frozen=True)
@@ -90,3 +92,36 @@ def pipeline_resources(synthesized: Synthesized) -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="package")
 def data_resources(synthesized: Synthesized) -> dict[str, dict[str, Any]]:
     return dict(synthesized.raw_template(DATA_STACK)["Resources"])
+
+
+@pytest.fixture(scope="package")
+def serving_template(synthesized: Synthesized) -> Template:
+    return synthesized.template(SERVING_STACK)
+
+
+@pytest.fixture(scope="package")
+def serving_resources(synthesized: Synthesized) -> dict[str, dict[str, Any]]:
+    return dict(synthesized.raw_template(SERVING_STACK)["Resources"])
+
+
+@pytest.fixture(scope="package")
+def monitoring_template(synthesized: Synthesized) -> Template:
+    return synthesized.template(MONITORING_STACK)
+
+
+@pytest.fixture(scope="package")
+def monitoring_resources(synthesized: Synthesized) -> dict[str, dict[str, Any]]:
+    return dict(synthesized.raw_template(MONITORING_STACK)["Resources"])
+
+
+@pytest.fixture(scope="package")
+def resources_of(
+    pipeline_resources: dict[str, dict[str, Any]], serving_resources: dict[str, dict[str, Any]]
+) -> Callable[[FunctionSpec], dict[str, dict[str, Any]]]:
+    """The resources of the stack that deploys a catalog function: the serving stack's for the API,
+    the pipeline stack's for every other one."""
+
+    def of(spec: FunctionSpec) -> dict[str, dict[str, Any]]:
+        return serving_resources if spec.key == SERVING_FUNCTION else pipeline_resources
+
+    return of

@@ -285,7 +285,7 @@ def test_given_the_vpc_then_fargate_jobs_reach_ecr_logs_and_secrets_through_endp
     assert sources[0]["SourceSecurityGroupId"]["Fn::GetAtt"][0].startswith("DatabaseClients")
 
 
-def test_given_the_default_context_then_there_is_no_bastion_and_no_session_manager_endpoint(
+def test_given_the_default_context_then_there_is_no_bastion_and_no_session_manager_channel_endpoint(
     data_resources: dict[str, dict[str, Any]],
 ) -> None:
     assert _of_type(data_resources, "AWS::EC2::Instance") == {}
@@ -293,7 +293,31 @@ def test_given_the_default_context_then_there_is_no_bastion_and_no_session_manag
         r["Properties"]["ServiceName"]["Fn::Join"][1][-1]
         for r in _of_type(data_resources, "AWS::EC2::VPCEndpoint").values()
     ]
-    assert not [s for s in services if "ssm" in s or "messages" in s]
+    assert not [s for s in services if "messages" in s], "ssmmessages and ec2messages come with the bastion only"
+
+
+def test_given_the_promotion_steps_in_the_vpc_then_lambda_ssm_states_and_monitoring_are_reached_through_endpoints(
+    data_resources: dict[str, dict[str, Any]],
+) -> None:
+    """Promotion steps use the database (so run in the isolated subnets) and call these APIs."""
+    endpoints = {
+        r["Properties"]["ServiceName"]["Fn::Join"][1][-1]: r["Properties"]
+        for r in _of_type(data_resources, "AWS::EC2::VPCEndpoint").values()
+    }
+    for service in (".lambda", ".ssm", ".states", ".monitoring"):
+        props = endpoints[service]
+        assert props["VpcEndpointType"] == "Interface"
+        assert props["PrivateDnsEnabled"] is True
+        (group,) = props["SecurityGroupIds"]
+        sources = [
+            r["Properties"]
+            for r in _of_type(data_resources, "AWS::EC2::SecurityGroupIngress").values()
+            if r["Properties"]["GroupId"] == group
+        ]
+        assert [s["SourceSecurityGroupId"]["Fn::GetAtt"][0][: len("DatabaseClients")] for s in sources] == [
+            "DatabaseClients"
+        ]
+        assert sources[0]["FromPort"] == sources[0]["ToPort"] == 443
 
 
 def test_given_the_data_stack_then_a_cli_finds_buckets_and_secret_by_output_name(data_template: Template) -> None:

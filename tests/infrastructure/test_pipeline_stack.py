@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,7 +12,7 @@ from aws_cdk.assertions import Capture, Match, Template
 
 from infrastructure import catalog
 from infrastructure.catalog import Grant
-from infrastructure.stacks.config import DEFAULT_ETL_SCHEDULE, DEFAULT_PANDAS_LAYER_VERSION
+from infrastructure.stacks.config import DEFAULT_DRIFT_SCHEDULE, DEFAULT_ETL_SCHEDULE, DEFAULT_PANDAS_LAYER_VERSION
 from infrastructure.stacks.data_access import s3_statements
 from infrastructure.stacks.data_stack import (
     LAKE_PREFIX,
@@ -22,6 +23,7 @@ from infrastructure.stacks.data_stack import (
 )
 from infrastructure.stacks.pipeline_stack import distributed_map_labels, migrations_fingerprint, task_resources
 from tests.infrastructure.support import (
+    as_list,
     expected_s3_grants,
     of_type,
     s3_grants,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.infra
 
 Resources = dict[str, dict[str, Any]]
+ResourcesOf = Callable[[catalog.FunctionSpec], Resources]
 ETL = catalog.state_machine("etl")
 
 
@@ -46,8 +49,9 @@ def _function(resources: Resources, spec: catalog.FunctionSpec) -> tuple[str, di
 
 @pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
 def test_given_a_catalog_function_then_it_is_deployed_with_its_handler_runtime_and_sizes(
-    spec: catalog.FunctionSpec, pipeline_resources: Resources
+    spec: catalog.FunctionSpec, resources_of: ResourcesOf
 ) -> None:
+    pipeline_resources = resources_of(spec)
     _, function = _function(pipeline_resources, spec)
     props = function["Properties"]
     assert props["Handler"] == spec.handler
@@ -61,8 +65,9 @@ def test_given_a_catalog_function_then_it_is_deployed_with_its_handler_runtime_a
 
 @pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
 def test_given_a_catalog_function_then_its_environment_is_the_catalogs(
-    spec: catalog.FunctionSpec, pipeline_resources: Resources
+    spec: catalog.FunctionSpec, resources_of: ResourcesOf
 ) -> None:
+    pipeline_resources = resources_of(spec)
     _, function = _function(pipeline_resources, spec)
     variables = function["Properties"]["Environment"]["Variables"]
     expected = catalog.function_environment(
@@ -85,27 +90,39 @@ def test_given_a_catalog_function_then_its_environment_is_the_catalogs(
         assert variables[key]["Fn::Join"][1][0] == f"pricepipe-prod-{purpose}-"
 
 
-@pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
-def test_given_a_catalog_function_then_it_has_the_shared_layers_and_the_pandas_layer_when_it_needs_data(
+@pytest.mark.parametrize(
+    "spec", [f for f in catalog.FUNCTIONS if f.key != catalog.SERVING_FUNCTION], ids=lambda s: s.key
+)
+def test_given_a_pipeline_function_then_its_layers_are_numpy_dependencies_mlflow_if_it_opens_a_registry_package(
     spec: catalog.FunctionSpec, pipeline_resources: Resources
 ) -> None:
     _, function = _function(pipeline_resources, spec)
     layers = function["Properties"]["Layers"]
-    own = [layer["Ref"] for layer in layers if "Ref" in layer]
-    assert [name.rstrip("0123456789ABCDEF") for name in own] == ["DepsLayer", "PackageLayer"]
+    own = [name.rstrip("0123456789ABCDEF") for layer in layers if "Ref" in layer for name in [layer["Ref"]]]
     managed = [json.dumps(layer) for layer in layers if "Ref" not in layer]
+    expected = ["DepsLayer", *(["MlflowLayer"] if spec.needs_registry else []), "PackageLayer"]
     if spec.needs_data_layer:
+        # later layers win where paths collide: the managed layer first, so our pinned packages win
         assert len(managed) == 1
         assert f":336392948345:layer:AWSSDKPandas-Python312:{DEFAULT_PANDAS_LAYER_VERSION}" in managed[0]
-        assert json.dumps(layers[0]) == managed[0], "the managed layer goes first so our pinned packages win"
+        assert json.dumps(layers[0]) == managed[0]
+        assert own == expected
     else:
         assert managed == []
+        assert own == ["NumpyLayer", *expected], "the shared package's model evaluator imports numpy"
+    assert len(layers) <= 5, "Lambda's limit"
+
+
+def test_given_a_function_that_opens_a_registry_then_it_never_also_carries_the_pandas_layer() -> None:
+    """MLflow's layer (~115 MB with bytecode) and the managed pandas layer do not fit in 250 MB together."""
+    assert not [f.key for f in catalog.FUNCTIONS if f.needs_registry and f.needs_data_layer]
 
 
 @pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
 def test_given_a_catalog_function_then_its_role_has_no_managed_policy_and_logs_only_to_its_own_group(
-    spec: catalog.FunctionSpec, pipeline_resources: Resources
+    spec: catalog.FunctionSpec, resources_of: ResourcesOf
 ) -> None:
+    pipeline_resources = resources_of(spec)
     _, function = _function(pipeline_resources, spec)
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
     assert "ManagedPolicyArns" not in pipeline_resources[role]["Properties"]
@@ -117,8 +134,9 @@ def test_given_a_catalog_function_then_its_role_has_no_managed_policy_and_logs_o
 
 @pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
 def test_given_a_catalog_function_then_its_s3_access_is_exactly_what_its_grants_declare(
-    spec: catalog.FunctionSpec, pipeline_resources: Resources
+    spec: catalog.FunctionSpec, resources_of: ResourcesOf
 ) -> None:
+    pipeline_resources = resources_of(spec)
     _, function = _function(pipeline_resources, spec)
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
     assert s3_grants(statements_of_role(pipeline_resources, role)) == expected_s3_grants(spec.s3)
@@ -163,8 +181,9 @@ def test_given_a_function_then_it_may_touch_only_the_bucket_prefixes_its_handler
 
 @pytest.mark.parametrize("spec", [f for f in catalog.FUNCTIONS if not f.s3], ids=lambda s: s.key)
 def test_given_a_function_without_grants_then_it_has_no_data_access_policy(
-    spec: catalog.FunctionSpec, pipeline_resources: Resources
+    spec: catalog.FunctionSpec, resources_of: ResourcesOf
 ) -> None:
+    pipeline_resources = resources_of(spec)
     _, function = _function(pipeline_resources, spec)
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
     actions = {a for s in statements_of_role(pipeline_resources, role) for a in s["Action"]}
@@ -192,8 +211,9 @@ def test_given_a_malformed_grant_then_synthesis_refuses_it_rather_than_granting_
 
 @pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
 def test_given_a_function_that_needs_the_database_then_it_may_read_the_database_secret(
-    spec: catalog.FunctionSpec, pipeline_resources: Resources
+    spec: catalog.FunctionSpec, resources_of: ResourcesOf
 ) -> None:
+    pipeline_resources = resources_of(spec)
     _, function = _function(pipeline_resources, spec)
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
     secret_reads = [
@@ -204,17 +224,19 @@ def test_given_a_function_that_needs_the_database_then_it_may_read_the_database_
         assert "Fn::GetStackOutput" in json.dumps(secret_reads[0]["Resource"]), "the data stack's secret"
 
 
-def test_given_the_pipeline_then_a_cli_finds_every_function_and_state_machine_by_output_name(
-    pipeline_template: Template,
+def test_given_the_stacks_then_a_cli_finds_every_function_and_state_machine_by_output_name(
+    pipeline_template: Template, serving_template: Template
 ) -> None:
-    outputs = pipeline_template.to_json()["Outputs"]
-    expected = {catalog.function_output(f) for f in catalog.FUNCTIONS} | {
+    pipeline_outputs = pipeline_template.to_json()["Outputs"]
+    serving_outputs = serving_template.to_json()["Outputs"]
+    expected = {catalog.function_output(f) for f in catalog.FUNCTIONS if f.key != catalog.SERVING_FUNCTION} | {
         catalog.state_machine_output(m) for m in catalog.STATE_MACHINES
     }
-    assert expected <= set(outputs)
-    assert "EtlLoadFunctionName" in outputs
-    assert "EtlStateMachineArn" in outputs
-    assert not [name for name in expected if "Export" in outputs[name]]
+    assert expected <= set(pipeline_outputs)
+    assert catalog.function_output(catalog.function(catalog.SERVING_FUNCTION)) in serving_outputs
+    assert "EtlLoadFunctionName" in pipeline_outputs
+    assert "EtlStateMachineArn" in pipeline_outputs
+    assert not [name for name in expected if "Export" in pipeline_outputs[name]]
 
 
 def test_given_the_migrations_then_a_custom_resource_runs_them_with_a_fingerprint_of_migrations_and_contract(
@@ -296,9 +318,46 @@ def test_given_a_catalog_state_machine_then_every_placeholder_is_substituted_wit
     _, machine = _state_machine(pipeline_resources, spec)
     substitutions = machine["Properties"]["DefinitionSubstitutions"]
     assert set(substitutions) == catalog.placeholders(spec) == set(spec.substitutions)
+    machines = {m.substitution: m for m in catalog.STATE_MACHINES if m.substitution}
     for name, value in substitutions.items():
+        if name in machines:
+            # another state machine, by its fixed name (no reference, so no cycle between flows)
+            assert value["Fn::Join"][1][-1] == f":stateMachine:{machines[name].name}"
+            _state_machine(pipeline_resources, machines[name])
+            continue
         reference = value.get("Fn::GetAtt", [value.get("Ref")])[0]
         assert reference in pipeline_resources, f"{name} must name a resource of this stack, got {value}"
+
+
+@pytest.mark.parametrize(("starter", "started"), [("training", "promotion"), ("drift", "training")])
+def test_given_a_flow_that_starts_another_then_its_role_may_start_exactly_that_state_machine(
+    starter: str, started: str, pipeline_resources: Resources
+) -> None:
+    name, machine = _state_machine(pipeline_resources, catalog.state_machine(starter))
+    target, _ = _state_machine(pipeline_resources, catalog.state_machine(started))
+    role = machine["Properties"]["RoleArn"]["Fn::GetAtt"][0]
+    statements = statements_of_role(pipeline_resources, role)
+    starts = [s for s in statements if "states:StartExecution" in as_list(s["Action"])]
+    assert len(starts) == 1
+    assert starts[0]["Action"] == "states:StartExecution", "startExecution (not .sync) needs nothing else"
+    assert starts[0]["Resource"]["Fn::Join"][1][-1] == f":stateMachine:{catalog.state_machine(started).name}"
+    assert not [a for s in statements for a in as_list(s["Action"]) if a.startswith("states:") and s is not starts[0]]
+    assert target in pipeline_resources[name].get("DependsOn", []), "the started machine exists before the first run"
+
+
+def test_given_the_drift_schedule_then_it_starts_the_drift_check_daily_after_the_etl_with_an_empty_input(
+    pipeline_template: Template, pipeline_resources: Resources
+) -> None:
+    machine, _ = _state_machine(pipeline_resources, catalog.state_machine("drift"))
+    target = Capture()
+    pipeline_template.has_resource_properties(
+        "AWS::Scheduler::Schedule",
+        {"ScheduleExpression": DEFAULT_DRIFT_SCHEDULE, "State": "ENABLED", "Target": target},
+    )
+    assert target.as_object()["Arn"] == {"Ref": machine}
+    assert json.loads(target.as_object()["Input"]) == {}
+    assert DEFAULT_DRIFT_SCHEDULE == "cron(0 5 * * ? *)"
+    assert DEFAULT_ETL_SCHEDULE == "cron(0 2 * * ? *)", "the drift check reads what the ETL loaded"
 
 
 def test_given_the_asl_files_then_task_resources_name_the_service_integrations_they_use() -> None:
