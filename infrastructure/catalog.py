@@ -17,6 +17,12 @@ STATE_MACHINES_DIR = Path(__file__).resolve().parent / "statemachines"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9]+)\}")
 
 PROJECT = "pricepipe"
+# CloudFormation stacks, in deploy order (pipectl --target aws reads their outputs)
+DATA_STACK = "PricePipe-Data"
+PIPELINE_STACK = "PricePipe-Pipeline"
+SERVING_STACK = "PricePipe-Serving"
+MONITORING_STACK = "PricePipe-Monitoring"
+STACKS = (DATA_STACK, PIPELINE_STACK, SERVING_STACK, MONITORING_STACK)
 LAMBDA_RUNTIME = "python3.12"
 
 

@@ -16,8 +16,6 @@ from botocore.config import Config
 
 from infrastructure import catalog
 
-DATA_STACK = "PricePipe-Data"
-PIPELINE_STACK = "PricePipe-Pipeline"
 DEFAULT_STATE_DIR = Path(os.environ.get("PIPECTL_STATE_DIR", ".localcloud"))
 
 
@@ -81,7 +79,7 @@ def aws_target(region: str | None = None) -> Target:
         raise TargetUnavailable("set AWS_REGION (or AWS_DEFAULT_REGION) to the region the stacks are deployed in")
     cfn = boto3.client("cloudformation", region_name=region)
     outputs: dict[str, str] = {}
-    for stack in (DATA_STACK, PIPELINE_STACK):
+    for stack in (catalog.DATA_STACK, catalog.PIPELINE_STACK, catalog.SERVING_STACK):
         try:
             described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
         except Exception as exc:
@@ -97,6 +95,11 @@ def aws_target(region: str | None = None) -> Target:
         for m in catalog.STATE_MACHINES
         if catalog.state_machine_output(m) in outputs
     }
+    api_key = None
+    if outputs.get("ApiKeyId"):  # the stack outputs the key's id, never its value
+        api_key = boto3.client("apigateway", region_name=region).get_api_key(
+            apiKey=outputs["ApiKeyId"], includeValue=True
+        )["value"]
     return Target(
         kind="aws",
         region=region,
@@ -105,6 +108,8 @@ def aws_target(region: str | None = None) -> Target:
         artifacts_bucket=outputs["ArtifactsBucketName"],
         state_machines=machines,
         functions=functions,
+        api_url=outputs.get("ApiUrl", "").rstrip("/") or None,
+        api_key=api_key,
     )
 
 

@@ -16,18 +16,12 @@ from typing import Any
 from aws_cdk import App, Environment, Tags
 
 from infrastructure import nag
-from infrastructure.catalog import PROJECT, ROOT
+from infrastructure.catalog import DATA_STACK, MONITORING_STACK, PIPELINE_STACK, PROJECT, ROOT, SERVING_STACK, STACKS  # noqa: F401
 from infrastructure.stacks.config import DeployConfig
 from infrastructure.stacks.data_stack import DataStack
 from infrastructure.stacks.monitoring_stack import MonitoringStack
 from infrastructure.stacks.pipeline_stack import PipelineStack
 from infrastructure.stacks.serving_stack import ServingStack
-
-DATA_STACK = "PricePipe-Data"
-PIPELINE_STACK = "PricePipe-Pipeline"
-SERVING_STACK = "PricePipe-Serving"
-MONITORING_STACK = "PricePipe-Monitoring"
-STACKS = (DATA_STACK, PIPELINE_STACK, SERVING_STACK, MONITORING_STACK)
 
 
 def environment() -> Environment | None:
