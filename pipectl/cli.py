@@ -34,6 +34,7 @@ from rich.table import Table
 
 from infrastructure import catalog
 from pipectl import datasource, flows, ops
+from pipectl.ops import TargetOption
 from pipectl.target import DEFAULT_STATE_DIR, Target, TargetUnavailable, local_target, resolve
 
 console = Console()
@@ -41,7 +42,6 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pret
 local_app = typer.Typer(help="The local cloud: AWS APIs from moto on loopback, running the real code.")
 app.add_typer(local_app, name="local")
 
-TargetOption = Annotated[str, typer.Option("--target", "-t", envvar="PIPECTL_TARGET", help="local or aws")]
 StateDirOption = Annotated[Path, typer.Option("--state-dir", envvar="PIPECTL_STATE_DIR", help="local cloud state")]
 LANDING_PREFIX = "landing/"
 
@@ -906,7 +906,7 @@ def _redact(url: str) -> str:
     return url
 
 
-ops.register(app, _target, typer.Option("--target", "-t", envvar="PIPECTL_TARGET", help="local or aws"))
+ops.register(app, _target)
 
 
 def main() -> None:

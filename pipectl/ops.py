@@ -26,6 +26,10 @@ from pipectl.target import Target
 
 console = Console()
 
+# The --target option every command shares. At module level: typer resolves the (postponed)
+# annotations against this module's globals, so a closure variable would not be found.
+TargetOption = Annotated[str, typer.Option("--target", "-t", envvar="PIPECTL_TARGET", help="local or aws")]
+
 
 # -- health ----------------------------------------------------------------------------------------
 
@@ -212,11 +216,11 @@ def scale_serving(target: Target, containers: int) -> dict[str, Any]:
     return {k: v for k, v in answer.items() if k != "ResponseMetadata"}
 
 
-def register(app: typer.Typer, resolve_target: Callable[[str], Target], target_option: Any) -> None:
+def register(app: typer.Typer, resolve_target: Callable[[str], Target]) -> None:
     """Add the operations commands to the CLI."""
 
     @app.command()
-    def health(target_kind: Annotated[str, target_option] = "local") -> None:
+    def health(target_kind: TargetOption = "local") -> None:
         """Check every component: buckets, functions, state machines, database, API."""
         if not print_health(resolve_target(target_kind)):
             raise typer.Exit(1)
@@ -224,7 +228,7 @@ def register(app: typer.Typer, resolve_target: Callable[[str], Target], target_o
     @app.command()
     def logs(
         function: Annotated[str, typer.Argument(help="catalog key, e.g. etl-load or api")],
-        target_kind: Annotated[str, target_option] = "local",
+        target_kind: TargetOption = "local",
         minutes: Annotated[float, typer.Option(help="how far back")] = 60,
         limit: Annotated[int, typer.Option(help="lines at most")] = 200,
     ) -> None:
@@ -233,7 +237,7 @@ def register(app: typer.Typer, resolve_target: Callable[[str], Target], target_o
 
     @app.command("backup-db")
     def backup_db(
-        target_kind: Annotated[str, target_option] = "local",
+        target_kind: TargetOption = "local",
         file: Annotated[Path | None, typer.Option(help="where to write the dump (local)")] = None,
     ) -> None:
         """Back the database up: pg_dump locally, an RDS snapshot on AWS."""
@@ -243,7 +247,7 @@ def register(app: typer.Typer, resolve_target: Callable[[str], Target], target_o
     @app.command("restore-db")
     def restore_db(
         file: Annotated[Path, typer.Argument(help="a dump written by backup-db")],
-        target_kind: Annotated[str, target_option] = "local",
+        target_kind: TargetOption = "local",
     ) -> None:
         """Restore the local database from a backup-db dump (its tables are replaced)."""
         try:
@@ -256,7 +260,7 @@ def register(app: typer.Typer, resolve_target: Callable[[str], Target], target_o
     @app.command("scale-serving")
     def scale(
         containers: Annotated[int, typer.Argument(help="initialised containers on the live alias (0: none)")],
-        target_kind: Annotated[str, target_option] = "local",
+        target_kind: TargetOption = "local",
     ) -> None:
         """Provisioned concurrency for the API's live alias."""
         if containers < 0:
