@@ -97,6 +97,19 @@ def test_too_little_data_ends_without_training(target: Target, loaded: dt.date) 
     assert models(target) == before
 
 
+def test_data_that_only_covers_the_holdout_ends_without_starting_a_job(target: Target, loaded: dt.date) -> None:
+    # GIVEN ~20 days of rows: plenty of them, all inside the validation days and the holdout
+    before = models(target)
+
+    execution = flows.run(target, "training", {**FAST, "end": "2016-07-20"})
+
+    # THEN the flow says why and ends, rather than starting a job bound to fail
+    assert execution.status == "SUCCEEDED", execution.cause
+    assert execution.output["ready"] is False and execution.output["rows"] >= 200
+    assert "before the 14 validation and 14 holdout days" in execution.output["why"]
+    assert models(target) == before
+
+
 def drift_rows(target: Target, check_id: str) -> list[tuple[str, str | None, str, bool]]:
     assert target.database_url
     with psycopg.connect(target.database_url) as conn:

@@ -46,9 +46,10 @@ def check(
 ) -> dict[str, Any]:
     """Run one drift check; the summary says ``decision`` = retrain | none and why.
 
-    ``window_days`` in the summary is also the holdout a retraining it starts compares on: the
-    newest days, which neither the champion nor the challenger's comparison fit has seen. A longer
-    holdout would keep the very change that triggered the retraining out of the challenger.
+    ``holdout_days`` is what a retraining it starts holds out to compare on: the drift window, the
+    newest days, which neither the champion nor the challenger's comparison fit has seen (a longer
+    holdout would keep the very change that triggered the retraining out of the challenger); with
+    no champion yet, the configured holdout.
     """
     from pricepipe.drift import check_drift, save_report
     from pricepipe.drift_report import render_html
@@ -62,7 +63,13 @@ def check(
         (settings.model_name,),
     ).fetchone()
     if champion is None:
-        return {"check_id": check_id, "decision": "retrain", "drifted": None, "reasons": ["no champion model yet"]}
+        return {
+            "check_id": check_id,
+            "decision": "retrain",
+            "drifted": None,
+            "reasons": ["no champion model yet"],
+            "holdout_days": settings.holdout_days,  # nothing to compare with: the usual holdout
+        }
     version, serving_uri, metrics = str(champion[0]), str(champion[1]), dict(champion[2] or {})
     end = dt.date.fromisoformat(request["end"]) if request.get("end") else latest_event_date_postgres(conn, contract)
     if end is None:
@@ -104,6 +111,7 @@ def check(
         "decision": decide(report, "rmse_ratio" in performance),
         "end": end.isoformat(),
         "window_days": days,
+        "holdout_days": days,  # a retraining compares challenger and champion on the days that drifted
         "performance": performance,
         "report_uri": f"s3://{settings.artifacts_bucket}/{key}",
     }

@@ -54,8 +54,16 @@ def prepare(
         return {**base, "ready": False, "end": None, "rows": 0, "why": "no data has been loaded yet"}
     window = TrainingWindow.ending(end_date, window_days)
     rows = _rows_between(conn, contract, window.start, window.end)
-    ready = rows >= MIN_TRAINING_ROWS
-    why = "" if ready else f"{rows} rows in {window.start}..{window.end}; training needs {MIN_TRAINING_ROWS}"
+    # the job fits on what precedes its validation days and holdout (the newest days): count those
+    fit_end = end_date - dt.timedelta(days=holdout_days + validation_days)
+    fit_rows = _rows_between(conn, contract, window.start, fit_end) if fit_end >= window.start else 0
+    ready = fit_rows >= MIN_TRAINING_ROWS
+    why = (
+        ""
+        if ready
+        else f"{fit_rows} rows in {window.start}..{fit_end}, before the {validation_days} validation and"
+        f" {holdout_days} holdout days ending {end_date} ({rows} rows in all); training needs {MIN_TRAINING_ROWS}"
+    )
     return {**base, "ready": ready, "end": end_date.isoformat(), "rows": rows, "why": why}
 
 
