@@ -15,16 +15,21 @@ The OpenAPI document still shows the body as the contract's row model *or* batch
 Metrics: CloudWatch EMF, rows priced and latency by model version, inside each request's prediction
 log line (:class:`pricepipe.serving.prediction_log.EmfMetrics` says why), and cold starts through
 Powertools; as a server, also ``/metrics`` (Prometheus text).
+
+Cold start (DESIGN §5: 0.6 s to the first answer) is mostly importing FastAPI, pydantic and numpy,
+which the issue requires; the rest is kept off the init path: no response models on the routes
+(FastAPI builds a serializer for each and imports ``pydantic.v1`` to vet them, ~35 ms here — the
+responses are encoded by the service, and the OpenAPI document names the models all the same), the
+OpenAPI schemas are built when ``/openapi.json`` is first read, and prometheus_client is imported
+when ``/metrics`` is.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import MutableMapping
-from typing import Any, cast
+from collections.abc import Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, cast
 
-from aws_lambda_powertools.utilities.typing import LambdaContext
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -34,10 +39,10 @@ from mangum import Mangum
 
 from pricepipe.contract import Contract, load_contract
 from pricepipe.observability import logger, metrics
-from pricepipe.serving.http_metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
+from pricepipe.serving.http_metrics import HttpMetrics, MetricsMiddleware
 from pricepipe.serving.model_layer import load_deployed_model
-from pricepipe.serving.prediction_log import EmfMetrics
-from pricepipe.serving.requests import ErrorResponse, PredictionResponse, ValidationErrorResponse
+from pricepipe.serving.prediction_log import EmfMetrics, ServerErrorMetric, log_serializer
+from pricepipe.serving.requests import REF_TEMPLATE, ErrorResponse, PredictionResponse, ValidationErrorResponse
 from pricepipe.serving.service import (
     NO_MODEL,
     BatchTooLarge,
@@ -45,9 +50,11 @@ from pricepipe.serving.service import (
     NoModelDeployed,
     PredictionService,
     log_deserializer,
-    log_serializer,
 )
 from pricepipe.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
 
 
 def _contract(settings: Settings) -> Contract:
@@ -68,7 +75,15 @@ def _request_id(scope: MutableMapping[str, Any]) -> str:
     context = scope.get("aws.context")
     if context is not None and getattr(context, "aws_request_id", None):
         return str(context.aws_request_id)
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without importing uuid at cold start
+
+
+def _json_response(model: str, description: str) -> dict[str, Any]:
+    """An OpenAPI response whose JSON body is the named component schema (added in ``openapi()``)."""
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": REF_TEMPLATE.format(model=model)}}},
+    }
 
 
 def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI:
@@ -86,8 +101,6 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
     app.add_middleware(MetricsMiddleware, metrics=http_metrics)
     if service.ready:
         http_metrics.serving(service.model_name, service.model_version)
-    body_schema, components = service.models.body_schemas()
-    example = service.models.example
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -97,25 +110,12 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
     @app.post(
         "/predict",
         summary="Price one row or a batch of rows",
-        response_model=PredictionResponse,
+        # declared as schemas, not response models (see the module docstring)
         responses={
-            413: {"model": ErrorResponse, "description": f"More than {service.max_batch_rows} rows"},
-            422: {"model": ValidationErrorResponse, "description": "Invalid input: every bad field, located"},
-            503: {"model": ErrorResponse, "description": "No model deployed yet"},
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": body_schema,
-                        "examples": {
-                            "one row": {"summary": "One row", "value": example},
-                            "batch": {"summary": "A batch", "value": {"rows": [example]}},
-                        },
-                    }
-                },
-            }
+            200: _json_response(PredictionResponse.__name__, "The predicted prices"),
+            413: _json_response(ErrorResponse.__name__, f"More than {service.max_batch_rows} rows"),
+            422: _json_response(ValidationErrorResponse.__name__, "Invalid input: every bad field, located"),
+            503: _json_response(ErrorResponse.__name__, "No model deployed yet"),
         },
     )
     async def predict(request: Request) -> Response:
@@ -148,13 +148,33 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
 
     @app.get("/metrics", summary="Prometheus metrics of this process", response_class=Response)
     async def prometheus() -> Response:
-        return Response(http_metrics.render(), media_type=CONTENT_TYPE)
+        return Response(http_metrics.render(), media_type=http_metrics.content_type)
 
     def openapi() -> dict[str, Any]:
-        # the request body is declared by hand (see the module docstring): add the models it refers to
+        # the request body and the responses are declared by hand (see the module docstring): add
+        # them and the models they refer to, once, when the document is first asked for
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            body_schema, body_components = service.models.body_schemas()
+            components.update(body_components)
+            for model in (PredictionResponse, ErrorResponse, ValidationErrorResponse):
+                model_schema = model.model_json_schema(ref_template=REF_TEMPLATE, mode="serialization")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            example = service.models.example
+            schema["paths"]["/predict"]["post"]["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": body_schema,
+                        "examples": {
+                            "one row": {"summary": "One row", "value": example},
+                            "batch": {"summary": "A batch", "value": {"rows": [example]}},
+                        },
+                    }
+                },
+            }
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -177,9 +197,59 @@ service = PredictionService(
 )
 http_metrics = HttpMetrics()
 app = create_app(service, http_metrics)
-_lambda_adapter = Mangum(app, lifespan="off")  # the lifespan would otherwise run on every invocation
 
 
-@metrics.log_metrics(capture_cold_start_metric=True)
+def stage_root_path(event: Mapping[str, Any]) -> str:
+    """``/<stage>`` when the client reached the API through its stage URL (``…/v1/predict``), else
+    ``""`` (a custom domain, the local gateway at the root). API Gateway gives the route without the
+    stage (``path``) and the path the client asked for (``requestContext.path``): the stage is a
+    prefix exactly when the second is the first behind it. FastAPI builds ``/docs``' link to
+    ``/openapi.json`` and the document's server URL from this root path."""
+    context = event.get("requestContext") or {}
+    stage = context.get("stage")
+    if stage and context.get("path") == f"/{stage}{event.get('path', '')}":
+        return f"/{stage}"
+    return ""
+
+
+async def _staged(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+    root = stage_root_path(scope.get("aws.event") or {})
+    if root:
+        scope["root_path"] = root
+    await app(scope, receive, send)
+
+
+_lambda_adapter = Mangum(_staged, lifespan="off")  # the lifespan would otherwise run on every invocation
+_server_errors = ServerErrorMetric(
+    settings.metrics_namespace,
+    function=os.environ.get("AWS_LAMBDA_FUNCTION_NAME", settings.service_name),
+    function_version=os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+)
+
+
+def _invoke(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    response = _lambda_adapter(event, cast(Any, context))  # Powertools' and Mangum's context types differ
+    if response.get("statusCode", 200) >= 500:
+        # counted by version, so a canary's health check sees the errors FastAPI answered for it
+        _server_errors.emit()
+    return response
+
+
+# Powertools emits the cold-start metric from the first invocation. Its decorator also flushes (and,
+# with no metric added, warns) on every invocation after that, ~25 µs of a 0.5 ms budget: so only the
+# first invocation goes through it, and later ones flush only when a metric was added (none is: a
+# request's metrics travel in its prediction log line).
+_first_invocation = metrics.log_metrics(capture_cold_start_metric=True)(_invoke)
+_cold = True
+
+
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return _lambda_adapter(event, cast(Any, context))  # Powertools' and Mangum's context types differ, not the object
+    global _cold
+    if _cold:
+        _cold = False
+        return _first_invocation(event, context)
+    try:
+        return _invoke(event, context)
+    finally:
+        if metrics.metric_set:
+            metrics.flush_metrics()

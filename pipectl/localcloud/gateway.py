@@ -97,7 +97,7 @@ def proxy_event(
             "resourceId": "local",
             "resourcePath": resource,
             "httpMethod": method,
-            "path": f"/{STAGE}{path}",
+            "path": path,  # what the client asked for: the API is at the root, as on a custom domain
             "stage": STAGE,
             "requestId": request_id,
             "extendedRequestId": request_id,

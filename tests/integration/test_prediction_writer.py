@@ -19,12 +19,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
 from infrastructure import catalog
 from pricepipe.observability import logger
-from pricepipe.serving.prediction_log import emit, log_lines
+from pricepipe.serving.prediction_log import LineWriter, emit, log_lines, log_serializer
 from pricepipe.settings import get_settings
 
 HANDLER = Path(__file__).resolve().parents[2] / "functions" / "prediction_writer" / "handler.py"
@@ -93,6 +94,43 @@ def api_lines(request_id: str, keys: list[str], model_version: str = "7") -> lis
     return buffer.getvalue().splitlines()
 
 
+def writer_lines(request_id: str, keys: list[str], *, direct: bool) -> list[str]:
+    """Lines as the API function writes them now: :class:`LineWriter`, columns as numpy arrays and
+    tuples — straight to the handler's stream (``direct``, the function's own logger setup) or, with
+    the formatter's default serializer, through ``logger.info``."""
+    buffer = io.StringIO()
+    formatter = logger.registered_formatter
+    saved = formatter.json_serializer  # type: ignore[attr-defined]
+    previous = logger.registered_handler.setStream(buffer)  # type: ignore[attr-defined]
+    if direct:
+        formatter.json_serializer = log_serializer  # type: ignore[attr-defined]
+    try:
+        writer = LineWriter(logger)
+        assert (writer._target() is not None) is direct
+        writer.write(
+            log_lines(
+                request_id=request_id,
+                model_name="price-model",
+                model_version="7",
+                function_version="3",
+                predicted_at_ms=PREDICTED_AT_MS,
+                keys=keys,
+                predictions=np.array([100.0 + i for i in range(len(keys))]),
+                features={
+                    "lead_time": np.array([10 * i for i in range(len(keys))]),
+                    "meal": ("bed_and_breakfast",) * len(keys),
+                    "arrival_date": ("2017-08-01",) * len(keys),
+                },
+                size_hint=100,
+                as_lists=False,
+            )
+        )
+    finally:
+        logger.registered_handler.setStream(previous)  # type: ignore[attr-defined]
+        formatter.json_serializer = saved  # type: ignore[attr-defined]
+    return buffer.getvalue().splitlines()
+
+
 def delivery(messages: list[str], message_type: str = "DATA_MESSAGE") -> dict[str, Any]:
     """A subscription delivery as CloudWatch Logs sends it to a Lambda function."""
     payload = {
@@ -141,6 +179,25 @@ def test_a_delivery_lands_its_predictions_in_monitoring_predictions(invoke: Invo
     assert (model_name, function_version) == ("price-model", "3")
     assert features == {"lead_time": 10, "meal": "bed_and_breakfast", "arrival_date": "2017-08-01"}
     assert predicted_at == dt.datetime.fromtimestamp(PREDICTED_AT_MS / 1000, tz=dt.UTC)
+
+
+def test_lines_from_the_apis_line_writer_land_as_the_loggers_do(invoke: Invoke, database_url: str) -> None:
+    event = delivery(
+        writer_lines("req-1", ["101", "102"], direct=True) + writer_lines("req-2", ["101", "102"], direct=False)
+    )
+
+    result = invoke(event)
+
+    assert result["inserted"] == 4 and result["lines"] == 2
+    landed: dict[str, list[tuple[Any, ...]]] = {}
+    for request_id, record_key, _, _, _, features, prediction, _ in rows(database_url):
+        landed.setdefault(request_id, []).append((record_key, features, prediction))
+    assert landed["req-1"] == landed["req-2"]
+    assert landed["req-1"][1] == (
+        "102",
+        {"lead_time": 10, "meal": "bed_and_breakfast", "arrival_date": "2017-08-01"},
+        101.0,
+    )
 
 
 def test_a_redelivered_batch_adds_nothing(invoke: Invoke, database_url: str) -> None:

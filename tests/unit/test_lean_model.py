@@ -84,6 +84,60 @@ def test_every_input_path_gives_the_same_predictions(trained: Trained, frames: F
         assert abs(lean.predict_rows([records[i]])[0] - original[i]) < TOLERANCE
 
 
+def test_integer_columns_small_batches_and_chunks_predict_as_the_float_path(trained: Trained, frames: Frames) -> None:
+    """Paths beside the columns-of-floats one: int64 columns (JSON integers) find their slots through
+    per-feature lookup tables, even far outside the thresholds' range; 2 to 16 records are encoded in
+    Python; a batch larger than one traversal chunk is walked in parts."""
+    _, _, encoding, lean = trained
+    _, later, _ = frames
+    columns = frame_columns(later, encoding)
+    rng = np.random.default_rng(5)
+    as_int, as_float = {}, {}
+    for name, values in columns.items():
+        if encoding.is_categorical(name):
+            as_int[name] = as_float[name] = values
+            continue
+        x = np.round(np.nan_to_num(np.asarray(values, dtype=np.float64), nan=3.0)).astype(np.int64)
+        x[rng.random(len(x)) < 0.02] = -(10**12)
+        x[rng.random(len(x)) < 0.02] = 10**15
+        as_int[name], as_float[name] = x, x.astype(np.float64)
+    assert np.array_equal(lean.predict_columns(as_int), lean.predict_columns(as_float))
+
+    records = [{name: columns[name][i] for name in encoding.features} for i in range(12)]
+    small = lean.predict_rows(records)  # the small-batch path
+    assert np.max(np.abs(small - lean.predict_columns({k: v[:12] for k, v in columns.items()}))) < TOLERANCE
+
+    repeats = 1 + (1 << 18) // (lean.n_trees * len(later))  # past one chunk of rows x trees
+    tiled = {name: np.tile(np.asarray(values), repeats) for name, values in columns.items()}
+    assert np.array_equal(lean.predict_columns(tiled), np.tile(lean.predict_columns(columns), repeats))
+
+
+def _two_splits() -> TreeArrays:
+    """x <= 0.5 → 10; else x <= 100000.5 → 20; else 30 (thresholds too far apart for a lookup table)."""
+    return TreeArrays(
+        feature=np.array([0, -1, 0, -1, -1]),
+        threshold=np.array([0.5, np.nan, 100000.5, np.nan, np.nan]),
+        left=np.array([1, -1, 3, -1, -1]),
+        right=np.array([2, -1, 4, -1, -1]),
+        missing_left=np.array([False, False, True, False, False]),
+        value=np.array([0.0, 10.0, 0.0, 20.0, 30.0]),
+        cat_index=np.array([-1, -1, -1, -1, -1]),
+        cat_bitsets=np.zeros((0, 1)),
+        cat_known=np.zeros((1, 1)),
+        roots=np.array([0]),
+        gain=np.array([1.0, 0.0, 1.0, 0.0, 0.0]),
+    )
+
+
+def test_integers_beyond_a_lookup_tables_span_are_searched() -> None:
+    lean = LeanModel(_two_splits(), FeatureEncoding(["x"], {}))
+    values = [-5, 0, 1, 100000, 100001, 10**18]
+
+    assert lean.predict_columns({"x": np.array(values, dtype=np.int64)}).tolist() == [10, 10, 20, 20, 30, 30]
+    assert lean.predict_columns({"x": [float(v) for v in values]}).tolist() == [10, 10, 20, 20, 30, 30]
+    assert lean.predict_rows([{"x": None}, {"x": float("nan")}]).tolist() == [20.0, 20.0]  # missing: right, then left
+
+
 def test_an_unseen_category_is_read_as_missing(trained: Trained, frames: Frames) -> None:
     _, _, encoding, lean = trained
     _, later, _ = frames

@@ -8,12 +8,15 @@ is imported fresh for each scenario, as a new container would.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import io
 import json
+import re
 import subprocess
 import sys
 import uuid
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -256,6 +259,47 @@ def test_through_api_gateway_the_request_id_is_api_gateways(api: Api, trained: T
     assert [line.request_id for line in api.prediction_lines()] == [request_id]
 
 
+def test_only_the_first_invocation_goes_through_powertools_metrics(
+    api: Api, trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cold-start metric is Powertools' own, from the first invocation; later invocations skip its
+    decorator (which flushed and warned about empty metrics on every one of them)."""
+    from aws_lambda_powertools.metrics.provider.cold_start import reset_cold_start_flag
+
+    reset_cold_start_flag()  # this test process has served other apps already
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = api.handler("POST", "/predict", trained.rows[0])
+    printed_first = capsys.readouterr().out
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = api.handler("POST", "/predict", trained.rows[1])
+    printed_second = capsys.readouterr().out
+
+    assert first["statusCode"] == second["statusCode"] == 200
+    (cold_start,) = [json.loads(line) for line in printed_first.splitlines() if '"ColdStart"' in line]
+    assert cold_start["ColdStart"] == [1.0], cold_start
+    assert printed_second == "" and caught == []
+    assert len(api.prediction_lines()) == 2
+
+
+def test_rows_listing_their_fields_in_other_orders_are_priced_alike(
+    api: Api, trained: Trained, contract: Contract
+) -> None:
+    """The column path reads rows by position when they all share one field order, by name otherwise."""
+    rows = trained.rows[:6]
+    reordered = [dict(reversed(list(row.items()))) for row in rows]
+    mixed = [reordered[i] if i % 2 else row for i, row in enumerate(rows)]
+    check = ColumnCheck(contract)
+
+    for batch in (reordered, mixed):
+        assert check.columns(batch) is not None  # still the column path
+        response = api.client.post("/predict", json={"rows": batch})
+        assert response.status_code == 200
+        np.testing.assert_allclose(response.json()["predictions"], expected(trained, contract, rows), atol=1e-9)
+
+
 # -- invalid requests -----------------------------------------------------------------------------------
 
 
@@ -416,6 +460,38 @@ def test_the_openapi_document_shows_a_row_or_a_batch_from_the_contract(api: Api,
     assert api.client.get("/docs").status_code == 200
 
 
+def test_the_openapi_document_names_every_response_model(api: Api) -> None:
+    document = api.client.get("/openapi.json").json()
+
+    responses = document["paths"]["/predict"]["post"]["responses"]
+    schemas = document["components"]["schemas"]
+    for status, model in (
+        ("200", "PredictionResponse"),
+        ("413", "ErrorResponse"),
+        ("422", "ValidationErrorResponse"),
+        ("503", "ErrorResponse"),
+    ):
+        ref = responses[status]["content"]["application/json"]["schema"]["$ref"]
+        assert ref == f"#/components/schemas/{model}" and model in schemas
+    assert schemas["ValidationErrorResponse"]["properties"]["detail"]["items"]["$ref"].endswith("/FieldError")
+    assert "FieldError" in schemas
+
+
+def test_prometheus_client_is_imported_only_when_metrics_are_read() -> None:
+    code = (
+        "import sys\n"
+        "from pricepipe.serving.http_metrics import HttpMetrics\n"
+        "m = HttpMetrics(); m.serving('m', '1'); m.observe('/predict', 'POST', 200, 0.0003); m.priced('m', '1', 3)\n"
+        "before = 'prometheus_client' in sys.modules\n"
+        "text = m.render().decode()\n"
+        "print(before, 'prometheus_client' in sys.modules)\n"
+        'print(\'pricepipe_http_request_duration_seconds_bucket{le="0.0005",route="/predict"} 1.0\' in text)\n'
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+    assert out.split() == ["False", "True", "True"]
+
+
 # -- the prediction log ----------------------------------------------------------------------------------
 
 
@@ -449,6 +525,81 @@ def test_the_prediction_line_carries_the_requests_cloudwatch_metrics(api: Api, t
     assert directive["Dimensions"] == [["service", "model_version"]]
     assert {m["Name"] for m in directive["Metrics"]} == {"Predictions", "PredictLatency"}
     assert line["Predictions"] == 4 and line["PredictLatency"] > 0 and line["model_version"] == "7"
+
+
+def _line_kwargs() -> dict[str, Any]:
+    return {
+        "request_id": "r1",
+        "model_name": "price-model",
+        "model_version": "7",
+        "function_version": "3",
+        "predicted_at_ms": 1_785_000_000_000,
+        "keys": ["101", "102"],
+        "predictions": np.array([120.5, 98.0]),
+        "features": {
+            "lead_time": np.array([3, 40]),
+            "meal": ("bed_and_breakfast", "no_meal_package"),
+            "arrival_date_is_weekend": np.array([True, False]),
+            "arrival_date": [dt.date(2017, 8, 1), dt.date(2017, 8, 2)],
+        },
+        "size_hint": 200,
+        "metrics": {"service": "pricepipe-api", "Predictions": 2, "PredictLatency": 0.4},
+    }
+
+
+@pytest.fixture
+def powertools_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """The Powertools logger set up as the API function sets it (orjson serializer), writing here."""
+    formatter = logger.registered_formatter
+    saved = formatter.json_serializer  # type: ignore[attr-defined]
+    formatter.json_serializer = prediction_log.log_serializer  # type: ignore[attr-defined]
+    buffer = io.StringIO()
+    previous = logger.registered_handler.setStream(buffer)  # type: ignore[attr-defined]
+    monkeypatch.setenv("_X_AMZN_TRACE_ID", "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
+    yield buffer
+    logger.registered_handler.setStream(previous)  # type: ignore[attr-defined]
+    formatter.json_serializer = saved  # type: ignore[attr-defined]
+
+
+def test_the_line_writer_writes_the_line_powertools_writes(powertools_log: io.StringIO) -> None:
+    """Same keys, same order, same values as logger.info(marker, extra=line) — timestamps and the
+    location aside, and the asyncio task name Python 3.12 adds inside an event loop."""
+    writer = prediction_log.LineWriter(logger)
+    assert writer._target() is not None  # the direct path, not its logger.info fallback
+
+    prediction_log.emit(logger, prediction_log.log_lines(**_line_kwargs()))
+    assert writer.write(prediction_log.log_lines(**_line_kwargs(), as_lists=False)) == 1
+
+    theirs, ours = (json.loads(text) for text in powertools_log.getvalue().splitlines())
+    stamp = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3}[+-]\d{4}")
+    assert stamp.fullmatch(theirs.pop("timestamp")) and stamp.fullmatch(ours.pop("timestamp"))
+    assert theirs.pop("location").startswith("emit:") and ours.pop("location").startswith("write:")
+    theirs.pop("taskName", None)
+    assert list(ours) == list(theirs) and ours == theirs
+    assert ours["xray_trace_id"] == "1-5759e988-bd862e3fe1be46a994272793"
+    assert ours["features"]["arrival_date"] == ["2017-08-01", "2017-08-02"]
+
+
+def test_a_filter_on_the_log_handler_still_applies_to_prediction_lines(powertools_log: io.StringIO) -> None:
+    """Anything the direct path does not model (here a handler filter) goes through logger.info."""
+    import logging
+
+    class DropPredictions(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return record.getMessage() != catalog.PREDICTION_LOG_MARKER
+
+    handler = logger.registered_handler
+    handler.addFilter(drop := DropPredictions())
+    try:
+        writer = prediction_log.LineWriter(logger)
+        assert writer._target() is None
+        writer.write(prediction_log.log_lines(**_line_kwargs(), as_lists=False))
+        logger.info("something else")
+    finally:
+        handler.removeFilter(drop)
+
+    (line,) = [json.loads(text) for text in powertools_log.getvalue().splitlines()]
+    assert line["message"] == "something else"
 
 
 def test_a_large_request_is_logged_in_parts_that_together_hold_every_row() -> None:
@@ -586,3 +737,46 @@ def test_the_log_decoder_keeps_text_as_text_and_holds_on_to_nothing() -> None:
 
     assert errors[0] is not errors[1]
     assert log_deserializer('{"a": 1}') == {"a": 1}
+
+
+# -- through API Gateway's stage URL; errors counted for canaries ---------------------------------------
+
+
+def test_docs_through_the_stage_url_link_the_openapi_document_under_the_stage(api: Api) -> None:
+    # GIVEN a browser on https://…/prod/docs (API Gateway strips the stage from `path`)
+    docs = api.handler("GET", "/docs")
+    openapi = json.loads(api.handler("GET", "/openapi.json")["body"])
+
+    # THEN the page fetches /prod/openapi.json, and the document's server is the stage
+    assert docs["statusCode"] == 200
+    assert "'/prod/openapi.json'" in docs["body"]
+    assert openapi["servers"] == [{"url": "/prod"}]
+
+
+def test_docs_without_a_stage_prefix_link_the_openapi_document_at_the_root(api: Api) -> None:
+    # GIVEN a custom domain (or the local gateway): the client's path has no stage in it
+    event = api_gateway_event("GET", "/docs")
+    event["requestContext"]["path"] = "/docs"
+
+    docs = api.module.handler(event, LambdaContext())
+
+    assert "'/openapi.json'" in docs["body"]
+
+
+def test_a_5xx_answer_is_counted_as_a_server_error_of_this_function_version(
+    load_api: Callable[[Path | None], Api], trained: Trained, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a container with no model (every /predict is a 503)
+    api = load_api(None)
+
+    bad = api.handler("POST", "/predict", trained.rows[0])
+    good = api.handler("GET", "/openapi.json")
+
+    # THEN one ServerErrors EMF line, for the 503 alone, by function name and version
+    assert (bad["statusCode"], good["statusCode"]) == (503, 200)
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"ServerErrors"' in line]
+    assert len(emf) == 1
+    directive = emf[0]["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Metrics"] == [{"Name": "ServerErrors", "Unit": "Count"}]
+    assert directive["Dimensions"] == [["service", "function_version"]]
+    assert emf[0]["ServerErrors"] == 1 and emf[0]["function_version"] == "3"

@@ -21,10 +21,13 @@ code) holding
 
 Evaluation. At load, every split is turned into a lookup: each feature's values are cut at the
 distinct thresholds the trees use on it (at most 255 for histogram-based trainers), so a value
-becomes a small integer *slot* (category codes are slots already; missing is the last slot), and
-each node gets a row ``next[node, slot]`` naming the child to visit. Prediction then walks all trees
-for all rows at once, one level per step, with three gathers per level — no Python per tree or
-per row, and the answer equals the original model's to rounding (tests hold the two to 1e-6).
+becomes a small integer *slot* (category codes are slots already; missing is the feature's last
+slot), and each node gets one table entry per slot of its feature naming the child that slot leads
+to, with where that child reads its own slot. Prediction then walks all trees for all rows at once,
+one level per step, with two gathers and two additions per level — no Python per tree or per row —
+and the answer equals the original model's to rounding (tests hold the two to 1e-6). Integer
+columns (JSON numbers) find their slots through a per-feature table rather than a binary search; a
+single row takes a path of its own, in plain Python up to the slots and on one-tree-long arrays after.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ FORMAT_VERSION = 1
 MAX_CATEGORIES = 254  # HistGradientBoosting's ceiling (max_bins 255 less the missing bin)
 
 _SMALL_BATCH = 16  # up to this many rows, encoding in plain Python beats numpy's per-call overhead
-_CHUNK_CELLS = 1 << 18  # rows x trees per traversal chunk: arrays stay in cache, memory stays flat
+_CHUNK_CELLS = 1 << 18  # rows x trees per traversal chunk: memory stays flat for any batch size
+_LUT_SPAN = 4096  # integer features whose thresholds span at most this many integers get a lookup table
 
 
 class LeanModelError(PricePipeError, ValueError):
@@ -266,15 +270,69 @@ def bitset_words(n_categories: int) -> int:
     return max(1, (n_categories + 31) // 32)
 
 
-def _unpack(bitsets: np.ndarray, width: int) -> np.ndarray:
-    """Bitsets (rows of little-endian uint32 words) as a boolean matrix ``width`` wide."""
-    bits = np.unpackbits(bitsets.astype("<u4").view(np.uint8), axis=1, bitorder="little").astype(bool)
-    if bits.shape[1] >= width:
-        return bits[:, :width]
-    return np.pad(bits, ((0, 0), (0, width - bits.shape[1])))
+def _distinct(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (NaNs each kept). Not ``np.unique``: its first call imports numpy.ma,
+    ~20 ms of a cold start."""
+    ordered = np.sort(values)
+    if len(ordered) < 2:
+        return ordered
+    keep = np.empty(len(ordered), dtype=bool)
+    keep[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=keep[1:])
+    return ordered[keep]
+
+
+def _bits(bitsets: np.ndarray, rows: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Bit ``codes[i]`` of bitset ``rows[i]`` (rows of little-endian uint32 words; beyond them: 0)."""
+    words = bitsets.shape[1]
+    word = codes >> 5
+    picked = bitsets[rows, np.minimum(word, words - 1)]
+    return (word < words) & ((picked >> (codes & 31).astype(np.uint32)) & 1).astype(bool)
+
+
+def _integer_lut(edges: np.ndarray) -> tuple[np.ndarray | None, int]:
+    """``(lut, low)`` with ``lut[clip(v, low, low + len(lut) - 1) - low]`` the slot of any integer ``v``
+    (``searchsorted(edges, v)``), or ``(None, 0)`` when the thresholds span too many integers.
+
+    Below ``low`` (≤ the first edge) every value is slot 0, above the last entry (> the last edge)
+    every value is ``len(edges)``, so clipping keeps the answer exact.
+    """
+    if not (len(edges) and np.isfinite(edges[0]) and np.isfinite(edges[-1])):
+        return None, 0
+    low, high = math.floor(edges[0]), math.ceil(edges[-1]) + 1
+    if high - low > _LUT_SPAN or max(abs(low), abs(high)) >= 2**31:
+        return None, 0
+    return np.searchsorted(edges, np.arange(low, high + 1, dtype=np.float64)).astype(np.int32), low
 
 
 # -- the model ---------------------------------------------------------------------------------------
+
+
+class _NumericFeature:
+    """How one numeric feature's values become slots (see :meth:`LeanModel._compile`). A plain class:
+    a dataclass costs ~0.5 ms of every cold start to define."""
+
+    __slots__ = ("column", "edge_list", "edges", "low", "lut", "missing", "name")
+
+    def __init__(self, column: int, name: str, edges: np.ndarray, lut: np.ndarray | None, low: int) -> None:
+        self.column = column  # in the slot matrix
+        self.name = name
+        self.edges = edges  # the distinct thresholds the trees use on it, ascending
+        self.edge_list: list[float] = edges.tolist()  # the same, for bisect on the one-row path
+        self.missing = len(edges) + 1  # NaN's slot
+        # integer values → slot by one gather: lut[clip(v, low, low + len(lut) - 1) - low]; None when
+        # the thresholds span too many integers for a small table
+        self.lut = lut
+        self.low = low
+
+
+class _CategoricalFeature:
+    __slots__ = ("codes", "column", "name")
+
+    def __init__(self, column: int, name: str, codes: _Slots) -> None:
+        self.column = column
+        self.name = name
+        self.codes = codes  # category → slot; anything else → the missing slot, len(categories)
 
 
 class LeanModel:
@@ -290,6 +348,21 @@ class LeanModel:
     # -- building the lookup tables --------------------------------------------------------------
 
     def _compile(self) -> None:
+        """Turn the node arrays into the tables :meth:`_walk` reads (see the module docstring).
+
+        Slots: only the features some split uses get a column in the slot matrix, numbered in
+        feature order, plus one last column that is always 0 (what a leaf reads). Each feature has
+        its own slot count: a numeric one ``len(edges) + 2`` (below every threshold … above every
+        one, then missing), a categorical one ``len(categories) + 1`` (the codes, then missing).
+
+        Entries: an internal node owns one entry per slot of its feature, a leaf one entry; node
+        ``v``'s entries start at ``base[v]``. The entry for (node, slot) holds the child that slot
+        leads to as one int64, ``base[child] << column_bits | column the child reads``, so one gather
+        per level yields both where the child's slot is and where its entries start, and
+        ``value_next`` holds the child's leaf value for the last level. A leaf leads to itself.
+        Sizing each node's entries by its own feature keeps the table small (a single width for
+        every node, as large as the largest feature's, made it ~15 MB here, most of it never read).
+        """
         t, enc = self.trees, self.encoding
         n = t.n_nodes
         internal = t.left >= 0
@@ -299,41 +372,74 @@ class LeanModel:
         if np.any(categorical[t.feature[cat_node]] == False) or np.any(categorical[t.feature[num_node]]):  # noqa: E712
             raise LeanModelError("split kinds disagree with the encoding (categorical vs numeric features)")
 
-        self._edges: dict[int, np.ndarray] = {}
-        rank = np.zeros(n, dtype=np.int64)
-        for j in np.unique(t.feature[num_node]).tolist():
+        used = _distinct(t.feature[internal]).tolist()
+        column_of = np.zeros(len(enc.features), dtype=np.int64)
+        column_of[used] = np.arange(len(used))
+        widths = np.ones(len(used) + 1, dtype=np.int64)  # slots per column; the last (constant) column: 1
+        rank = np.zeros(n, dtype=np.int64)  # a numeric split's threshold's position among its feature's edges
+        numeric: list[_NumericFeature] = []
+        categories: list[_CategoricalFeature] = []
+        for column, j in enumerate(used):
+            name = enc.features[j]
+            if categorical[j]:
+                widths[column] = len(enc.categories[name]) + 1
+                categories.append(_CategoricalFeature(column, name, _Slots(enc.codes[name], len(enc.categories[name]))))
+                continue
             on_j = num_node & (t.feature == j)
-            edges = np.unique(t.threshold[on_j])
+            edges = _distinct(t.threshold[on_j])
             if np.any(np.isnan(edges)):
-                raise LeanModelError(f"a split on {enc.features[j]} has no threshold")
-            self._edges[j] = edges
+                raise LeanModelError(f"a split on {name} has no threshold")
             rank[on_j] = np.searchsorted(edges, t.threshold[on_j])
-        most = max([len(e) + 1 for e in self._edges.values()] + [len(v) for v in enc.categories.values()] + [1])
-        width = 1 << int(most).bit_length()  # > most, so the last slot is free for "missing"
-        self._width_bits = width.bit_length() - 1
-        self._missing = width - 1
+            widths[column] = len(edges) + 2
+            numeric.append(_NumericFeature(column, name, edges, *_integer_lut(edges)))
 
-        go_right = np.zeros((n, width), dtype=bool)
-        slots = np.arange(width)
-        go_right[num_node] = slots[None, :] > rank[num_node, None]
-        if cat_node.any():
-            in_left = _unpack(t.cat_bitsets, width)[t.cat_index[cat_node]]
-            known = _unpack(t.cat_known, width)[t.feature[cat_node]]
-            missing_right = ~t.missing_left[cat_node][:, None]
-            go_right[cat_node] = np.where(in_left, False, np.where(known, True, missing_right))
-        go_right[internal, self._missing] = ~t.missing_left[internal]
-        following = np.where(go_right, t.right[:, None], t.left[:, None])
-        following[~internal] = np.flatnonzero(~internal)[:, None]
-        if n * width >= 2**31:
-            raise LeanModelError(f"ensemble too large for the lookup tables ({n} nodes x {width} slots)")
-        self._next = following.astype(np.int32).ravel()
-        self._feature = np.where(internal, t.feature, 0).astype(np.int32)
-        self._value = np.where(internal, 0.0, t.value)
-        self._roots = t.roots
+        node_column = np.where(internal, column_of[t.feature], len(used))
+        node_width = np.where(internal, widths[node_column], 1)
+        # Entries are laid out numeric nodes first, then categorical ones, then leaves (any order
+        # works: a node's entries only need to be contiguous). A numeric node's children form three
+        # runs — left for slots up to its threshold's rank, right above, then the missing slot's —
+        # so its entries come from one np.repeat, not from per-entry work: loading stays ~10 ms
+        # (cold start) for ~350,000 entries.
+        blocks = (np.flatnonzero(num_node), np.flatnonzero(cat_node), np.flatnonzero(~internal))
+        base = np.zeros(n, dtype=np.int64)
+        start = 0
+        for nodes in blocks:
+            ends = np.cumsum(node_width[nodes]) + start
+            base[nodes] = ends - node_width[nodes]
+            start = int(ends[-1]) if len(nodes) else start
+        total = start
+        if total >= 2**31:
+            raise LeanModelError(f"ensemble too large for the lookup tables ({total} entries)")
+        nodes = blocks[0]
+        missing_child = np.where(t.missing_left[nodes], t.left[nodes], t.right[nodes])
+        lengths = np.stack([rank[nodes] + 1, node_width[nodes] - 2 - rank[nodes], np.ones_like(nodes)], axis=1)
+        children = np.stack([t.left[nodes], t.right[nodes], missing_child], axis=1).astype(np.int64)
+        numeric_children = np.repeat(children.ravel(), lengths.ravel())
+        nodes = blocks[1]
+        owner = np.repeat(nodes, node_width[nodes])  # the categorical node each of its entries belongs to
+        codes = np.arange(len(owner)) - (base[owner] - base[nodes[0]] if len(nodes) else 0)
+        in_left = _bits(t.cat_bitsets, t.cat_index[owner], codes)
+        known = _bits(t.cat_known, t.feature[owner], codes)
+        missing = codes == node_width[owner] - 1
+        go_right = np.where(missing | ~(in_left | known), ~t.missing_left[owner], ~in_left)
+        categorical_children = np.where(go_right, t.right[owner], t.left[owner])
+        child = np.concatenate([numeric_children, categorical_children, blocks[2]])
+
+        # (one pass each over the ~350,000 entries: at a cold start these are fresh pages, ~1 ms per pass)
+        self._column_bits = (len(used) + 1).bit_length()
+        # the two fields apart serve one row: unpacking costs two numpy calls per level there, more
+        # than the gather they save (~25% of the one-row walk)
+        self._entry_base = base.take(child)
+        self._entry_column = node_column.take(child)
+        self._entries = np.left_shift(self._entry_base, self._column_bits)
+        self._entries |= self._entry_column
+        self._value_next = np.where(internal, 0.0, t.value).take(child)
+        self._root_base = base[t.roots]
+        self._root_column = node_column[t.roots]
+        self._columns = len(used) + 1
+        self._numeric = numeric
+        self._categorical = categories
         self._depth = t.depth
-        self._num_plan = [(j, enc.features[j], self._edges[j].tolist()) for j in sorted(self._edges)]
-        used_cat = sorted(set(t.feature[cat_node].tolist()))
-        self._cat_plan = [(j, enc.features[j], _Slots(enc.codes[enc.features[j]], self._missing)) for j in used_cat]
 
     # -- properties ------------------------------------------------------------------------------
 
@@ -343,7 +449,7 @@ class LeanModel:
 
     @property
     def n_trees(self) -> int:
-        return len(self._roots)
+        return len(self._root_base)
 
     @property
     def max_depth(self) -> int:
@@ -360,24 +466,35 @@ class LeanModel:
 
     def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Predictions for feature records (dicts keyed by feature name; missing keys are missing values)."""
+        if len(rows) == 1:
+            return self._walk_one(self._slots_of_row(rows[0]))
         if len(rows) <= _SMALL_BATCH:
-            return self._predict_slots(self._slots_of_rows(rows))
-        return self.predict_columns(_transpose(rows, [name for _, name, _ in self._plans()]))
+            return self._predict_slots(np.array([self._slots_of_row(row) for row in rows], dtype=np.int64))
+        names = [f.name for f in self._numeric] + [f.name for f in self._categorical]
+        return self.predict_columns(_transpose(rows, names))
 
     def predict_columns(self, columns: Mapping[str, Any]) -> np.ndarray:
         """Predictions for columns of feature values (one sequence or array per feature)."""
-        names = [name for _, name, _ in self._plans()]
+        names = [f.name for f in self._numeric] + [f.name for f in self._categorical]
         n = _column_length(columns, names) if names else _column_length(columns, self.features[:1])
-        slots = np.zeros((n, len(self.features)), dtype=np.int32)
-        for j, name, _ in self._num_plan:
-            x = _floats(_column(columns, name), name)
-            slots[:, j] = np.searchsorted(self._edges[j], x, side="left")
-            slots[np.isnan(x), j] = self._missing
-        for j, name, codes in self._cat_plan:
+        slots = np.zeros((n, self._columns), dtype=np.int64)
+        for f in self._numeric:
+            values = _column(columns, f.name)
+            if f.lut is not None and isinstance(values, np.ndarray) and values.dtype.kind == "i":
+                # JSON integers arrive as int64 arrays: one gather instead of a binary search and a NaN check
+                slots[:, f.column] = f.lut.take(np.clip(values, f.low, f.low + len(f.lut) - 1) - f.low)
+                continue
+            x = _floats(values, f.name)
+            found = np.searchsorted(f.edges, x)
+            found[np.isnan(x)] = f.missing
+            slots[:, f.column] = found
+        for c in self._categorical:
             try:
-                slots[:, j] = np.fromiter(map(codes.__getitem__, _column(columns, name)), dtype=np.int32, count=n)
+                slots[:, c.column] = np.fromiter(
+                    map(c.codes.__getitem__, _column(columns, c.name)), dtype=np.int32, count=n
+                )
             except TypeError as exc:
-                raise LeanModelError(f"feature {name!r} must hold category values: {exc}") from exc
+                raise LeanModelError(f"feature {c.name!r} must hold category values: {exc}") from exc
         return self._predict_slots(slots)
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
@@ -385,43 +502,40 @@ class LeanModel:
         x_all = np.asarray(matrix, dtype=np.float64)
         if x_all.ndim != 2 or x_all.shape[1] != len(self.features):
             raise LeanModelError(f"expected a matrix with {len(self.features)} columns, got shape {x_all.shape}")
-        slots = np.zeros(x_all.shape, dtype=np.int32)
-        for j, _, _ in self._num_plan:
-            x = x_all[:, j]
-            slots[:, j] = np.searchsorted(self._edges[j], x, side="left")
-            slots[np.isnan(x), j] = self._missing
-        for j, _, codes in self._cat_plan:
-            x = x_all[:, j]
+        slots = np.zeros((len(x_all), self._columns), dtype=np.int64)
+        index = self.encoding.index
+        for f in self._numeric:
+            x = x_all[:, index[f.name]]
+            found = np.searchsorted(f.edges, x)
+            found[np.isnan(x)] = f.missing
+            slots[:, f.column] = found
+        for c in self._categorical:
+            x = x_all[:, index[c.name]]
+            known = c.codes.missing
             with np.errstate(invalid="ignore"):
-                valid = (x >= 0) & (x < len(codes))
-            slots[:, j] = np.where(valid, np.nan_to_num(x), self._missing).astype(np.int32)
+                valid = (x >= 0) & (x < known)
+            slots[:, c.column] = np.where(valid, np.nan_to_num(x), known).astype(np.int32)
         return self._predict_slots(slots)
 
-    def _plans(self) -> list[tuple[int, str, Any]]:
-        return [*self._num_plan, *self._cat_plan]
-
-    def _slots_of_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        missing = self._missing
-        out = []
-        for row in rows:
-            slots = [0] * len(self.features)
-            for j, name, edges in self._num_plan:
-                value = row.get(name)
-                if value is None:
-                    slots[j] = missing
-                    continue
-                try:
-                    number = float(value)
-                except (TypeError, ValueError) as exc:
-                    raise LeanModelError(f"feature {name!r} must be numeric, got {value!r}") from exc
-                slots[j] = missing if math.isnan(number) else bisect_left(edges, number)
-            for j, name, codes in self._cat_plan:
-                try:
-                    slots[j] = codes[row.get(name)]
-                except TypeError as exc:
-                    raise LeanModelError(f"feature {name!r} must hold category values: {exc}") from exc
-            out.append(slots)
-        return np.array(out, dtype=np.int32).reshape(len(rows), len(self.features))
+    def _slots_of_row(self, row: Mapping[str, Any]) -> list[int]:
+        """One record's slots in plain Python (numpy's per-call overhead would cost more here)."""
+        slots = [0] * self._columns
+        for f in self._numeric:
+            value = row.get(f.name)
+            if value is None:
+                slots[f.column] = f.missing
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError) as exc:
+                raise LeanModelError(f"feature {f.name!r} must be numeric, got {value!r}") from exc
+            slots[f.column] = f.missing if math.isnan(number) else bisect_left(f.edge_list, number)
+        for c in self._categorical:
+            try:
+                slots[c.column] = c.codes[row.get(c.name)]
+            except TypeError as exc:
+                raise LeanModelError(f"feature {c.name!r} must hold category values: {exc}") from exc
+        return slots
 
     def _predict_slots(self, slots: np.ndarray) -> np.ndarray:
         n = len(slots)
@@ -433,24 +547,40 @@ class LeanModel:
         return np.concatenate([self._walk(slots[i : i + chunk]) for i in range(0, n, chunk)])
 
     def _walk(self, slots: np.ndarray) -> np.ndarray:
-        n, n_features = slots.shape
-        flat = np.ascontiguousarray(slots).ravel()
-        row_offset = (np.arange(n, dtype=np.int32) * np.int32(n_features))[:, None]
-        node = np.empty((n, self.n_trees), dtype=np.int32)
-        node[:] = self._roots
-        where = np.empty_like(node)
-        slot = np.empty_like(node)
-        shift = self._width_bits
-        # every index is in range by construction (checked at load), so "wrap" never wraps; it
-        # only skips the bounds check, a third of a gather's time
-        for _ in range(self._depth):
-            np.take(self._feature, node, out=where, mode="wrap")
-            np.add(where, row_offset, out=where)
-            np.take(flat, where, out=slot, mode="wrap")
-            np.left_shift(node, shift, out=node)
-            np.bitwise_or(node, slot, out=node)
-            np.take(self._next, node, out=node, mode="wrap")
-        return self._value.take(node, mode="wrap").sum(axis=1) + self.trees.base_score
+        """All trees for all rows of ``slots`` (rows x columns, int64, C order), one level per step.
+
+        A step is two gathers and four cheap operations over rows x trees: the entry of (node, slot)
+        unpacks into the child's slot column and its entries' base, and base + the row's slot in
+        that column is the next entry. Everything is int64: numpy converts any other index type
+        before a gather (a pass of its own), and mixed-type arithmetic goes through a slower loop.
+        """
+        n = len(slots)
+        flat = slots.ravel()
+        row = np.arange(0, n * self._columns, self._columns, dtype=np.int64)[:, None]  # each row's offset in flat
+        slot = slots.take(self._root_column, axis=1)  # (rows, trees): every row's slot at every root
+        entry = np.add(self._root_base, slot)
+        if self._depth > 1:
+            where = np.empty_like(entry)
+            packed = np.empty_like(entry)
+            bits, mask = self._column_bits, (1 << self._column_bits) - 1
+            # every index is in range by construction (checked at load), so "wrap" never wraps; it
+            # only skips the bounds check, a third of a gather's time
+            for _ in range(self._depth - 1):
+                self._entries.take(entry, out=packed, mode="wrap")
+                np.bitwise_and(packed, mask, out=where)
+                where += row
+                flat.take(where, out=slot, mode="wrap")
+                np.right_shift(packed, bits, out=entry)
+                entry += slot
+        return self._value_next.take(entry, mode="wrap").sum(axis=1) + self.trees.base_score
+
+    def _walk_one(self, slots: list[int]) -> np.ndarray:
+        """:meth:`_walk` for a single row: ~20 numpy calls on arrays one tree long."""
+        flat = np.array(slots, dtype=np.int64)
+        entry = self._root_base + flat.take(self._root_column)
+        for _ in range(self._depth - 1):
+            entry = self._entry_base.take(entry, mode="wrap") + flat.take(self._entry_column.take(entry, mode="wrap"))
+        return np.array([self._value_next.take(entry, mode="wrap").sum() + self.trees.base_score])
 
     # -- persistence -----------------------------------------------------------------------------
 
