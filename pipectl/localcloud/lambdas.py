@@ -298,22 +298,30 @@ class LambdaRuntime:
 
 
 def _ship_output(process: subprocess.Popen[str], on_output: Callable[[list[str]], None]) -> None:
-    """Forward a worker's output lines in small batches (Lambda's log agent does the same)."""
+    """Forward a worker's output lines in small batches (Lambda's log agent does the same).
+
+    Reads the pipe's raw bytes: ``select`` sees only the pipe, so lines a text reader had already
+    buffered would wait there, unshipped, until the worker printed again.
+    """
     assert process.stdout is not None
+    fd = process.stdout.fileno()
     batch: list[str] = []
-    stream = process.stdout
+    pending = b""
     while True:
-        ready, _, _ = select.select([stream], [], [], 0.2)
+        ready, _, _ = select.select([fd], [], [], 0.2)
         if ready:
-            line = stream.readline()
-            if not line:
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
                 break
-            batch.append(line.rstrip("\n"))
+            *lines, pending = (pending + chunk).split(b"\n")
+            batch.extend(line.decode("utf-8", "replace") for line in lines)
             if len(batch) < 200:
                 continue
         if batch:
             on_output(batch)
             batch = []
+    if pending:
+        batch.append(pending.decode("utf-8", "replace"))
     if batch:
         on_output(batch)
 

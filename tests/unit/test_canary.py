@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pricepipe import deployer
-from pricepipe.canary import judge_canary, prediction_shift
+from pricepipe.canary import expected_shift, judge_canary, prediction_shift
 from pricepipe.settings import Settings
 
 SETTINGS = Settings(
@@ -31,6 +31,7 @@ def judge(
     canary: np.ndarray | None = None,
     champion: np.ndarray = CHAMPION,
     settings: Settings = SETTINGS,
+    expected_psi: float | None = None,
 ) -> dict:  # type: ignore[type-arg]
     return judge_canary(
         settings,
@@ -39,6 +40,7 @@ def judge(
         server_errors=server_errors,
         canary_predictions=RNG.lognormal(4.6, 0.4, 400) if canary is None else canary,
         champion_predictions=champion,
+        expected_psi=expected_psi,
     )
 
 
@@ -52,6 +54,29 @@ def test_predictions_ten_times_the_champions_fail_the_canary() -> None:
     verdict = judge(canary=RNG.lognormal(4.6, 0.4, 400) * 10)
     assert verdict["verdict"] == "unhealthy"
     assert "prediction_psi" in verdict["reason"] and "canary unhealthy" in verdict["reason"]
+
+
+def test_a_shift_the_training_evaluation_approved_does_not_fail_the_canary() -> None:
+    # GIVEN a retrained model pricing the newest days ~20% lower than the champion, as it did on the
+    # training holdout (prices fell; the champion had not learnt it)
+    lower = RNG.lognormal(4.6 - 0.25, 0.4, 400)
+    evaluated = expected_shift(CHAMPION, RNG.lognormal(4.6 - 0.25, 0.4, 2000))
+
+    without = judge(canary=lower)
+    with_evaluation = judge(canary=lower, expected_psi=evaluated)
+
+    # THEN without that evidence the shift fails it; with it, it passes, the allowance named
+    assert without["verdict"] == "unhealthy" and "prediction_psi" in without["reason"]
+    assert with_evaluation["verdict"] == "healthy", with_evaluation["reason"]
+    assert "expected by the training evaluation" in with_evaluation["reason"]
+
+
+def test_an_approved_shift_does_not_cover_an_absurd_canary() -> None:
+    evaluated = expected_shift(CHAMPION, RNG.lognormal(4.6 - 0.25, 0.4, 2000))
+
+    verdict = judge(canary=RNG.lognormal(4.6, 0.4, 400) * 10, expected_psi=evaluated)
+
+    assert verdict["verdict"] == "unhealthy" and "prediction_psi" in verdict["reason"]
 
 
 def test_errors_above_the_rate_fail_the_canary_even_without_crashes() -> None:

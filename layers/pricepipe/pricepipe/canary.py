@@ -8,9 +8,12 @@ both versions see the same mix of requests over the same window):
   counts), over Lambda's ``Invocations``: above ``canary_max_error_rate`` fails;
 - **latency**: p99 of Lambda's ``Duration``: above ``canary_max_p99_ms`` fails;
 - **prediction shift**: the canary's logged predictions (``monitoring.predictions``) against the
-  champion's over the champion's decile bins: PSI above ``canary_max_prediction_psi`` *and* a
-  chi-square p-value below ``drift_pvalue`` fails. An absurd model rarely errs or slows down; its
-  prices give it away.
+  champion's over the champion's decile bins: PSI above the allowance *and* a chi-square p-value
+  below ``drift_pvalue`` fails. An absurd model rarely errs or slows down; its prices give it away.
+  The allowance is ``canary_max_prediction_psi`` plus the shift the training evaluation already
+  saw and approved (:func:`expected_shift`: challenger against champion on the same holdout), since
+  a retraining after drift is *meant* to price differently from the champion it beats; a canary
+  promoted without an evaluation gets no such credit.
 
 Lambda publishes ``Invocations``, ``Errors`` and ``Duration`` per version reached through an alias
 (dimension ``ExecutedVersion``), which is exactly what a canary needs; the local cloud publishes
@@ -142,6 +145,12 @@ def prediction_shift(reference: np.ndarray, current: np.ndarray, bins: int = PSI
     ]
 
 
+def expected_shift(champion_predictions: np.ndarray, challenger_predictions: np.ndarray) -> float:
+    """PSI of the challenger's predictions against the champion's on the same rows (the training
+    evaluation's holdout): how far apart the two models price the newest days, before any traffic."""
+    return float(prediction_shift(champion_predictions, challenger_predictions)[0])
+
+
 def judge_canary(
     settings: Settings,
     *,
@@ -150,6 +159,7 @@ def judge_canary(
     server_errors: float,
     canary_predictions: np.ndarray,
     champion_predictions: np.ndarray,
+    expected_psi: float | None = None,
 ) -> dict[str, Any]:
     """The verdict on measured canary health: ``healthy``, ``unhealthy`` or ``wait`` (bake again).
 
@@ -187,17 +197,19 @@ def judge_canary(
         # As the drift checks do: a shift needs both the effect size and significance. Two samples of
         # one distribution differ by chance, and PSI between small ones is biased upwards (about
         # 0.25 for 10 bins and 50 + 120 rows): PSI alone would fail one good canary in ten there.
-        shifted = value > settings.canary_max_prediction_psi and pvalue < settings.drift_pvalue
+        allowed = settings.canary_max_prediction_psi + (expected_psi or 0.0)
+        shifted = value > allowed and pvalue < settings.drift_pvalue
+        approved = "" if expected_psi is None else f"; {expected_psi:.3g} of it expected by the training evaluation"
         checks.append(
             {
                 "check": "prediction_psi",
                 "value": value,
-                "threshold": settings.canary_max_prediction_psi,
+                "threshold": allowed,
                 "passed": not shifted,
                 "detail": (
                     f"chi-square p {pvalue:.2g}; mean prediction {canary_predictions.mean():.2f} (canary,"
                     f" {len(canary_predictions)} rows) vs {champion_predictions.mean():.2f} (champion,"
-                    f" {len(champion_predictions)} rows)"
+                    f" {len(champion_predictions)} rows){approved}"
                 ),
             }
         )
@@ -266,9 +278,22 @@ def check(
         server_errors=server_errors,
         canary_predictions=predictions_since(conn, plan["model_name"], canary_version, started),
         champion_predictions=predictions_since(conn, plan["model_name"], champion_version, started),
+        expected_psi=_evaluated_shift(plan),
     )
     return {
         **verdict,
         "window": {"start": _iso(started), "end": _iso(end)},
         "traffic": {"canary": {**canary, "server_errors": server_errors}, "champion": champion},
     }
+
+
+def _evaluated_shift(plan: dict[str, Any]) -> float | None:
+    """The shift the training evaluation measured for this very version against this very champion."""
+    evaluation = plan.get("evaluation") or {}
+    shift = evaluation.get("prediction_shift")
+    if not shift or str((evaluation.get("challenger") or {}).get("version")) != str(plan.get("model_version")):
+        return None
+    champion = (plan.get("champion") or {}).get("version")  # the model version live traffic is on
+    if champion is not None and str(shift.get("champion_version")) != str(champion):
+        return None
+    return float(shift["psi"])

@@ -12,8 +12,9 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from pricepipe import storage
+from pricepipe.canary import expected_shift
 from pricepipe.lean_model import load_from_uri
-from pricepipe.training.data import TrainingWindow, latest_event_date_postgres, load_postgres
+from pricepipe.training.data import TrainingWindow, frame_columns, latest_event_date_postgres, load_postgres
 
 if TYPE_CHECKING:
     import psycopg
@@ -120,8 +121,21 @@ def evaluate(
     }
     if champion_row is None:
         return {**outcome, "decision": "promote", "reason": "no champion yet"}
-    champion = evaluate_artifact(load_from_uri(str(champion_row[1]), s3), holdout, contract.target)
+    champion_model = load_from_uri(str(champion_row[1]), s3)
+    champion = evaluate_artifact(champion_model, holdout, contract.target)
     outcome["champion"] = {"version": str(champion_row[0]), "uri": champion_row[1], "metrics": champion}
+    if len(holdout):
+        # how differently the two served models price these days: a canary's prediction check allows
+        # for the shift approved here (see pricepipe.canary)
+        served = load_from_uri(str(result["serving_artifact_uri"]), s3)
+        outcome["prediction_shift"] = {
+            "psi": expected_shift(
+                champion_model.predict_columns(frame_columns(holdout, champion_model.encoding)),
+                served.predict_columns(frame_columns(holdout, served.encoding)),
+            ),
+            "champion_version": str(champion_row[0]),
+            "rows": len(holdout),
+        }
     bar = champion["rmse"] * (1 - settings.promotion_margin)
     better = challenger["rmse"] <= bar
     reason = (
