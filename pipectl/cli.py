@@ -780,7 +780,10 @@ def _last_loaded_day(target: Target) -> dt.date | None:
     return row[0] if row else None
 
 
-def _replay(target: Target, weeks: int, start: dt.date | None) -> list[dict[str, Any]]:
+def _replay(target: Target, weeks: int, start: dt.date | None, skip_loaded: bool = False) -> list[dict[str, Any]]:
+    """Replay ``weeks`` weeks from ``start`` (default: the day after the last loaded one). With
+    ``skip_loaded``, weeks already loaded are passed over, so running the demo again adds nothing."""
+    loaded_until = _last_loaded_day(target) if skip_loaded else None
     if start is None:
         last = _last_loaded_day(target)
         if last is None:
@@ -795,6 +798,9 @@ def _replay(target: Target, weeks: int, start: dt.date | None) -> list[dict[str,
             console.print("the replay reached the end of hotel_rates")
             break
         console.rule(f"week of {days[0]} .. {days[-1]}")
+        if loaded_until is not None and days[-1] <= loaded_until:
+            console.print(f"already replayed (data loaded up to {loaded_until}): nothing to add")
+            continue
         step: dict[str, Any] = {"week": f"{days[0]}..{days[-1]}"}
         step["quotes"] = _quote(target, days)
         datasource.land_days(target.client("s3"), target.landing_bucket, LANDING_PREFIX, days)
@@ -824,6 +830,8 @@ def _quote(target: Target, days: list[dt.date], rows: int = 40) -> int:
 
 
 def _print_timeline(timeline: list[dict[str, Any]]) -> None:
+    if not timeline:
+        return
     table = Table(title="the continuous-training loop, week by week")
     for column in ("week", "quoted", "loaded", "drift check", "training", "promotion"):
         table.add_column(column, overflow="fold")
@@ -844,8 +852,13 @@ def _print_timeline(timeline: list[dict[str, Any]]) -> None:
 
 @app.command()
 def demo(
-    days: Annotated[int, typer.Option(help="days of hotel_rates to replay (~5 months give a first model)")] = 150,
-    weeks: Annotated[int, typer.Option(help="weeks of the continuous-training loop to replay after them")] = 2,
+    days: Annotated[
+        int, typer.Option(help="days of hotel_rates to load before the loop (the first model trains on them)")
+    ] = 178,
+    weeks: Annotated[
+        int,
+        typer.Option(help="weeks of the continuous-training loop after them (from day 178: the New Year drift)"),
+    ] = 2,
     time_budget_s: Annotated[float, typer.Option(help="training's hyperparameter search wall clock")] = 15.0,
     state_dir: StateDirOption = DEFAULT_STATE_DIR,
 ) -> None:
@@ -873,9 +886,7 @@ def demo(
         console.print(f"a model already serves (version {_serving_version(target)}): no first training needed")
     if weeks > 0:
         console.rule(f"4. the continuous-training loop: {weeks} week(s) of quotes, ETL, drift checks, retraining")
-        last = _last_loaded_day(target)
-        start = max(chosen[-1], last or chosen[-1]) + dt.timedelta(days=1)
-        _replay(target, weeks, start)
+        _replay(target, weeks, chosen[-1] + dt.timedelta(days=1), skip_loaded=True)
     console.rule(f"5. predictions through the API at {target.api_url}")
     last = _last_loaded_day(target) or chosen[-1]
     following = datasource.select_days(start=last + dt.timedelta(days=1))[:1] or [last]
