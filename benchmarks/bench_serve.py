@@ -497,6 +497,8 @@ def tree_rss_mb(pid: int) -> float:
 
 def wrk(url: str, body: bytes, seconds: int) -> dict[str, Any]:
     """Requests per second with wrk (one thread, 8 connections) posting ``body``."""
+    if shutil.which("wrk") is None:
+        raise SystemExit("the HTTP figures need wrk (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(
             'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
