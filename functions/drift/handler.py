@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from pricepipe import drift_flow
@@ -32,5 +32,12 @@ def check(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="drift_share", unit=MetricUnit.Percent, value=100 * float(summary["drift_share"]))
         for name, value in (summary.get("performance") or {}).items():
             metrics.add_metric(name=f"performance_{name}", unit=MetricUnit.NoUnit, value=float(value))
+        for feature, value in (summary.get("psi") or {}).items():
+            # one metric per feature (its own dimension set, so its own EMF line)
+            with single_metric(
+                name="drift_psi", unit=MetricUnit.NoUnit, value=float(value), namespace=settings.metrics_namespace
+            ) as score:
+                score.add_dimension(name="model_name", value=settings.model_name)
+                score.add_dimension(name="feature", value=str(feature))
     logger.info("drift checked", extra=summary)
     return summary

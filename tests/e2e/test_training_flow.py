@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import Any
 
 import psycopg
 import pytest
@@ -91,19 +92,20 @@ def test_a_failing_job_fails_the_run_and_leaves_the_champion(target: Target, loa
     history = target.client("stepfunctions").get_execution_history(executionArn=execution.arn)["events"]
     failed_step = [e for e in history if e.get("stateExitedEventDetails", {}).get("name") == "JobFailed"]
     assert failed_step, "the JobFailed step reported the failure"
-    assert failure_metrics(target), "the failure metric was emitted"
+    assert metrics_named(target, "training_job_failed"), "the failure metric was emitted"
 
 
-def failure_metrics(target: Target) -> list[dict[str, object]]:
-    """The training_job_failed metric, once its EMF line has reached CloudWatch (shipped as Lambda's
-    log agent ships it: a fraction of a second after the function returns)."""
+def metrics_named(target: Target, name: str, at_least: int = 1) -> list[dict[str, Any]]:
+    """The metrics named ``name``, once their EMF lines have reached CloudWatch (shipped as Lambda's
+    log agent ships them: a fraction of a second after the function returns)."""
     cloudwatch = target.client("cloudwatch")
+    found: list[dict[str, Any]] = []
     for _ in range(50):
-        found = cloudwatch.list_metrics(Namespace="PricePipeline", MetricName="training_job_failed")["Metrics"]
-        if found:
-            return list(found)
+        found = list(cloudwatch.list_metrics(Namespace="PricePipeline", MetricName=name)["Metrics"])
+        if len(found) >= at_least:
+            break
         time.sleep(0.2)
-    return []
+    return found
 
 
 def test_too_little_data_ends_without_training(target: Target, loaded: dt.date) -> None:
@@ -148,6 +150,15 @@ def test_drift_on_the_champions_own_period_stays_quiet(target: Target, loaded: d
     assert {kind for kind, *_ in rows} == {"feature", "prediction", "performance"}
     report = target.client("s3").get_object(Bucket=target.artifacts_bucket, Key=summary["report_uri"].split("/", 3)[3])
     assert b"<html" in report["Body"].read()[:200].lower()
+    # every PSI score is a CloudWatch metric by feature (the predictions' under "prediction")
+    assert "prediction" in summary["psi"] and len(summary["psi"]) > 10
+    scored = {
+        d["Value"]
+        for m in metrics_named(target, "drift_psi", len(summary["psi"]))
+        for d in m["Dimensions"]
+        if d["Name"] == "feature"
+    }
+    assert scored == set(summary["psi"])
 
 
 def test_drift_over_threshold_starts_training(target: Target, loaded: dt.date) -> None:

@@ -113,6 +113,8 @@ def check(
         "window_days": days,
         "holdout_days": days,  # a retraining compares challenger and champion on the days that drifted
         "performance": performance,
+        # PSI per checked feature, and of the predictions: the scores a dashboard follows day by day
+        "psi": {c.feature: c.value for c in report.checks if c.metric == "psi" and c.feature},
         "report_uri": f"s3://{settings.artifacts_bucket}/{key}",
     }
 
