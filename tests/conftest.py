@@ -100,6 +100,20 @@ def settings(database_url: str):  # type: ignore[no-untyped-def]
     return Settings(database_url=database_url)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_mlflow_s3_clients() -> Iterator[None]:
+    """MLflow caches its boto3 S3 clients by explicit endpoint only (``MLFLOW_S3_ENDPOINT_URL``), so a
+    client made under one test's ``AWS_ENDPOINT_URL`` (a local cloud that is gone by now) would be
+    handed to the next test that logs artifacts. One process in production talks to one endpoint;
+    tests start and stop many."""
+    yield
+    import sys
+
+    repo = sys.modules.get("mlflow.store.artifact.s3_artifact_repo")
+    if repo is not None:
+        repo._cached_get_s3_client.cache_clear()
+
+
 @pytest.fixture
 def s3(settings):  # type: ignore[no-untyped-def]
     """moto's in-process S3 with the pipeline's buckets (for tests below the local cloud)."""
