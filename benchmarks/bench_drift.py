@@ -46,7 +46,7 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def _hwm_mb() -> float | None:
+def peak_hwm_mb() -> float | None:
     """This address space's peak RSS (VmHWM), a cross-check of ru_maxrss: Linux carries the
     spawning process's peak into a child's ru_maxrss across exec, VmHWM starts afresh."""
     try:
@@ -114,7 +114,7 @@ def worker_ours(folder: Path, repeat: int) -> dict[str, Any]:
         "baseline_rss_mb": baseline,
         "loaded_rss_mb": loaded,
         "peak_rss_mb": _rss_mb(),
-        "peak_hwm_mb": _hwm_mb(),
+        "peak_hwm_mb": peak_hwm_mb(),
         "drifted_columns": sorted(report.drifted_features),
         "dataset_drift": report.feature_drift,
     }
@@ -156,7 +156,7 @@ def worker_evidently(folder: Path, repeat: int) -> dict[str, Any]:
         "baseline_rss_mb": baseline,
         "loaded_rss_mb": loaded,
         "peak_rss_mb": _rss_mb(),
-        "peak_hwm_mb": _hwm_mb(),
+        "peak_hwm_mb": peak_hwm_mb(),
         "drifted_columns": sorted(drifted),
         "drifted_count_reported": count,
         "methods": methods,

@@ -26,6 +26,7 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
+from benchmarks.bench_drift import peak_hwm_mb
 from benchmarks.common import RESULTS as RESULTS_DIR
 from benchmarks.common import admin_url, print_table, s3_server, write_result
 
@@ -152,18 +153,10 @@ def memory_probe(path: Path) -> None:
             etl.load_file(conn, s3, contract, settings, ref, "probe")
     finally:
         drop_database(admin, url)
-    print(peak_rss_mb())
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (``VmHWM``). Not ``ru_maxrss``: Linux carries it over an exec
-    from the process that spawned this one (vfork shares its memory), so after the 1M-row runs it
-    reported the benchmark's own peak, ~2.5 GB, instead of the probe's."""
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: the best there is
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec from the process that spawned this
+    # one, so after the 1M-row runs it reported the benchmark's own peak, ~2.5 GB, not the probe's
+    hwm = peak_hwm_mb()
+    print(hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main() -> None:

@@ -39,6 +39,8 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from pricepipe.canary import API_SERVER_ERRORS
+
 # The log message marking a prediction line. infrastructure/catalog.py declares the same literal for
 # the subscription filter; the package cannot import infrastructure, so a test holds the two equal.
 PREDICTION_LOG_MARKER = "prediction_log"
@@ -175,8 +177,6 @@ class ServerErrorMetric:
     Lambda's own ``Errors`` never counts an error FastAPI caught and answered with a 500."""
 
     def __init__(self, namespace: str, function: str, function_version: str) -> None:
-        from pricepipe.canary import API_SERVER_ERRORS
-
         self.metric = API_SERVER_ERRORS
         self._document: dict[str, Any] = {
             "_aws": {

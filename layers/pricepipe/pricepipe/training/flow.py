@@ -102,7 +102,8 @@ def evaluate(
     holdout = load_postgres(conn, contract, TrainingWindow(start, end)).frame
     # the served artifact is refit on the whole window, holdout included: score the fit that never saw it
     challenger_uri = str(result.get("evaluation_artifact_uri") or result["serving_artifact_uri"])
-    challenger = evaluate_artifact(load_from_uri(challenger_uri, s3), holdout, contract.target)
+    challenger_model = load_from_uri(challenger_uri, s3)
+    challenger = evaluate_artifact(challenger_model, holdout, contract.target)
     champion_row = conn.execute(
         "SELECT version, serving_artifact_uri FROM model_registry.models"
         " WHERE model_name = %s AND stage = 'champion' ORDER BY updated_at DESC LIMIT 1",
@@ -127,7 +128,8 @@ def evaluate(
     if len(holdout):
         # how differently the two served models price these days: a canary's prediction check allows
         # for the shift approved here (see pricepipe.canary)
-        served = load_from_uri(str(result["serving_artifact_uri"]), s3)
+        served_uri = str(result["serving_artifact_uri"])
+        served = challenger_model if served_uri == challenger_uri else load_from_uri(served_uri, s3)
         outcome["prediction_shift"] = {
             "psi": expected_shift(
                 champion_model.predict_columns(frame_columns(holdout, champion_model.encoding)),
