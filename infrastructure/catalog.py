@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pricepipe.settings import DEFAULTS  # the bucket layout every grant below names
+
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS_DIR = ROOT / "functions"
 STATE_MACHINES_DIR = Path(__file__).resolve().parent / "statemachines"
@@ -96,7 +98,7 @@ PROMOTION_ENVIRONMENT = (
     ("PRICEPIPE_MODEL_LAYER_NAME", MODEL_LAYER),
     ("PRICEPIPE_MODEL_LAYER_PARAMETER", MODEL_LAYER_PARAMETER),
 )
-MLFLOW_ARTIFACTS = Grant("artifacts", "mlflow/", "read")  # registered models' lean artifacts
+MLFLOW_ARTIFACTS = Grant("artifacts", DEFAULTS.mlflow_artifact_prefix, "read")  # registered models' lean artifacts
 
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
@@ -108,7 +110,10 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         memory_mb=512,
         timeout_s=120,
         substitution="EtlDiscoverFunctionArn",
-        s3=(Grant("landing", "landing/", "read"), Grant("artifacts", "manifests/etl/", "write")),
+        s3=(
+            Grant("landing", DEFAULTS.landing_prefix, "read"),
+            Grant("artifacts", DEFAULTS.manifest_prefix, "write"),
+        ),
     ),
     FunctionSpec(
         key="etl-load",
@@ -119,9 +124,9 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         timeout_s=900,
         substitution="EtlLoadFunctionArn",
         s3=(
-            Grant("landing", "landing/", "read"),
-            Grant("landing", "quarantine/", "write"),
-            Grant("lake", "processed_features/", "write"),
+            Grant("landing", DEFAULTS.landing_prefix, "read"),
+            Grant("landing", DEFAULTS.quarantine_prefix, "write"),
+            Grant("lake", DEFAULTS.lake_prefix, "write"),
         ),
     ),
     FunctionSpec(
@@ -150,7 +155,10 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         memory_mb=1024,
         timeout_s=300,
         substitution="TrainingEvaluateFunctionArn",
-        s3=(Grant("artifacts", "training/results/", "read"), Grant("artifacts", "mlflow/", "read")),
+        s3=(
+            Grant("artifacts", DEFAULTS.training_results_prefix, "read"),
+            Grant("artifacts", DEFAULTS.mlflow_artifact_prefix, "read"),
+        ),
     ),
     FunctionSpec(
         key="training-job-failed",
@@ -161,7 +169,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         timeout_s=60,
         substitution="TrainingJobFailedFunctionArn",
         needs_database=False,
-        s3=(Grant("artifacts", "training/results/", "read"),),
+        s3=(Grant("artifacts", DEFAULTS.training_results_prefix, "read"),),
     ),
     FunctionSpec(
         key="api",
@@ -190,7 +198,10 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         memory_mb=1024,
         timeout_s=300,
         substitution="DriftCheckFunctionArn",
-        s3=(Grant("artifacts", "mlflow/", "read"), Grant("artifacts", "drift/reports/", "write")),
+        s3=(
+            Grant("artifacts", DEFAULTS.mlflow_artifact_prefix, "read"),
+            Grant("artifacts", DEFAULTS.drift_report_prefix, "write"),
+        ),
     ),
     FunctionSpec(
         key="migrate",

@@ -36,6 +36,8 @@ from infrastructure import catalog
 from pipectl import datasource, flows, ops
 from pipectl.ops import TargetOption
 from pipectl.target import DEFAULT_STATE_DIR, Target, TargetUnavailable, local_target, resolve
+from pricepipe import champion
+from pricepipe.settings import DEFAULTS
 
 console = Console()
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -43,7 +45,7 @@ local_app = typer.Typer(help="The local cloud: AWS APIs from moto on loopback, r
 app.add_typer(local_app, name="local")
 
 StateDirOption = Annotated[Path, typer.Option("--state-dir", envvar="PIPECTL_STATE_DIR", help="local cloud state")]
-LANDING_PREFIX = "landing/"
+LANDING_PREFIX = DEFAULTS.landing_prefix
 
 
 def _target(kind: str, state_dir: Path = DEFAULT_STATE_DIR) -> Target:
@@ -300,11 +302,12 @@ def _print_destinations(target: Target) -> None:
                 rows = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
                 table.add_row(f"PostgreSQL {name}", f"{rows[0] if rows else 0:,} rows")
     table.add_row(
-        f"Parquet lake s3://{target.lake_bucket}/processed_features/",
-        f"{count(target.lake_bucket, 'processed_features/'):,} files",
+        f"Parquet lake s3://{target.lake_bucket}/{DEFAULTS.lake_prefix}",
+        f"{count(target.lake_bucket, DEFAULTS.lake_prefix):,} files",
     )
     table.add_row(
-        f"quarantine s3://{target.landing_bucket}/quarantine/", f"{count(target.landing_bucket, 'quarantine/'):,} files"
+        f"quarantine s3://{target.landing_bucket}/{DEFAULTS.quarantine_prefix}",
+        f"{count(target.landing_bucket, DEFAULTS.quarantine_prefix):,} files",
     )
     console.print(table)
 
@@ -906,8 +909,8 @@ def _serving_version(target: Target) -> str | None:
     import psycopg
 
     with psycopg.connect(target.database_url) as conn:
-        row = conn.execute("SELECT version FROM model_registry.models WHERE stage = 'champion' LIMIT 1").fetchone()
-    return str(row[0]) if row else None
+        serving = champion.current(conn, DEFAULTS.model_name)
+    return serving.version if serving else None
 
 
 def _redact(url: str) -> str:

@@ -23,6 +23,8 @@ from rich.table import Table
 
 from infrastructure import catalog
 from pipectl.target import Target
+from pricepipe import champion
+from pricepipe.settings import DEFAULTS
 
 console = Console()
 
@@ -84,11 +86,11 @@ def _database(url: str) -> str:
 
     with psycopg.connect(url, connect_timeout=5) as conn:
         migrations = conn.execute("SELECT max(version) FROM public.pricepipe_migrations").fetchone()
-        champion = conn.execute("SELECT version FROM model_registry.models WHERE stage = 'champion' LIMIT 1").fetchone()
+        serving = champion.current(conn, DEFAULTS.model_name)
         rows = conn.execute("SELECT count(*) FROM price_data.raw_data").fetchone()
     return (
         f"migration {migrations[0] if migrations else '-'}, {rows[0] if rows else 0:,} rows,"
-        f" champion {champion[0] if champion else 'none'}"
+        f" champion {serving.version if serving else 'none'}"
     )
 
 

@@ -51,10 +51,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _result_location(uri: str | None) -> tuple[str, str] | None:
     if not uri:
         return None
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    if not uri.startswith("s3://") or not bucket or not key:
-        raise ValueError(f"--result-uri must be s3://bucket/key, got {uri!r}")
-    return bucket, key
+    from pricepipe import storage
+
+    try:
+        return storage.split_uri(uri)
+    except storage.InvalidS3Uri as exc:
+        raise ValueError(f"--result-uri: {exc}") from exc
 
 
 def _write_result(s3: Any, uri: str | None, result: dict[str, Any]) -> None:

@@ -36,21 +36,17 @@ from infrastructure import catalog, nag
 from infrastructure.catalog import Grant, JobSpec
 from infrastructure.stacks.config import DeployConfig
 from infrastructure.stacks.data_access import attach_data_access
-from infrastructure.stacks.data_stack import LAKE_PREFIX, DataStack
-
-# Where the training job keeps things (pricepipe.settings.mlflow_artifact_prefix and
-# pricepipe.training.flow's result URI); the training-evaluate function reads both.
-MLFLOW_PREFIX = "mlflow/"
-TRAINING_RESULTS_PREFIX = "training/results/"
+from infrastructure.stacks.data_stack import DataStack
+from pricepipe.settings import DEFAULTS
 
 # What each job does with the buckets. Every catalog job must appear here (JobSpec has no grants of
 # its own yet): a new job gets no data access until someone decides which it needs.
 JOB_ACCESS: dict[str, tuple[Grant, ...]] = {
     "training": (
-        Grant("lake", LAKE_PREFIX, "read"),  # --source lake
-        Grant("artifacts", MLFLOW_PREFIX, "read"),  # MLflow lists and downloads run artifacts
-        Grant("artifacts", MLFLOW_PREFIX, "write"),  # plots, model, reference statistics, serving artifact
-        Grant("artifacts", TRAINING_RESULTS_PREFIX, "write"),  # the result document the flow reads
+        Grant("lake", DEFAULTS.lake_prefix, "read"),  # --source lake
+        Grant("artifacts", DEFAULTS.mlflow_artifact_prefix, "read"),  # MLflow lists and downloads run artifacts
+        Grant("artifacts", DEFAULTS.mlflow_artifact_prefix, "write"),  # plots, model, reference stats, serving artifact
+        Grant("artifacts", DEFAULTS.training_results_prefix, "write"),  # the result document the flow reads
     ),
 }
 

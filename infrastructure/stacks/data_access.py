@@ -18,6 +18,7 @@ from constructs import Construct
 from infrastructure import nag
 from infrastructure.catalog import Grant
 from infrastructure.stacks.data_stack import BucketNames
+from pricepipe.storage import split_uri
 
 BUCKETS = ("landing", "lake", "artifacts")
 READ_ACTIONS = ("s3:GetObject",)
@@ -65,7 +66,7 @@ def contract_statements(stack: Stack, contract: str) -> list[iam.PolicyStatement
     """Reading a data contract kept in S3 (``s3://bucket/key``); a bundled contract needs nothing."""
     if not contract.startswith("s3://"):
         return []
-    bucket, _, key = contract.removeprefix("s3://").partition("/")
+    bucket, key = split_uri(contract)
     return [iam.PolicyStatement(actions=["s3:GetObject"], resources=[f"arn:{stack.partition}:s3:::{bucket}/{key}"])]
 
 

@@ -22,15 +22,11 @@ from infrastructure import nag
 from infrastructure.catalog import PROJECT
 from infrastructure.stacks.bastion import DatabaseBastion
 from infrastructure.stacks.config import DeployConfig
+from pricepipe.settings import DEFAULTS
 
 DATABASE_PORT = 5432
 DATABASE_NAME = PROJECT
 DATABASE_USER = PROJECT
-# The bucket layout the shared package expects (pricepipe.settings.Settings defaults).
-LANDING_PREFIX = "landing/"
-QUARANTINE_PREFIX = "quarantine/"
-LAKE_PREFIX = "processed_features/"
-MANIFEST_PREFIX = "manifests/etl/"
 CONTROL_PLANE_ENDPOINTS = {
     "Lambda": ec2.InterfaceVpcEndpointAwsService.LAMBDA_,
     "Ssm": ec2.InterfaceVpcEndpointAwsService.SSM,
@@ -194,14 +190,16 @@ class DataStack(Stack):
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="landing-to-infrequent-access",
-                    prefix=LANDING_PREFIX,
+                    prefix=DEFAULTS.landing_prefix,
                     transitions=[
                         s3.Transition(
                             storage_class=s3.StorageClass.INFREQUENT_ACCESS, transition_after=Duration.days(30)
                         )
                     ],
                 ),
-                s3.LifecycleRule(id="expire-quarantine", prefix=QUARANTINE_PREFIX, expiration=Duration.days(90)),
+                s3.LifecycleRule(
+                    id="expire-quarantine", prefix=DEFAULTS.quarantine_prefix, expiration=Duration.days(90)
+                ),
             ],
         )
         # Object-created events go to EventBridge (the ETL trigger). Set on the L1: the L2's
@@ -219,7 +217,9 @@ class DataStack(Stack):
             names.artifacts,
             versioned=True,
             lifecycle_rules=[
-                s3.LifecycleRule(id="expire-etl-manifests", prefix="manifests/", expiration=Duration.days(14)),
+                s3.LifecycleRule(
+                    id="expire-etl-manifests", prefix=DEFAULTS.manifest_prefix, expiration=Duration.days(14)
+                ),
                 s3.LifecycleRule(id="expire-noncurrent-versions", noncurrent_version_expiration=Duration.days(30)),
             ],
         )

@@ -30,11 +30,12 @@ from constructs import Construct
 from infrastructure import catalog
 from infrastructure.stacks.config import DeployConfig
 from infrastructure.stacks.serving_stack import API_NAME, API_STAGE
+from pricepipe.settings import DEFAULTS
 
-# pricepipe.settings.Settings defaults (tests/infrastructure/test_monitoring.py holds them equal):
-# the functions' metric namespace and the registered model's name, a dimension of flow metrics.
-NAMESPACE = "PricePipeline"
-MODEL_NAME = "price-model"
+# The functions' metric namespace and the registered model's name (a dimension of flow metrics),
+# as the functions are deployed with them.
+NAMESPACE = DEFAULTS.metrics_namespace
+MODEL_NAME = DEFAULTS.model_name
 BUNDLED_CONTRACTS = catalog.ROOT / "layers" / "pricepipe" / "pricepipe" / "contracts"
 DASHBOARD_NAME = catalog.PROJECT
 

@@ -46,10 +46,11 @@ from infrastructure.stacks import layer_names
 from infrastructure.stacks.batch_jobs import BatchJobs
 from infrastructure.stacks.config import PANDAS_LAYER_ACCOUNT, DeployConfig
 from infrastructure.stacks.data_access import attach_data_access, bucket_arn
-from infrastructure.stacks.data_stack import LANDING_PREFIX, MANIFEST_PREFIX, DataStack
+from infrastructure.stacks.data_stack import DataStack
 from infrastructure.stacks.model_layer import ModelLayerSeed
 from infrastructure.stacks.pipeline_function import RUNTIMES, PipelineFunction
 from infrastructure.stacks.serving_access import PROMOTION_ACCESS, attach_serving_access
+from pricepipe.settings import DEFAULTS
 
 PACKAGE_DIR = catalog.ROOT / "layers" / "pricepipe" / "pricepipe"
 REQUIREMENTS_DIR = catalog.ROOT / "layers" / "requirements"
@@ -450,7 +451,7 @@ class PipelineStack(Stack):
         # The name is fixed so the role can name the state machine (and its executions) without a
         # reference to the resource that needs the role.
         machine_arn = self.state_machine_arn(spec)
-        manifests = bucket_arn(self, self.data.bucket_names.artifacts, MANIFEST_PREFIX)
+        manifests = bucket_arn(self, self.data.bucket_names.artifacts, DEFAULTS.manifest_prefix)
         policy.add_statements(
             iam.PolicyStatement(sid="ReadItemManifests", actions=["s3:GetObject"], resources=[manifests]),
             iam.PolicyStatement(sid="StartChildExecutions", actions=["states:StartExecution"], resources=[machine_arn]),
@@ -475,7 +476,8 @@ class PipelineStack(Stack):
             iam.PolicyStatement(sid="RedriveMapRuns", actions=["states:RedriveExecution"], resources=redrivable),
         )
         reason = (
-            f"What the DISTRIBUTED map of {spec.file} needs: the item manifests under {MANIFEST_PREFIX}, and the "
+            f"What the DISTRIBUTED map of {spec.file} needs: the item manifests under {DEFAULTS.manifest_prefix},"
+            " and the "
             "child executions it starts (named by the state machine's fixed name and the map's label)."
         )
         return {nag.resource_finding(self, arn): reason for arn in (manifests, children, *redrivable)}
@@ -550,11 +552,11 @@ class PipelineStack(Stack):
         scheduler.Schedule(
             self,
             "EtlSchedule",
-            description=f"Daily ETL of everything under {LANDING_PREFIX} not yet taken",
+            description=f"Daily ETL of everything under {DEFAULTS.landing_prefix} not yet taken",
             schedule=scheduler.ScheduleExpression.expression(self.config.etl_schedule),
             target=scheduler_targets.StepFunctionsStartExecution(
                 machine,
-                input=scheduler.ScheduleTargetInput.from_object({"prefix": LANDING_PREFIX}),
+                input=scheduler.ScheduleTargetInput.from_object({"prefix": DEFAULTS.landing_prefix}),
                 retry_attempts=3,
                 max_event_age=Duration.hours(1),
             ),
@@ -562,13 +564,13 @@ class PipelineStack(Stack):
         events.Rule(
             self,
             "EtlOnLandingObject",
-            description=f"Run the ETL for each new object under {LANDING_PREFIX}",
+            description=f"Run the ETL for each new object under {DEFAULTS.landing_prefix}",
             event_pattern=events.EventPattern(
                 source=["aws.s3"],
                 detail_type=["Object Created"],
                 detail={
                     "bucket": {"name": [self.data.bucket_names.landing]},
-                    "object": {"key": [{"prefix": LANDING_PREFIX}]},
+                    "object": {"key": [{"prefix": DEFAULTS.landing_prefix}]},
                 },
             ),
             targets=[

@@ -86,7 +86,7 @@ def test_given_the_artifacts_bucket_then_it_is_versioned_and_manifests_and_old_v
     _, artifacts = _bucket(data_resources, "artifacts")
     assert artifacts["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
     rules = {rule["Id"]: rule for rule in artifacts["Properties"]["LifecycleConfiguration"]["Rules"]}
-    assert rules["expire-etl-manifests"]["Prefix"] == "manifests/"
+    assert rules["expire-etl-manifests"]["Prefix"] == "manifests/etl/"  # the ETL manifests, all there is
     assert rules["expire-etl-manifests"]["ExpirationInDays"] == 14
     assert rules["expire-noncurrent-versions"]["NoncurrentVersionExpiration"] == {"NoncurrentDays": 30}
 

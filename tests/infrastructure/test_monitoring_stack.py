@@ -27,13 +27,6 @@ def _source(path: str) -> str:
 # -- the metric catalog: what the code really emits --------------------------------------------------
 
 
-def test_given_the_shared_settings_then_the_namespace_and_model_name_are_the_functions() -> None:
-    from pricepipe.settings import Settings
-
-    assert Settings.model_fields["metrics_namespace"].default == NAMESPACE
-    assert Settings.model_fields["model_name"].default == MODEL_NAME
-
-
 def _emitted_by_family() -> dict[str, set[str]]:
     """Metric names the handlers build from a prefix and a runtime key, derived from the code they call."""
     from pricepipe.promotion import OUTCOMES

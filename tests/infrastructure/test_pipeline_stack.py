@@ -14,14 +14,9 @@ from infrastructure import catalog
 from infrastructure.catalog import Grant
 from infrastructure.stacks.config import DEFAULT_DRIFT_SCHEDULE, DEFAULT_ETL_SCHEDULE, DEFAULT_PANDAS_LAYER_VERSION
 from infrastructure.stacks.data_access import s3_statements
-from infrastructure.stacks.data_stack import (
-    LAKE_PREFIX,
-    LANDING_PREFIX,
-    MANIFEST_PREFIX,
-    QUARANTINE_PREFIX,
-    BucketNames,
-)
+from infrastructure.stacks.data_stack import BucketNames
 from infrastructure.stacks.pipeline_stack import distributed_map_labels, migrations_fingerprint, task_resources
+from pricepipe.settings import DEFAULTS
 from tests.infrastructure.support import (
     as_list,
     expected_s3_grants,
@@ -29,6 +24,11 @@ from tests.infrastructure.support import (
     s3_grants,
     statements_of_role,
 )
+
+LANDING_PREFIX = DEFAULTS.landing_prefix
+QUARANTINE_PREFIX = DEFAULTS.quarantine_prefix
+LAKE_PREFIX = DEFAULTS.lake_prefix
+MANIFEST_PREFIX = DEFAULTS.manifest_prefix
 
 if TYPE_CHECKING:
     from tests.infrastructure.conftest import Synthesized
@@ -462,13 +462,3 @@ def test_given_a_new_landing_object_then_an_eventbridge_rule_starts_the_etl_for_
     assert len(path_names) == 1
     # EventBridge substitutes a string path with its JSON-quoted value.
     assert json.loads(transformer["InputTemplate"].replace(f"<{path_names[0]}>", '"KEY"')) == {"prefix": "KEY"}
-
-
-def test_given_the_shared_settings_then_the_granted_prefixes_are_the_ones_the_handlers_use() -> None:
-    from pricepipe.settings import Settings
-
-    defaults = {name: field.default for name, field in Settings.model_fields.items()}
-    assert defaults["landing_prefix"] == LANDING_PREFIX
-    assert defaults["quarantine_prefix"] == QUARANTINE_PREFIX
-    assert defaults["lake_prefix"] == LAKE_PREFIX
-    assert defaults["manifest_prefix"] == MANIFEST_PREFIX

@@ -13,13 +13,11 @@ from infrastructure import catalog
 from infrastructure.stacks import PIPELINE_STACK
 from infrastructure.stacks.batch_jobs import (
     JOB_ACCESS,
-    MLFLOW_PREFIX,
-    TRAINING_RESULTS_PREFIX,
     copy_sources,
     docker_context_excludes,
 )
-from infrastructure.stacks.data_stack import LAKE_PREFIX
 from infrastructure.stacks.pipeline_stack import BATCH_EVENTS_RULE
+from pricepipe.settings import DEFAULTS
 from tests.infrastructure.support import (
     Resources,
     actions_of,
@@ -29,6 +27,10 @@ from tests.infrastructure.support import (
     s3_grants,
     statements_of_role,
 )
+
+LAKE_PREFIX = DEFAULTS.lake_prefix
+MLFLOW_PREFIX = DEFAULTS.mlflow_artifact_prefix
+TRAINING_RESULTS_PREFIX = DEFAULTS.training_results_prefix
 
 if TYPE_CHECKING:
     from tests.infrastructure.conftest import Synthesized
@@ -278,10 +280,7 @@ def test_given_a_dockerfile_that_copies_the_whole_context_then_it_is_refused(tmp
         docker_context_excludes(dockerfile, root=tmp_path)
 
 
-def test_given_the_shared_settings_then_the_job_prefixes_are_the_ones_the_training_code_uses() -> None:
-    from pricepipe.settings import Settings
-
-    assert Settings.model_fields["mlflow_artifact_prefix"].default == MLFLOW_PREFIX
+def test_the_evaluate_function_reads_the_job_results_and_the_mlflow_artifacts() -> None:
     evaluate = catalog.function("training-evaluate")
     assert {g.prefix for g in evaluate.s3} == {MLFLOW_PREFIX, TRAINING_RESULTS_PREFIX}
 

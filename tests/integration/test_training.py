@@ -21,9 +21,9 @@ import pytest
 from psycopg import sql
 
 from pipectl import datasource
-from pricepipe import db, registry
+from pricepipe import champion, db, registry, storage
 from pricepipe.contract import Contract
-from pricepipe.lean_model import LeanModel
+from pricepipe.lean_model import LeanModel, load_from_uri
 from pricepipe.settings import Settings
 from pricepipe.training import TrainingDataError, TrainingWindow, load_lake, load_postgres, train
 from pricepipe.training.job import JobOptions, load_window, run_job
@@ -99,7 +99,7 @@ def _options(**overrides: Any) -> JobOptions:
 
 
 def _object(s3: Any, uri: str) -> bytes:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    bucket, key = storage.split_uri(uri)
     return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
@@ -178,14 +178,15 @@ def test_training_registers_a_tracked_challenger_with_its_artifacts(
 
     # the evaluation artifact (never saw the holdout) scores it exactly as training reported ...
     holdout = load_postgres(conn, contract, TrainingWindow.ending(datasource.available_days()[DAYS - 1], 14)).frame
-    evaluation = registry.evaluate_alias(client, s3, settings.model_name, "challenger", holdout, role="evaluation")
-    assert evaluation is not None
-    assert evaluation.serving_artifact_uri == result["evaluation_artifact_uri"]
-    assert evaluation.metrics["rmse"] == pytest.approx(result["metrics"]["rmse"], rel=1e-9)
+    tags = client.get_model_version(settings.model_name, "1").tags
+    assert tags[registry.URI_TAGS["evaluation"]] == result["evaluation_artifact_uri"]
+    evaluation = registry.evaluate_artifact(
+        load_from_uri(result["evaluation_artifact_uri"], s3), holdout, contract.target
+    )
+    assert evaluation["rmse"] == pytest.approx(result["metrics"]["rmse"], rel=1e-9)
     # ... while the served artifact is the same settings refit on the whole window, holdout included
-    served = registry.evaluate_alias(client, s3, settings.model_name, "challenger", holdout)
-    assert served is not None
-    assert served.metrics["rmse"] < evaluation.metrics["rmse"]
+    served = registry.evaluate_artifact(load_from_uri(row[4], s3), holdout, contract.target)
+    assert served["rmse"] < evaluation["rmse"]
     assert lean.info["role"] == "serving"
 
     # and MLflow's own model (sklearn pipeline with signature) predicts the same prices
@@ -297,14 +298,8 @@ def test_aliases_move_and_stages_follow(
 
     assert stages() == {"1": "champion", "2": "challenger"}
 
-    holdout_window = TrainingWindow.ending(datasource.available_days()[DAYS - 1], 14)
-    comparison = registry.compare_challenger(
-        client, s3, name, load_postgres(conn, contract, holdout_window).frame, margin=0.0
-    )
-    assert comparison["challenger"]["version"] == "2"
-    assert comparison["champion"]["version"] == "1"
-    better = comparison["challenger"]["metrics"]["rmse"] <= comparison["champion"]["metrics"]["rmse"]
-    assert comparison["decision"] == ("promote" if better else "keep")
+    serving = champion.current(conn, name)
+    assert serving is not None and serving.version == "1"
 
     registry.promote(client, conn, name, second["model_version"])
     assert stages() == {"1": "previous", "2": "champion"}

@@ -96,3 +96,13 @@ def test_promotion_functions_act_on_what_the_settings_name() -> None:
         stage="dev",
     )
     assert rendered["PRICEPIPE_SERVING_ALIAS"] == "live" and spec.needs_registry
+
+
+def test_every_granted_prefix_is_a_prefix_of_the_settings_layout() -> None:
+    from infrastructure.stacks.batch_jobs import JOB_ACCESS
+    from pricepipe.settings import DEFAULTS, PREFIXES
+
+    layout = {getattr(DEFAULTS, name) for name in PREFIXES}
+    grants = [g for f in catalog.FUNCTIONS for g in f.s3] + [g for grants in JOB_ACCESS.values() for g in grants]
+    assert grants
+    assert {g.prefix for g in grants} <= layout

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pricepipe import storage
 from pricepipe.errors import ContractError
 
 if TYPE_CHECKING:
@@ -277,8 +278,8 @@ def load_contract(ref: str, s3_client: Any | None = None) -> Contract:
     if ref.startswith("s3://"):
         if s3_client is None:
             raise ContractError(f"contract {ref} is in S3 but no S3 client was given")
-        bucket, _, key = ref.removeprefix("s3://").partition("/")
         try:
+            bucket, key = storage.split_uri(ref)
             body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         except Exception as exc:
             raise ContractError(f"contract {ref} could not be read: {exc}") from exc

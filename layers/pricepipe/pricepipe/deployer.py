@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pricepipe import storage
 from pricepipe.errors import PricePipeError
 
 DESCRIPTION_PREFIX = "model "  # + "<model name>@<version>": how a function version names its model
@@ -56,7 +57,7 @@ def layer_name_of(layer_arn: str) -> str:
 def read_artifact(s3: Any, uri: str) -> bytes:
     if not uri.startswith("s3://"):
         raise DeploymentError(f"a serving artifact must be in S3, got {uri}")
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    bucket, key = storage.split_uri(uri)
     try:
         return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     except Exception as exc:

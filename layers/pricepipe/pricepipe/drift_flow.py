@@ -18,14 +18,13 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from pricepipe import storage
+from pricepipe.champion import current as champion_of
 
 if TYPE_CHECKING:
     import psycopg
 
     from pricepipe.contract import Contract
     from pricepipe.settings import Settings
-
-REPORT_PREFIX = "drift/reports/"
 
 
 def reference_uri(serving_artifact_uri: str) -> str:
@@ -57,11 +56,7 @@ def check(
     from pricepipe.training.data import TrainingWindow, frame_columns, latest_event_date_postgres, load_postgres
 
     check_id = str(request.get("check_id") or uuid.uuid4())
-    champion = conn.execute(
-        "SELECT version, serving_artifact_uri, metrics FROM model_registry.models"
-        " WHERE model_name = %s AND stage = 'champion' ORDER BY updated_at DESC LIMIT 1",
-        (settings.model_name,),
-    ).fetchone()
+    champion = champion_of(conn, settings.model_name)
     if champion is None:
         return {
             "check_id": check_id,
@@ -70,14 +65,14 @@ def check(
             "reasons": ["no champion model yet"],
             "holdout_days": settings.holdout_days,  # nothing to compare with: the usual holdout
         }
-    version, serving_uri, metrics = str(champion[0]), str(champion[1]), dict(champion[2] or {})
+    version, serving_uri, metrics = champion.version, champion.serving_artifact_uri, champion.metrics
     end = dt.date.fromisoformat(request["end"]) if request.get("end") else latest_event_date_postgres(conn, contract)
     if end is None:
         return {"check_id": check_id, "decision": "none", "drifted": None, "reasons": ["no data loaded yet"]}
     days = int(request.get("window_days") or settings.drift_window_days)
     window = TrainingWindow.ending(end, days)
     frame = load_postgres(conn, contract, window).frame
-    reference = storage.get_json(s3, *_split(reference_uri(serving_uri)))
+    reference = storage.get_json(s3, *storage.split_uri(reference_uri(serving_uri)))
     model = load_from_uri(serving_uri, s3)
     predictions: Any = model.predict_columns(frame_columns(frame, model.encoding)) if len(frame) else []
     calendar = set(contract.date_part_columns)
@@ -96,7 +91,7 @@ def check(
         check_id=check_id,
     )
     save_report(conn, report)
-    key = f"{REPORT_PREFIX}{end.isoformat()}/{check_id}.html"
+    key = f"{settings.drift_report_prefix}{end.isoformat()}/{check_id}.html"
     storage.put_bytes(
         s3,
         settings.artifacts_bucket,
@@ -127,8 +122,3 @@ def decide(report: Any, errors_measured: bool) -> str:
     if errors_measured:
         return "retrain" if report.performance_drift else "none"
     return "retrain" if report.drifted else "none"
-
-
-def _split(uri: str) -> tuple[str, str]:
-    bucket, _, key = uri.removeprefix("s3://").partition("/")
-    return bucket, key

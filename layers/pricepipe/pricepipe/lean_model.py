@@ -636,7 +636,9 @@ def load_from_uri(uri: str, s3_client: Any | None = None) -> LeanModel:
     if uri.startswith("s3://"):
         if s3_client is None:
             raise LeanModelError(f"{uri} is in S3 but no S3 client was given")
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        from pricepipe.storage import split_uri
+
+        bucket, key = split_uri(uri)
         body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
         return LeanModel.load(bytes(body))
     path = Path(uri.removeprefix("file://"))

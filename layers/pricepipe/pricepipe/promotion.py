@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 from psycopg.errors import UniqueViolation
 
 from pricepipe import deployer, registry
+from pricepipe.champion import challenger_wins
+from pricepipe.champion import current as champion_of
 from pricepipe.errors import PricePipeError
 
 if TYPE_CHECKING:
@@ -438,12 +440,8 @@ def gate(
         passed = evaluation["decision"] == "promote"
         return {"passed": passed, "reason": str(evaluation.get("reason", "")), "source": "training-evaluation"}
 
-    champion = conn.execute(
-        "SELECT version, serving_artifact_uri FROM model_registry.models"
-        " WHERE model_name = %s AND stage = 'champion' ORDER BY updated_at DESC LIMIT 1",
-        (model_name,),
-    ).fetchone()
-    if champion is None or str(champion[0]) == version:
+    champion = champion_of(conn, model_name)
+    if champion is None or champion.version == version:
         return {"passed": True, "reason": "no champion yet", "source": "no-champion"}
 
     from pricepipe.registry import evaluate_artifact
@@ -458,19 +456,21 @@ def gate(
     except Exception:  # noqa: BLE001 - a version without an evaluation artifact is scored as it serves
         challenger_model = load_from_uri(str(row["serving_artifact_uri"]), s3)
     challenger = evaluate_artifact(challenger_model, frame, contract.target)
-    incumbent = evaluate_artifact(load_from_uri(str(champion[1]), s3), frame, contract.target)
-    bar = incumbent["rmse"] * (1 - settings.promotion_margin)
-    passed = challenger["rmse"] <= bar
+    incumbent = evaluate_artifact(load_from_uri(champion.serving_artifact_uri, s3), frame, contract.target)
+    verdict = challenger_wins(
+        challenger["rmse"],
+        incumbent["rmse"],
+        settings.promotion_margin,
+        challenger=f"version {version}",
+        champion=f"champion {champion.version}",
+        measured_on=f"on the latest {settings.holdout_days} days, {len(frame)} rows",
+    )
     return {
-        "passed": passed,
-        "reason": (
-            f"version {version} RMSE {challenger['rmse']:.3f} {'<=' if passed else '>'} {bar:.3f} (champion"
-            f" {champion[0]} {incumbent['rmse']:.3f} less {settings.promotion_margin:.1%}) on the latest"
-            f" {settings.holdout_days} days, {len(frame)} rows"
-        ),
+        "passed": verdict.wins,
+        "reason": verdict.reason,
         "source": "fresh-holdout",
         "challenger": challenger,
-        "champion": {"version": str(champion[0]), **incumbent},
+        "champion": {"version": champion.version, **incumbent},
     }
 
 
@@ -1008,14 +1008,10 @@ def restore_champion(
     primary = deployer.version_configuration(lam, serving.function, alias["function_version"])
     if deployer.model_of(primary.get("Description")) is not None:
         return None
-    row = conn.execute(
-        "SELECT version FROM model_registry.models WHERE model_name = %s AND stage = 'champion'"
-        " ORDER BY updated_at DESC LIMIT 1",
-        (settings.model_name,),
-    ).fetchone()
-    if row is None:
+    champion = champion_of(conn, settings.model_name)
+    if champion is None:
         return None
-    version = str(row[0])
+    version = champion.version
     target = _function_version_serving(conn, lam, s3, serving, settings.model_name, version)
     switched = deployer.switch(lam, serving.function, serving.alias, target["function_version"])
     if target.get("layer_arn"):

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pricepipe.lean_model import LeanModel, load_from_uri
+from pricepipe.errors import PricePipeError
+from pricepipe.lean_model import LeanModel
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,7 +43,7 @@ EVALUATION_ARTIFACT = "evaluation/model.npz"
 URI_TAGS = {"serving": "serving_artifact_uri", "evaluation": "evaluation_artifact_uri"}
 
 
-class RegistryError(RuntimeError):
+class RegistryError(PricePipeError, RuntimeError):
     """A registry operation that cannot be done as asked, named in the message."""
 
 
@@ -518,28 +519,6 @@ def _restore_alias(client: MlflowClient, model_name: str, alias: str, version: s
 # -- evaluating registered versions ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    model_name: str
-    version: str
-    alias: str | None
-    serving_artifact_uri: str
-    metrics: dict[str, float]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def artifact_uri(client: MlflowClient, model_name: str, version: str, role: str = "serving") -> str:
-    """Where a version's lean artifact is: ``serving`` (what serves traffic) or ``evaluation`` (the
-    fit that never saw its holdout; the serving one when the model was not refit)."""
-    tags = client.get_model_version(model_name, version).tags
-    for tag in (URI_TAGS[role], URI_TAGS["serving"]):
-        if tag in tags:
-            return str(tags[tag])
-    raise RegistryError(f"{model_name} version {version} has no lean artifact ({URI_TAGS['serving']} tag)")
-
-
 def evaluate_artifact(model: LeanModel, frame: pd.DataFrame, target: str) -> dict[str, float]:
     """Metrics of a lean model on a frame holding its features and the actual prices."""
     from pricepipe.training.data import frame_columns
@@ -549,64 +528,3 @@ def evaluate_artifact(model: LeanModel, frame: pd.DataFrame, target: str) -> dic
         raise RegistryError(f"the evaluation frame lacks the target column {target!r}")
     predictions = model.predict_columns(frame_columns(frame, model.encoding))
     return regression_metrics(frame[target].to_numpy(dtype=float), predictions)
-
-
-def evaluate_version(
-    client: MlflowClient,
-    s3: Any,
-    model_name: str,
-    version: str,
-    frame: pd.DataFrame,
-    alias: str | None = None,
-    role: str = "serving",
-) -> Evaluation:
-    uri = artifact_uri(client, model_name, version, role)
-    model = load_from_uri(uri, s3)
-    target = str(model.info.get("target", ""))
-    return Evaluation(model_name, version, alias, uri, evaluate_artifact(model, frame, target))
-
-
-def evaluate_alias(
-    client: MlflowClient, s3: Any, model_name: str, alias: str, frame: pd.DataFrame, role: str = "serving"
-) -> Evaluation | None:
-    """The version holding ``alias`` scored on ``frame`` through its lean artifact (None: no such alias)."""
-    version = alias_version(client, model_name, alias)
-    if version is None:
-        return None
-    return evaluate_version(client, s3, model_name, version, frame, alias, role)
-
-
-def compare_challenger(
-    client: MlflowClient, s3: Any, model_name: str, frame: pd.DataFrame, margin: float
-) -> dict[str, Any]:
-    """Challenger against champion on the same rows (the challenger's holdout): promote when the
-    challenger's RMSE is lower by at least ``margin`` (a fraction of the champion's), or when there is
-    no champion yet.
-
-    The challenger is scored through its evaluation artifact, which never saw these rows; the
-    champion through the artifact serving traffic, trained on data up to its own window's end. When
-    retraining comes sooner than the holdout is long, the champion has seen part of these rows: the
-    comparison then leans towards keeping it, never towards a change.
-    """
-    challenger = evaluate_alias(client, s3, model_name, "challenger", frame, role="evaluation")
-    if challenger is None:
-        raise RegistryError(f"{model_name} has no challenger to evaluate")
-    champion = evaluate_alias(client, s3, model_name, "champion", frame)
-    if champion is None:
-        decision, reason = "promote", "no champion yet"
-    else:
-        bar = champion.metrics["rmse"] * (1 - margin)
-        better = challenger.metrics["rmse"] <= bar
-        decision = "promote" if better else "keep"
-        reason = (
-            f"challenger RMSE {challenger.metrics['rmse']:.3f} {'<=' if better else '>'} {bar:.3f}"
-            f" (champion {champion.metrics['rmse']:.3f} less {margin:.1%})"
-        )
-    return {
-        "decision": decision,
-        "reason": reason,
-        "margin": margin,
-        "rows": len(frame),
-        "challenger": _json_safe(challenger.to_dict()),
-        "champion": _json_safe(champion.to_dict()) if champion else None,
-    }

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     # The data contract: a bundled contract's name, a file path, or an s3:// URI.
     contract: str = "hotel_rates"
 
+    # The bucket layout. These defaults are the one definition of every prefix: the stacks grant IAM
+    # access and set lifecycle rules on them, and the CLI lands and counts files under them.
     landing_bucket: str = "pricepipe-landing"
     landing_prefix: str = "landing/"
     quarantine_prefix: str = "quarantine/"
@@ -35,6 +37,8 @@ class Settings(BaseSettings):
     lake_prefix: str = "processed_features/"
     artifacts_bucket: str = "pricepipe-artifacts"
     manifest_prefix: str = "manifests/etl/"
+    training_results_prefix: str = "training/results/"  # the training job's result documents
+    drift_report_prefix: str = "drift/reports/"  # drift checks' HTML reports
 
     # Database: a Secrets Manager secret (RDS's JSON, or {"dsn": ...}) wins over a plain URL.
     database_secret_arn: str | None = None
@@ -123,10 +127,24 @@ class Settings(BaseSettings):
                 "stage=prod refuses a DATABASE_URL carrying a password: "
                 "set PRICEPIPE_DATABASE_SECRET_ARN to the Secrets Manager secret instead"
             )
-        for name in ("landing_prefix", "quarantine_prefix", "lake_prefix", "manifest_prefix"):
+        for name in PREFIXES:
             if not getattr(self, name).endswith("/"):
                 raise ValueError(f"{name} must end with '/', got {getattr(self, name)!r}")
         return self
+
+
+PREFIXES = (
+    "landing_prefix",
+    "quarantine_prefix",
+    "lake_prefix",
+    "manifest_prefix",
+    "training_results_prefix",
+    "drift_report_prefix",
+    "mlflow_artifact_prefix",
+)
+
+# Every field at its default, environment unread: what the stacks deploy the functions with.
+DEFAULTS = Settings.model_construct()
 
 
 @lru_cache(maxsize=1)

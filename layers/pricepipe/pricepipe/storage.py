@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pricepipe.errors import TransientError
+from pricepipe.errors import PricePipeError, TransientError
 
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed", "503", "500"}
@@ -33,6 +33,18 @@ class ObjectRef:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ObjectRef:
         return cls(bucket=data["bucket"], key=data["key"], etag=data["etag"], size=int(data.get("size", 0)))
+
+
+class InvalidS3Uri(PricePipeError, ValueError):
+    """A location that should be ``s3://bucket/key`` and is not."""
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` as ``(bucket, key)``; anything else is refused with the URI named."""
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    if not uri.startswith("s3://") or not bucket or not key:
+        raise InvalidS3Uri(f"expected s3://bucket/key, got {uri!r}")
+    return bucket, key
 
 
 class ObjectChanged(Exception):

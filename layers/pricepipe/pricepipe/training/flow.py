@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from pricepipe import storage
 from pricepipe.canary import expected_shift
+from pricepipe.champion import challenger_wins
+from pricepipe.champion import current as champion_of
 from pricepipe.lean_model import load_from_uri
 from pricepipe.training.data import TrainingWindow, frame_columns, latest_event_date_postgres, load_postgres
 
@@ -39,7 +41,7 @@ def prepare(
         )
     end = request.get("end")
     end_date = dt.date.fromisoformat(end) if end else latest_event_date_postgres(conn, contract)
-    result_uri = f"s3://{settings.artifacts_bucket}/training/results/{execution}.json"
+    result_uri = f"s3://{settings.artifacts_bucket}/{settings.training_results_prefix}{execution}.json"
     time_budget_s = float(request.get("time_budget_s") or settings.time_budget_s)
     if time_budget_s <= 0:
         raise ValueError(f"time_budget_s must be positive, got {time_budget_s}")
@@ -82,8 +84,7 @@ def _rows_between(conn: psycopg.Connection[Any], contract: Contract, start: dt.d
 
 
 def read_result(s3: Any, result_uri: str) -> dict[str, Any]:
-    bucket, _, key = result_uri.removeprefix("s3://").partition("/")
-    return dict(storage.get_json(s3, bucket, key))
+    return dict(storage.get_json(s3, *storage.split_uri(result_uri)))
 
 
 def evaluate(
@@ -104,11 +105,7 @@ def evaluate(
     challenger_uri = str(result.get("evaluation_artifact_uri") or result["serving_artifact_uri"])
     challenger_model = load_from_uri(challenger_uri, s3)
     challenger = evaluate_artifact(challenger_model, holdout, contract.target)
-    champion_row = conn.execute(
-        "SELECT version, serving_artifact_uri FROM model_registry.models"
-        " WHERE model_name = %s AND stage = 'champion' ORDER BY updated_at DESC LIMIT 1",
-        (settings.model_name,),
-    ).fetchone()
+    incumbent = champion_of(conn, settings.model_name)
     outcome: dict[str, Any] = {
         "model_name": settings.model_name,
         "challenger": {"version": str(result["model_version"]), "uri": challenger_uri, "metrics": challenger},
@@ -120,11 +117,11 @@ def evaluate(
         },
         "margin": settings.promotion_margin,
     }
-    if champion_row is None:
+    if incumbent is None:
         return {**outcome, "decision": "promote", "reason": "no champion yet"}
-    champion_model = load_from_uri(str(champion_row[1]), s3)
+    champion_model = load_from_uri(incumbent.serving_artifact_uri, s3)
     champion = evaluate_artifact(champion_model, holdout, contract.target)
-    outcome["champion"] = {"version": str(champion_row[0]), "uri": champion_row[1], "metrics": champion}
+    outcome["champion"] = {"version": incumbent.version, "uri": incumbent.serving_artifact_uri, "metrics": champion}
     if len(holdout):
         # how differently the two served models price these days: a canary's prediction check allows
         # for the shift approved here (see pricepipe.canary)
@@ -135,16 +132,13 @@ def evaluate(
                 champion_model.predict_columns(frame_columns(holdout, champion_model.encoding)),
                 served.predict_columns(frame_columns(holdout, served.encoding)),
             ),
-            "champion_version": str(champion_row[0]),
+            "champion_version": incumbent.version,
             "rows": len(holdout),
         }
-    bar = champion["rmse"] * (1 - settings.promotion_margin)
-    better = challenger["rmse"] <= bar
-    reason = (
-        f"challenger RMSE {challenger['rmse']:.3f} {'<=' if better else '>'} {bar:.3f} "
-        f"(champion {champion['rmse']:.3f} less {settings.promotion_margin:.1%}) on {len(holdout)} holdout rows"
+    verdict = challenger_wins(
+        challenger["rmse"], champion["rmse"], settings.promotion_margin, measured_on=f"on {len(holdout)} holdout rows"
     )
-    return {**outcome, "decision": "promote" if better else "keep", "reason": reason}
+    return {**outcome, "decision": "promote" if verdict.wins else "keep", "reason": verdict.reason}
 
 
 def job_failed(s3: Any, prepared: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
