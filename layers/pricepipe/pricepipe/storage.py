@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pricepipe.errors import TransientError
+from pricepipe.errors import PricePipeError, TransientError
 
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed", "503", "500"}
@@ -35,7 +35,7 @@ class ObjectRef:
         return cls(bucket=data["bucket"], key=data["key"], etag=data["etag"], size=int(data.get("size", 0)))
 
 
-class ObjectChanged(Exception):
+class ObjectChanged(PricePipeError):
     """The object no longer has the content (ETag) it was listed with."""
 
 
