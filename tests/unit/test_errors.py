@@ -16,9 +16,16 @@ from pricepipe.training import ExportError
 STATE_MACHINES = Path(__file__).resolve().parents[2] / "infrastructure" / "statemachines"
 
 
-@pytest.mark.parametrize("error", [NoModelDeployed, BatchTooLarge, InvalidRequest, ObjectChanged, ExportError])
+@pytest.mark.parametrize(
+    "error", [NoModelDeployed, BatchTooLarge, InvalidRequest, ObjectChanged, ExportError, errors.BucketNotFound]
+)
 def test_the_packages_errors_share_one_base_class(error: type[Exception]) -> None:
     assert issubclass(error, errors.PricePipeError)
+
+
+def test_a_missing_bucket_is_a_configuration_error_not_a_transient_one() -> None:
+    assert issubclass(errors.BucketNotFound, errors.ConfigurationError)
+    assert not issubclass(errors.BucketNotFound, errors.TransientError)
 
 
 def retried_names(state: dict) -> set[str]:  # type: ignore[type-arg]
