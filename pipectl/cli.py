@@ -257,7 +257,7 @@ def _print_etl_summary(summary: dict[str, Any]) -> None:
     if not summary.get("files_total"):
         console.print("ETL: no new landing files (everything landed was already taken)")
         return
-    table = Table(title=f"ETL run {summary['run_id']}")
+    table = Table(title=f"ETL run {summary['execution']}")
     for column in ("day", "file", "status", "in", "loaded", "quarantined", "duplicate"):
         table.add_column(column, justify="right" if column in ("in", "loaded", "quarantined", "duplicate") else "left")
     for f in sorted(summary["files"], key=lambda f: (f.get("event_date_min") or "", f["key"])):

@@ -127,7 +127,7 @@ def s3(settings):  # type: ignore[no-untyped-def]
         yield client
 
 
-def land_and_load(conn, s3, contract, settings, days, run_id: str = "test-run"):  # type: ignore[no-untyped-def]
+def land_and_load(conn, s3, contract, settings, days, execution: str = "test-run"):  # type: ignore[no-untyped-def]
     """Land hotel_rates days in S3 and load each through the real ETL step; returns the FileResults."""
     from pipectl import datasource
     from pricepipe import etl, storage
@@ -137,5 +137,5 @@ def land_and_load(conn, s3, contract, settings, days, run_id: str = "test-run"):
     for item in landed:
         head = s3.head_object(Bucket=settings.landing_bucket, Key=item.key)
         ref = storage.ObjectRef(settings.landing_bucket, item.key, head["ETag"].strip('"'), head["ContentLength"])
-        results.append(etl.load_file(conn, s3, contract, settings, ref, run_id))
+        results.append(etl.load_file(conn, s3, contract, settings, ref, execution))
     return results

@@ -27,14 +27,14 @@ contract = load_contract(settings.contract, s3)
 
 @logger.inject_lambda_context
 def discover(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return etl.discover(s3, database.get(), settings, event.get("prefix"), event["run_id"])
+    return etl.discover(s3, database.get(), settings, event.get("prefix"), event["execution"])
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
 def load_file(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     result = etl.load_file(
-        database.get(), s3, contract, settings, ObjectRef.from_dict(event["object"]), event["run_id"]
+        database.get(), s3, contract, settings, ObjectRef.from_dict(event["object"]), event["execution"]
     )
     logger.info("file processed", extra=result.to_dict())
     metrics.add_dimension(name="dataset", value=contract.name)
@@ -46,7 +46,7 @@ def load_file(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def summarize(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    summary = etl.summarize(database.get(), event["run_id"])
+    summary = etl.summarize(database.get(), event["execution"])
     metrics.add_dimension(name="dataset", value=contract.name)
     metrics.add_metric(name="files_failed", unit=MetricUnit.Count, value=summary["files_failed"])
     metrics.add_metric(name="quarantine_ratio", unit=MetricUnit.Percent, value=100 * summary["quarantine_ratio"])

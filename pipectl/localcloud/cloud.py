@@ -5,8 +5,6 @@ Only one LocalCloud can run per process: moto's backends and configuration are p
 
 from __future__ import annotations
 
-import base64
-import gzip
 import json
 import logging
 import os
@@ -141,33 +139,33 @@ def _configure_moto(cloud: LocalCloud) -> None:
     def deliver_logs(
         backend: Any, function_arn: str, filter_name: str, log_group_name: str, log_stream_name: str, log_events: Any
     ) -> None:
-        """A CloudWatch Logs subscription delivering to a Lambda: gzip+base64 payload, events
-        matching the filter's pattern only (moto sends all and runs the function in Docker)."""
+        """A CloudWatch Logs subscription delivering to a Lambda: the package's delivery event, with
+        events matching the filter's pattern only (moto sends all and runs the function in Docker)."""
         active = _active
         if active is None:
             return
         from moto.logs.models import logs_backends
         from moto.logs.utils import EventMessageFilter
 
+        from pricepipe.serving.prediction_log import subscription_event
+
         group = logs_backends[backend.account_id][backend.region_name].groups[log_group_name]
         pattern = EventMessageFilter(group.subscription_filters[filter_name].filter_pattern)
         matching = [event for event in log_events if pattern.matches(event["message"])]
         if not matching:
             return
-        data = {
-            "messageType": "DATA_MESSAGE",
-            "owner": backend.account_id,
-            "logGroup": log_group_name,
-            "logStream": log_stream_name,
-            "subscriptionFilters": [filter_name],
-            "logEvents": matching,
-        }
-        payload = base64.b64encode(gzip.compress(json.dumps(data).encode())).decode()
+        event = subscription_event(
+            matching,
+            log_group=log_group_name,
+            log_stream=log_stream_name,
+            owner=backend.account_id,
+            filter_name=filter_name,
+        )
         active.lambdas.moto_invoke(
             backend,
             function_arn,
             None,
-            json.dumps({"awslogs": {"data": payload}}),
+            json.dumps(event),
             {"X-Amz-Invocation-Type": "Event"},
             {},
         )

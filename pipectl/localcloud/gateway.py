@@ -40,15 +40,16 @@ STAGE = "local"
 class TokenBucket:
     """``rate`` tokens a second up to ``burst``; a request takes one or is throttled."""
 
-    def __init__(self, rate: float, burst: int) -> None:
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate, self.burst = float(rate), float(burst)
+        self.clock = clock
         self.tokens = float(burst)
-        self.updated = time.monotonic()
+        self.updated = clock()
         self._lock = threading.Lock()
 
     def take(self) -> bool:
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
             self.updated = now
             if self.tokens >= 1:
@@ -132,11 +133,13 @@ class Gateway:
         host: str = "127.0.0.1",
         port: int = 8000,
         access_log: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.lambda_client = lambda_client
         self.function, self.alias = function, alias
         self.api_keys = api_keys
         self.rate, self.burst = rate, burst
+        self.clock = clock  # the token buckets' (tests drive it)
         self.host, self.port = host, port
         self.access_log = access_log
         self._buckets: dict[str, TokenBucket] = {}
@@ -170,7 +173,7 @@ class Gateway:
     def _bucket(self, key: str) -> TokenBucket:
         with self._buckets_lock:
             if key not in self._buckets:
-                self._buckets[key] = TokenBucket(self.rate, self.burst)
+                self._buckets[key] = TokenBucket(self.rate, self.burst, self.clock)
             return self._buckets[key]
 
     def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, source_ip: str) -> Answer:

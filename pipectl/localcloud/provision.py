@@ -68,11 +68,13 @@ def provision(
     stage: str = "dev",
     function_settings: dict[str, str] | None = None,
     api_key: str | None = None,
+    job_settings: dict[str, str] | None = None,
 ) -> Resources:
     """Create buckets, the database secret, functions and state machines. Idempotent per cloud.
 
     ``function_settings`` (``PRICEPIPE_*`` variables) are added to every function's environment:
-    this deployment's configuration, as a CDK deploy config would set it.
+    this deployment's configuration, as a CDK deploy config would set it. ``job_settings`` are
+    added to every Batch job definition's environment likewise (e.g. the search's trial count).
     """
     s3, iam = cloud.client("s3"), cloud.client("iam")
     resources = Resources(
@@ -135,7 +137,7 @@ def provision(
         )["FunctionArn"]
 
     arns = {spec.substitution: resources.functions[spec.key] for spec in catalog.FUNCTIONS if spec.substitution}
-    arns.update(_batch(cloud, resources, role_arn, contract, stage))
+    arns.update(_batch(cloud, resources, role_arn, contract, stage, job_settings or {}))
     resources.api_key = _serving(cloud, resources, api_key)
 
     sfn = cloud.client("stepfunctions")
@@ -177,7 +179,9 @@ def _serving(cloud: LocalCloud, resources: Resources, api_key: str | None) -> st
     return str(cloud.client("apigateway").create_api_key(**request)["value"])
 
 
-def _batch(cloud: LocalCloud, resources: Resources, role_arn: str, contract: str, stage: str) -> dict[str, str]:
+def _batch(
+    cloud: LocalCloud, resources: Resources, role_arn: str, contract: str, stage: str, settings: dict[str, str]
+) -> dict[str, str]:
     """A Fargate compute environment, queue and job definition per catalog job; returns the ASL values."""
     batch, ec2 = cloud.client("batch"), cloud.client("ec2")
     subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
@@ -213,7 +217,9 @@ def _batch(cloud: LocalCloud, resources: Resources, role_arn: str, contract: str
             containerProperties={
                 "image": f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/{job.name}:local",
                 "command": list(job.command),
-                "environment": [{"name": k, "value": v} for k, v in {**env, **catalog.JOB_EXTRA_ENVIRONMENT}.items()],
+                "environment": [
+                    {"name": k, "value": v} for k, v in {**env, **catalog.JOB_EXTRA_ENVIRONMENT, **settings}.items()
+                ],
                 "resourceRequirements": [
                     {"type": "VCPU", "value": f"{job.vcpus:g}"},
                     {"type": "MEMORY", "value": str(job.memory_mb)},

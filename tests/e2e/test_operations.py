@@ -41,7 +41,7 @@ def test_health_reports_every_component_and_names_a_broken_one(target: Target) -
     assert checks["S3 lake bucket"] is False
 
 
-def test_logs_of_a_function_come_from_cloudwatch(target: Target) -> None:
+def test_logs_prints_a_functions_log_lines_and_refuses_an_unknown_function(target: Target) -> None:
     # the migrate function ran (and logged) when the fixture deployed the pipeline
     assert ops.print_logs(target, "migrate", minutes=30, limit=50) > 0
     with pytest.raises(Exception, match="no function 'nope'"):
@@ -70,7 +70,7 @@ def test_restoring_a_missing_file_is_refused(target: Target, tmp_path: Path) -> 
         ops.restore_database(target, tmp_path / "nope.dump")
 
 
-def test_scale_serving_keeps_containers_initialised(target: Target) -> None:
+def test_scale_serving_sets_provisioned_concurrency_on_live_and_zero_removes_it(target: Target) -> None:
     answer = ops.scale_serving(target, 2)
     assert answer["Status"] == "READY" and answer["AllocatedProvisionedConcurrentExecutions"] == 2
     lam = target.client("lambda")

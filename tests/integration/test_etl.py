@@ -13,7 +13,7 @@ import pytest
 
 from pipectl import datasource
 from pricepipe import etl, storage
-from pricepipe.errors import TransientError
+from pricepipe.errors import BucketNotFound, TransientError
 from tests.conftest import land_and_load
 
 DAY = dt.date(2016, 7, 2)  # 34 bookings, one without a country
@@ -89,7 +89,9 @@ def test_every_row_is_accounted_for_over_many_days(conn, s3, contract, settings)
     assert sum(r.rows_loaded for r in results) == summary["rows_loaded"]
 
 
-def test_a_load_failing_part_way_leaves_nothing_behind(conn, s3, contract, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_load_failing_part_way_leaves_only_a_failed_ledger_row_and_loads_once_fixed(
+    conn, s3, contract, settings
+) -> None:  # type: ignore[no-untyped-def]
     # raw rows are COPYed first; the features COPY then fails on a constraint a DBA added
     conn.execute("ALTER TABLE price_data.processed_features ADD CONSTRAINT no_july CHECK (arrival_date_month <> 7)")
     body, _ = datasource.day_csv(DAY)
@@ -109,15 +111,28 @@ def test_a_load_failing_part_way_leaves_nothing_behind(conn, s3, contract, setti
     assert etl.summarize(conn, "run-fail")["files"][0]["status"] == "loaded"
 
 
-def test_a_lake_outage_rolls_the_database_back_and_is_retried_as_transient(conn, s3, contract, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_missing_lake_bucket_is_a_configuration_error_that_rolls_the_load_back(conn, s3, contract, settings) -> None:  # type: ignore[no-untyped-def]
     body, _ = datasource.day_csv(DAY)
     ref = put(s3, settings, "landing/hotel_rates/2016/07/02/bookings-20160702.csv", body)
     s3.delete_bucket(Bucket=settings.lake_bucket)
-    with pytest.raises(Exception, match="NoSuchBucket"):
+    with pytest.raises(BucketNotFound, match=settings.lake_bucket) as failure:
         etl.load_file(conn, s3, contract, settings, ref, "run-x")
+    # the state machine retries TransientError only: a deployment to fix is not retried
+    assert not isinstance(failure.value, TransientError)
     assert counts(conn) == (0, 0)
+    (error,) = conn.execute("SELECT error FROM price_data.ingestion_ledger WHERE status = 'failed'").fetchone()
+    assert error.startswith("BucketNotFound:")
+
+
+def test_a_file_that_failed_on_a_missing_bucket_loads_once_the_bucket_exists(conn, s3, contract, settings) -> None:  # type: ignore[no-untyped-def]
+    body, _ = datasource.day_csv(DAY)
+    ref = put(s3, settings, "landing/hotel_rates/2016/07/02/bookings-20160702.csv", body)
+    s3.delete_bucket(Bucket=settings.lake_bucket)
+    with pytest.raises(BucketNotFound):
+        etl.load_file(conn, s3, contract, settings, ref, "run-x")
     s3.create_bucket(Bucket=settings.lake_bucket)
     assert etl.load_file(conn, s3, contract, settings, ref, "run-x").rows_loaded == 33
+    assert counts(conn) == (33, 33)
 
 
 def test_an_unreadable_file_is_rejected_whole_with_its_reason(conn, s3, contract, settings) -> None:  # type: ignore[no-untyped-def]
@@ -139,7 +154,7 @@ def test_a_file_missing_a_column_is_quarantined_row_by_row(conn, s3, contract, s
     assert counts(conn) == (0, 0)
 
 
-def test_a_file_changed_after_discovery_is_left_for_the_next_run(conn, s3, contract, settings) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_changed_after_discovery_is_skipped_without_loading_a_row(conn, s3, contract, settings) -> None:  # type: ignore[no-untyped-def]
     body, _ = datasource.day_csv(DAY)
     ref = put(s3, settings, "landing/hotel_rates/day.csv", body)
     put(s3, settings, "landing/hotel_rates/day.csv", body + b"\n")

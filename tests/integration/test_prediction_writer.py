@@ -260,7 +260,7 @@ def test_actual_prices_join_on_the_record_key(invoke: Invoke, database_url: str)
 
 
 def test_the_packages_delivery_builder_matches_cloudwatchs_format() -> None:
-    """pricepipe's subscription_event (for the local cloud) builds what CloudWatch Logs sends."""
+    """pricepipe's subscription_event, which the local cloud delivers, builds what CloudWatch Logs sends."""
     from pricepipe.serving.prediction_log import decode_subscription_event, subscription_event
 
     events = [{"id": str(FIRST_EVENT_ID), "timestamp": PREDICTED_AT_MS, "message": "x"}]

@@ -90,7 +90,7 @@ def _options(**overrides: Any) -> JobOptions:
         "window_days": DAYS,
         "holdout_days": 14,
         "validation_days": 14,
-        "time_budget_s": 5.0,
+        "time_budget_s": 600.0,  # a guard only: the search stops on its trial count
         "seed": 7,
         "max_trials": 2,
         "max_tree_levels": 400,
@@ -122,7 +122,7 @@ def test_training_registers_a_tracked_challenger_with_its_artifacts(
     code = main(
         [
             "--window-days", str(DAYS), "--holdout-days", "14", "--validation-days", "14",
-            "--time-budget-s", "5", "--max-trials", "2", "--seed", "7", "--result-uri", result_uri,
+            "--time-budget-s", "600", "--max-trials", "2", "--seed", "7", "--result-uri", result_uri,
         ]
     )  # fmt: skip
 
@@ -132,6 +132,7 @@ def test_training_registers_a_tracked_challenger_with_its_artifacts(
     client = registry.client_for(uri)
     assert result["status"] == "succeeded"
     assert result["model_version"] == "1"
+    assert (result["search"]["trials"], result["search"]["stopped_by"]) == (4, "trials")
     assert registry.alias_version(client, settings.model_name, "challenger") == "1"
 
     run = client.get_run(result["run_id"])

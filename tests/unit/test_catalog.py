@@ -64,7 +64,7 @@ def test_a_state_machine_another_one_starts_is_created_before_it() -> None:
                 assert order.index(other.key) < order.index(machine.key), (other.key, machine.key)
 
 
-def test_training_hands_a_better_challenger_over_to_promotion() -> None:
+def test_training_starts_the_promotion_flow_without_waiting_for_it() -> None:
     machine = catalog.state_machine("training")
     values = {name: f"arn:{name}" for name in machine.substitutions}
     states = json.loads(catalog.render_definition(machine, values))["States"]

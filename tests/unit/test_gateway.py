@@ -1,10 +1,10 @@
 """The local gateway's API Gateway parts that need no cloud: the proxy event and the token bucket.
-(Its behaviour in front of the real API function is in tests/e2e/test_promotion.py.)"""
+(Its behaviour over HTTP in front of the real API function is in tests/e2e/test_gateway.py and
+tests/e2e/test_promotion.py.)"""
 
 from __future__ import annotations
 
 import base64
-import time
 
 from mangum.handlers.api_gateway import APIGateway
 
@@ -53,8 +53,26 @@ def test_the_root_path_has_no_proxy_parameter() -> None:
     assert (built["resource"], built["pathParameters"], built["body"]) == ("/", None, None)
 
 
+class FakeClock:
+    """A clock that moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_the_bucket_allows_a_burst_then_its_rate() -> None:
-    bucket = TokenBucket(rate=20, burst=3)
+    clock = FakeClock()
+    bucket = TokenBucket(rate=20, burst=3, clock=clock)
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
-    time.sleep(0.12)  # two tokens' worth at 20 a second
+    clock.now += 0.1  # two tokens' worth at 20 a second
     assert [bucket.take() for _ in range(3)] == [True, True, False]
+
+
+def test_the_bucket_never_holds_more_than_its_burst() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(rate=20, burst=3, clock=clock)
+    clock.now += 3600  # an hour idle
+    assert [bucket.take() for _ in range(4)] == [True, True, True, False]

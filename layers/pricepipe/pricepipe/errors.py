@@ -24,3 +24,7 @@ class ContractError(PricePipeError):
 
 class ConfigurationError(PricePipeError):
     """Settings that cannot work together, named in the message."""
+
+
+class BucketNotFound(ConfigurationError):
+    """An S3 bucket the settings name does not exist: a deployment to fix, never worth a retry."""

@@ -6,6 +6,9 @@ COPY new good rows into ``price_data.raw_data`` and their features into
 ingestion ledger, in one transaction. Every row that comes in is loaded, quarantined, or counted as
 a duplicate (a key already stored); the ledger's CHECK constraint holds the sum. A file already
 taken is skipped, so landing the same file twice adds nothing.
+
+``execution`` is the ETL state machine's execution name, as in the other flows; the ingestion
+ledger keeps it in its ``run_id`` column.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ class FileResult:
 
 
 def discover(
-    s3: Any, conn: psycopg.Connection[Any], settings: Settings, prefix: str | None, run_id: str
+    s3: Any, conn: psycopg.Connection[Any], settings: Settings, prefix: str | None, execution: str
 ) -> dict[str, Any]:
     """List landing files under ``prefix`` not yet taken, and write them as the run's manifest.
 
@@ -85,10 +88,10 @@ def discover(
             )
         }
     new = [o for o in listed if (o.key, o.etag) not in taken]
-    manifest_key = f"{settings.manifest_prefix}{run_id}.json"
+    manifest_key = f"{settings.manifest_prefix}{execution}.json"
     storage.put_json(s3, settings.artifacts_bucket, manifest_key, [o.to_dict() for o in new])
     return {
-        "run_id": run_id,
+        "execution": execution,
         "prefix": prefix,
         "files": len(new),
         "already_taken": len(listed) - len(new),
@@ -105,7 +108,7 @@ def load_file(
     contract: Contract,
     settings: Settings,
     ref: ObjectRef,
-    run_id: str,
+    execution: str,
 ) -> FileResult:
     """Validate, quarantine and load one landing file in one transaction (see module docstring).
 
@@ -128,10 +131,10 @@ def load_file(
                 data = storage.read_object(s3, ref)
             except ObjectChanged as exc:
                 return FileResult(ref.bucket, ref.key, ref.etag, "skipped", reason=str(exc))
-            return _load(conn, s3, contract, settings, ref, run_id, data, started, written)
+            return _load(conn, s3, contract, settings, ref, execution, data, started, written)
     except Exception as exc:
         _discard(s3, settings.lake_bucket, written)
-        _record_failure(conn, contract, ref, run_id, started, exc)
+        _record_failure(conn, contract, ref, execution, started, exc)
         raise
 
 
@@ -141,7 +144,7 @@ def _load(
     contract: Contract,
     settings: Settings,
     ref: ObjectRef,
-    run_id: str,
+    execution: str,
     data: bytes,
     started: dt.datetime,
     written: list[str],
@@ -149,17 +152,17 @@ def _load(
     relative = ref.key.removeprefix(settings.landing_prefix)
     quarantine_key = f"{settings.quarantine_prefix}{relative}"
     if not ref.key.endswith(CSV_SUFFIXES):
-        return _reject(conn, s3, contract, ref, run_id, data, started, quarantine_key, "not a .csv file")
+        return _reject(conn, s3, contract, ref, execution, data, started, quarantine_key, "not a .csv file")
     try:
         frame = read_csv(_decompress(ref.key, data), contract)
     except ValueError as exc:
-        return _reject(conn, s3, contract, ref, run_id, data, started, quarantine_key, str(exc))
+        return _reject(conn, s3, contract, ref, execution, data, started, quarantine_key, str(exc))
 
     checked = validate(frame, contract)
     ingest_id = conn.execute(
         "INSERT INTO price_data.ingestion_ledger (run_id, dataset, source_bucket, source_key, source_etag,"
         " source_size, status, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'loaded', %s) RETURNING id",
-        (run_id, contract.name, ref.bucket, ref.key, ref.etag, ref.size, started),
+        (execution, contract.name, ref.bucket, ref.key, ref.etag, ref.size, started),
     ).fetchone()[0]  # type: ignore[index]
 
     good = checked.good
@@ -226,7 +229,7 @@ def _reject(
     s3: Any,
     contract: Contract,
     ref: ObjectRef,
-    run_id: str,
+    execution: str,
     data: bytes,
     started: dt.datetime,
     quarantine_key: str,
@@ -239,7 +242,7 @@ def _reject(
         "INSERT INTO price_data.ingestion_ledger (run_id, dataset, source_bucket, source_key, source_etag,"
         " source_size, status, quarantine_key, error, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'rejected',"
         " %s, %s, %s)",
-        (run_id, contract.name, ref.bucket, ref.key, ref.etag, ref.size, quarantine_key, reason, started),
+        (execution, contract.name, ref.bucket, ref.key, ref.etag, ref.size, quarantine_key, reason, started),
     )
     return FileResult(ref.bucket, ref.key, ref.etag, "rejected", quarantine_key=quarantine_key, reason=reason)
 
@@ -252,7 +255,12 @@ def _discard(s3: Any, bucket: str, keys: list[str]) -> None:
 
 
 def _record_failure(
-    conn: psycopg.Connection[Any], contract: Contract, ref: ObjectRef, run_id: str, started: dt.datetime, exc: Exception
+    conn: psycopg.Connection[Any],
+    contract: Contract,
+    ref: ObjectRef,
+    execution: str,
+    started: dt.datetime,
+    exc: Exception,
 ) -> None:
     """Best effort: a ``failed`` ledger row so the run's summary shows the file and why."""
     try:
@@ -261,7 +269,7 @@ def _record_failure(
                 "INSERT INTO price_data.ingestion_ledger (run_id, dataset, source_bucket, source_key, source_etag,"
                 " source_size, status, error, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'failed', %s, %s)",
                 (
-                    run_id,
+                    execution,
                     contract.name,
                     ref.bucket,
                     ref.key,
@@ -387,7 +395,7 @@ def write_lake(
 # -- summarise a run -------------------------------------------------------------------------------
 
 
-def summarize(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
+def summarize(conn: psycopg.Connection[Any], execution: str) -> dict[str, Any]:
     """Totals of one ETL run from the ledger, with one line per file."""
     with transient_errors():
         rows = conn.execute(
@@ -395,7 +403,7 @@ def summarize(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
             " rows_quarantined, rows_duplicate, quarantine_key, event_date_min, event_date_max, error"
             " FROM price_data.ingestion_ledger WHERE run_id = %s"
             " ORDER BY source_key, source_etag, (status <> 'failed') DESC, id DESC",
-            (run_id,),
+            (execution,),
         ).fetchall()
     files = [
         {
@@ -415,7 +423,7 @@ def summarize(conn: psycopg.Connection[Any], run_id: str) -> dict[str, Any]:
     totals = {k: sum(f[k] for f in files) for k in ("rows_in", "rows_loaded", "rows_quarantined", "rows_duplicate")}
     by_status = {s: sum(1 for f in files if f["status"] == s) for s in ("loaded", "rejected", "failed")}
     return {
-        "run_id": run_id,
+        "execution": execution,
         **totals,
         "files_loaded": by_status["loaded"],
         "files_rejected": by_status["rejected"],

@@ -1,4 +1,5 @@
-"""S3 adapter: listing, reading and writing objects, with failures worth retrying made transient.
+"""S3 adapter: listing, reading and writing objects, with failures worth retrying made transient
+and a missing bucket named as the configuration error it is.
 
 Takes its client as an argument; the endpoint (AWS, LocalStack, the local cloud) is the client's
 business, set by the SDK's standard ``AWS_ENDPOINT_URL*`` variables.
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pricepipe.errors import PricePipeError, TransientError
+from pricepipe.errors import BucketNotFound, PricePipeError, TransientError
 
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed", "503", "500"}
@@ -47,12 +48,16 @@ def split_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-class ObjectChanged(Exception):
+class ObjectChanged(PricePipeError):
     """The object no longer has the content (ETag) it was listed with."""
 
 
-def _raise_transient(exc: Exception, what: str) -> None:
+def _raise_known(exc: Exception, bucket: str, what: str) -> None:
+    """Re-raise a missing bucket as :class:`BucketNotFound` and failures worth retrying as
+    :class:`TransientError`; anything else is left to the caller to re-raise as it is."""
     code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    if code == "NoSuchBucket":
+        raise BucketNotFound(f"S3 bucket {bucket!r} does not exist ({what}): check the deployment's settings") from exc
     if code in _TRANSIENT_CODES or exc.__class__.__name__ in (
         "EndpointConnectionError",
         "ConnectTimeoutError",
@@ -70,7 +75,7 @@ def list_objects(s3: Any, bucket: str, prefix: str) -> Iterator[ObjectRef]:
                     continue
                 yield ObjectRef(bucket, item["Key"], item["ETag"].strip('"'), int(item.get("Size", 0)))
     except Exception as exc:
-        _raise_transient(exc, f"listing s3://{bucket}/{prefix}")
+        _raise_known(exc, bucket, f"listing s3://{bucket}/{prefix}")
         raise
 
 
@@ -80,10 +85,10 @@ def read_object(s3: Any, ref: ObjectRef) -> bytes:
         response = s3.get_object(Bucket=ref.bucket, Key=ref.key, IfMatch=f'"{ref.etag}"')
         return bytes(response["Body"].read())
     except Exception as exc:
+        _raise_known(exc, ref.bucket, f"reading s3://{ref.bucket}/{ref.key}")
         code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
         if code in ("PreconditionFailed", "NoSuchKey", "412", "404"):
             raise ObjectChanged(f"s3://{ref.bucket}/{ref.key} changed or vanished since it was listed") from exc
-        _raise_transient(exc, f"reading s3://{ref.bucket}/{ref.key}")
         raise
 
 
@@ -91,7 +96,7 @@ def put_bytes(s3: Any, bucket: str, key: str, data: bytes, content_type: str = "
     try:
         s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
     except Exception as exc:
-        _raise_transient(exc, f"writing s3://{bucket}/{key}")
+        _raise_known(exc, bucket, f"writing s3://{bucket}/{key}")
         raise
     return key
 
@@ -104,5 +109,5 @@ def get_json(s3: Any, bucket: str, key: str) -> Any:
     try:
         return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     except Exception as exc:
-        _raise_transient(exc, f"reading s3://{bucket}/{key}")
+        _raise_known(exc, bucket, f"reading s3://{bucket}/{key}")
         raise

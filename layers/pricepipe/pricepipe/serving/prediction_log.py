@@ -496,14 +496,22 @@ def parse_subscription_event(event: Mapping[str, Any]) -> ParsedLogs:
     return parsed
 
 
-def subscription_event(log_events: Sequence[Mapping[str, Any]], *, log_group: str, log_stream: str) -> dict[str, Any]:
-    """A subscription delivery exactly as CloudWatch Logs builds one (for tests and the local cloud)."""
+def subscription_event(
+    log_events: Sequence[Mapping[str, Any]],
+    *,
+    log_group: str,
+    log_stream: str,
+    owner: str = "000000000000",
+    filter_name: str = PREDICTION_LOG_MARKER,
+) -> dict[str, Any]:
+    """A subscription delivery exactly as CloudWatch Logs builds one: what the prediction writer
+    receives on AWS, and what the local cloud delivers to it."""
     payload = {
         "messageType": "DATA_MESSAGE",
-        "owner": "000000000000",
+        "owner": owner,
         "logGroup": log_group,
         "logStream": log_stream,
-        "subscriptionFilters": [PREDICTION_LOG_MARKER],
+        "subscriptionFilters": [filter_name],
         "logEvents": list(log_events),
     }
     data = base64.b64encode(gzip.compress(json.dumps(payload).encode())).decode()

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import BaseModel, ValidationError
 
+from pricepipe.errors import PricePipeError
 from pricepipe.features import feature_row
 from pricepipe.serving.columns import ColumnCheck, feature_columns, plain
 from pricepipe.serving.prediction_log import (
@@ -53,14 +54,14 @@ NO_MODEL = (
 MAX_REPORTED_ERRORS = 100  # a batch of bad rows would otherwise answer with megabytes of errors
 
 
-class NoModelDeployed(Exception):
+class NoModelDeployed(PricePipeError):
     """The function has no model layer: answer 503, never a made-up price."""
 
     def __init__(self) -> None:
         super().__init__(NO_MODEL)
 
 
-class BatchTooLarge(Exception):
+class BatchTooLarge(PricePipeError):
     """More rows than ``max_batch_rows`` in one request (HTTP 413)."""
 
     def __init__(self, rows: int, limit: int) -> None:
@@ -70,7 +71,7 @@ class BatchTooLarge(Exception):
         )
 
 
-class InvalidRequest(Exception):
+class InvalidRequest(PricePipeError):
     """The body does not satisfy the request models; ``errors`` in pydantic's form, located in the body."""
 
     def __init__(self, errors: list[dict[str, Any]]) -> None:

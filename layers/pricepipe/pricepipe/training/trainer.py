@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pricepipe.errors import PricePipeError
 from pricepipe.lean_model import LeanModel
 from pricepipe.training.data import TrainingData, TrainingDataError, encode, event_dates, fit_encoding, time_split
 from pricepipe.training.metrics import regression_metrics
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
 PARITY_TOLERANCE = 1e-6  # largest |lean - original| prediction accepted at export
 
 
-class ExportError(RuntimeError):
+class ExportError(PricePipeError, RuntimeError):
     """The exported serving artifact does not reproduce the trained model's predictions."""
 
 

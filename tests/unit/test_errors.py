@@ -1,0 +1,47 @@
+"""One error hierarchy: every error the package raises on purpose is a PricePipeError, and the
+names the state machines retry on are classes of pricepipe.errors (the ASL files match class names)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pricepipe import errors
+from pricepipe.serving.service import BatchTooLarge, InvalidRequest, NoModelDeployed
+from pricepipe.storage import ObjectChanged
+from pricepipe.training import ExportError
+
+STATE_MACHINES = Path(__file__).resolve().parents[2] / "infrastructure" / "statemachines"
+
+
+@pytest.mark.parametrize(
+    "error", [NoModelDeployed, BatchTooLarge, InvalidRequest, ObjectChanged, ExportError, errors.BucketNotFound]
+)
+def test_the_packages_errors_share_one_base_class(error: type[Exception]) -> None:
+    assert issubclass(error, errors.PricePipeError)
+
+
+def test_a_missing_bucket_is_a_configuration_error_not_a_transient_one() -> None:
+    assert issubclass(errors.BucketNotFound, errors.ConfigurationError)
+    assert not issubclass(errors.BucketNotFound, errors.TransientError)
+
+
+def retried_names(state: dict) -> set[str]:  # type: ignore[type-arg]
+    names = {name for retry in state.get("Retry", []) for name in retry["ErrorEquals"]}
+    for inner in (state.get("ItemProcessor") or {}).get("States", {}).values():
+        names |= retried_names(inner)
+    for branch in state.get("Branches", []):
+        for inner in branch["States"].values():
+            names |= retried_names(inner)
+    return names
+
+
+def test_every_error_a_state_machine_retries_on_is_a_class_of_the_errors_module() -> None:
+    ours = set()
+    for path in STATE_MACHINES.glob("*.asl.json"):
+        for state in json.loads(path.read_text())["States"].values():
+            ours |= {n for n in retried_names(state) if not n.startswith(("States.", "Lambda."))}
+    assert ours, "no retried error names found: the walk over the ASL files is wrong"
+    assert all(issubclass(getattr(errors, name), errors.PricePipeError) for name in ours)
