@@ -28,24 +28,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from infrastructure import catalog
-from pipectl import datasource, flows, ops
-from pipectl.ops import TargetOption
+from pipectl import datasource, flows
+from pipectl.commands import ops
+from pipectl.commands.common import LANDING_PREFIX, StateDirOption, TargetOption, console
 from pipectl.target import DEFAULT_STATE_DIR, Target, TargetUnavailable, local_target, resolve
 from pricepipe import champion
 from pricepipe.settings import DEFAULTS
 
-console = Console()
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 local_app = typer.Typer(help="The local cloud: AWS APIs from moto on loopback, running the real code.")
 app.add_typer(local_app, name="local")
-
-StateDirOption = Annotated[Path, typer.Option("--state-dir", envvar="PIPECTL_STATE_DIR", help="local cloud state")]
-LANDING_PREFIX = DEFAULTS.landing_prefix
 
 
 def _target(kind: str, state_dir: Path = DEFAULT_STATE_DIR) -> Target:
