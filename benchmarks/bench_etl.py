@@ -13,7 +13,6 @@ PostgreSQL comes from TEST_DATABASE_URL, else 127.0.0.1:5432, else an embedded s
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,9 +25,8 @@ import numpy as np
 import psycopg
 from psycopg import sql
 
-from benchmarks.bench_drift import peak_hwm_mb
 from benchmarks.common import RESULTS as RESULTS_DIR
-from benchmarks.common import admin_url, print_table, s3_server, write_result
+from benchmarks.common import admin_url, peak_rss_mb, print_table, s3_server, write_result
 
 BUDGET_S = 15.0
 MEMORY_BUDGET_MB = 512
@@ -153,10 +151,7 @@ def memory_probe(path: Path) -> None:
             etl.load_file(conn, s3, contract, settings, ref, "probe")
     finally:
         drop_database(admin, url)
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec from the process that spawned this
-    # one, so after the 1M-row runs it reported the benchmark's own peak, ~2.5 GB, not the probe's
-    hwm = peak_hwm_mb()
-    print(hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_rss_mb())  # this probe's own peak, not the 1M-row runs' of the process that spawned it
 
 
 def main() -> None:

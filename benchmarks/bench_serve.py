@@ -10,10 +10,11 @@ code (``pricepipe.training.train``, LightGBM family only), then
 Requests are real bookings from after the split. Figures, each beside MLflow's and the DESIGN §5
 budget:
 
-(a) package size: the serving layer (``layers/requirements/serving-deps.txt`` + the pricepipe package)
+(a) package size: the serving layers (``layers/requirements/serving-deps.txt`` + the pricepipe package)
     vs an MLflow pyfunc serving environment (mlflow-skinny + the model's own requirements), both
-    ``pip install --platform manylinux… --python-version 3.12 --no-compile``, MB unzipped; ours also
-    with the ``.pyc`` the CDK layer ships (``compileall --invalidation-mode unchecked-hash``);
+    built by ``infrastructure/layers.py`` as ``cdk synth`` builds a layer (``pip install --platform
+    manylinux… --python-version 3.12``, the AWS SDK and test suites taken out), MB unzipped
+    (``layers.unzipped_bytes``); ours with the ``.pyc`` the CDK layers ship and without;
 (b) cold start: fresh process → first answer, through the Lambda handler with an API Gateway event,
     in a python3.12 environment holding only the serving packages, with ``.pyc`` as the CDK layer
     ships them — the layer itself (``-S``, nothing written, as on the read-only ``/opt``) and a venv
@@ -31,9 +32,10 @@ budget:
 
     python -m benchmarks.bench_serve [--budget-s 20] [--runs 7] [--warm-runs 3] [--http-seconds 10]
 
-Builds are cached under ``.bench/serve/`` (keyed by what is installed). The API's prediction log
-lines go to /dev/null in the handler measurements (in Lambda they go to the runtime's log pipe).
-"""
+Our layers are cached where ``cdk synth`` caches them (``build/layers/``), MLflow's under
+``.bench/serve/``. The fresh processes run the scripts in ``benchmarks/probes/``. The API's
+prediction log lines go to /dev/null in the handler measurements (in Lambda they go to the
+runtime's log pipe)."""
 
 from __future__ import annotations
 
@@ -61,14 +63,15 @@ from typing import Any
 import pandas as pd
 
 from benchmarks.common import RESULTS, print_table, write_result
+from infrastructure import layers
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = RESULTS.resolve() / "serve"
 SERVING_DEPS = ROOT / "layers" / "requirements" / "serving-deps.txt"
 PACKAGE = ROOT / "layers" / "pricepipe" / "pricepipe"
 FUNCTION = ROOT / "functions" / "api"
+PROBES = Path(__file__).resolve().parent / "probes"
 SPLIT = pd.Timestamp("2017-06-03")
-PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64")
 MLFLOW_SKINNY = "mlflow-skinny==3.17.2"
 UVICORN = "uvicorn==0.54.0"  # bench only (HTTP figure): Lambda needs no server
 ANCHOR_BARE_P50_MS = 0.176  # DESIGN §4: a lean FastAPI app through Mangum, API Gateway v1 event, p50
@@ -172,47 +175,30 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
 
-def pip_platform_build(requirements: list[str], name: str) -> Path:
-    """``pip install --platform … --target`` for python3.12 x86_64 (cached); returns the target."""
-    target = WORK / "builds" / f"{name}-{_digest(*requirements)}"
-    if (target / ".complete").exists():
-        return target
-    shutil.rmtree(target, ignore_errors=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as handle:
-        handle.write("\n".join(requirements) + "\n")
-    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *platforms]
-    command += ["--only-binary=:all:", "--python-version", "3.12", "--implementation", "cp", "--no-compile"]
-    subprocess.run([*command, "--target", str(target), "-r", handle.name], check=True)
-    os.unlink(handle.name)
-    (target / ".complete").touch()
-    return target
+def mlflow_environment(requirements: list[str]) -> Path:
+    """MLflow's pyfunc serving environment built as one of our layers would be; returns its ``python/``."""
+    folder = WORK / "builds"
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = folder / f"mlflow-pyfunc-{_digest(*requirements)}.txt"
+    listed.write_text("\n".join(requirements) + "\n")
+    return layers.build_requirements_layer(listed, layers.RUNTIME_PROVIDED, WORK / "layers", bytecode=None) / "python"
 
 
-def serving_layer(python: str) -> Path:
-    """The API function's layers unzipped: serving-deps + the pricepipe package, with ``.pyc`` as
-    infrastructure/layers.py ships them (``unchecked-hash``: a read-only layer never recompiles, nor
-    rereads the sources' timestamps). The dependencies are compiled once per build and interpreter."""
-    deps = pip_platform_build(_requirements(SERVING_DEPS), "serving-deps")
-    compiled = deps / f".compiled-{_digest(python)}"
-    if not compiled.exists():
-        compile_layer(deps, python)
-        compiled.touch()
+def serving_layer() -> Path:
+    """The API function's layers as ``cdk synth`` builds them (serving-deps, then the pricepipe
+    package, both with the ``.pyc`` they ship), in one folder as Lambda extracts them into /opt/python."""
+    deps = layers.build_requirements_layer(SERVING_DEPS, layers.RUNTIME_PROVIDED)
+    package = layers.stage_package_layer(PACKAGE)
     layer = WORK / "serving-layer"
     shutil.rmtree(layer, ignore_errors=True)
-    shutil.copytree(deps, layer / "python", ignore=shutil.ignore_patterns(".complete", ".compiled-*"))
-    shutil.copytree(PACKAGE, layer / "python" / "pricepipe", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    compile_layer(layer / "python" / "pricepipe", python)
+    for built in (deps, package):
+        shutil.copytree(built / "python", layer / "python", dirs_exist_ok=True)
     return layer / "python"
 
 
-def compile_layer(site: Path, python: str) -> None:
-    command = [python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", str(site)]
-    subprocess.run(command, capture_output=True, check=True)
-
-
-def size_without_bytecode_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix != ".pyc") / 1e6
+def size_mb(folder: Path, bytecode: bool = True) -> float:
+    """MB unzipped, as Lambda counts it; ``bytecode=False`` leaves the ``.pyc`` out (as DESIGN's anchors)."""
+    return layers.unzipped_bytes(folder, skip_suffixes=() if bytecode else (".pyc",)) / 1e6
 
 
 def _requirements(path: Path) -> list[str]:
@@ -220,19 +206,11 @@ def _requirements(path: Path) -> list[str]:
     return [line for line in lines if line]
 
 
-def size_mb(folder: Path) -> float:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
-
-
-def python312() -> str:
-    for candidate in ("python3.12", str(Path.home() / ".pyenv/versions/3.12.1/bin/python3.12")):
-        found = shutil.which(candidate) or (candidate if Path(candidate).is_file() else None)
-        if found:
-            version = "import sys; print(sys.version_info[:2])"
-            probe = subprocess.run([found, "-c", version], capture_output=True, check=False)
-            if probe.returncode == 0 and probe.stdout.strip() == b"(3, 12)":
-                return found
-    return sys.executable  # said in the results: not the Lambda runtime's version
+def serving_python() -> str:
+    """The CPython the layers' ``.pyc`` come from (the Lambda runtime's version); else this one,
+    which the results then name."""
+    bytecode = layers.bytecode_interpreter()
+    return str(bytecode.python) if bytecode is not None else sys.executable
 
 
 def serving_venv(python: str) -> Path:
@@ -260,137 +238,7 @@ def serving_venv(python: str) -> Path:
     return venv
 
 
-# -- drivers (run in fresh processes) -------------------------------------------------------------------
-
-HANDLER_DRIVER = r"""
-import json, os, sys, time
-began = time.perf_counter()
-function_dir, model_dir, rows_file, mode = sys.argv[1:5]
-sys.path[:0] = [function_dir, model_dir]
-import app
-rows = json.load(open(rows_file))
-class Context:
-    function_name = "pricepipe-api"; function_version = "1"; memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:000000000000:function:pricepipe-api:live"
-    aws_request_id = "bench"; log_group_name = "/aws/lambda/pricepipe-api"; log_stream_name = "bench"
-def event(body):
-    return {"resource": "/{proxy+}", "path": "/predict", "httpMethod": "POST",
-            "headers": {"Content-Type": "application/json"}, "multiValueHeaders": {},
-            "queryStringParameters": None, "multiValueQueryStringParameters": None,
-            "pathParameters": {"proxy": "predict"}, "stageVariables": None,
-            "requestContext": {"requestId": "bench", "stage": "prod", "httpMethod": "POST",
-                               "resourcePath": "/{proxy+}", "path": "/prod/predict",
-                               "identity": {"sourceIp": "127.0.0.1"}},
-            "body": json.dumps(body), "isBase64Encoded": False}
-sink = open(os.devnull, "w")
-app.logger.registered_handler.setStream(sink)  # the prediction log: a pipe to the runtime in Lambda
-real_stdout, sys.stdout = sys.stdout, sink  # Powertools prints the cold-start metric
-answer = app.handler(event(rows[0]), Context())
-first_s, answered_at = time.perf_counter() - began, time.time()
-assert answer["statusCode"] == 200, answer
-out = {"first_answer_in_process_s": first_s, "answered_at": answered_at}
-if mode == "warm":
-    import warnings; warnings.simplefilter("ignore")
-    from fastapi import FastAPI, Request, Response
-    from mangum import Mangum
-    import orjson
-    from pricepipe.serving.columns import ColumnCheck, feature_columns
-    # references measured beside ours, in the same process and the same moments: a bare FastAPI app
-    # through Mangum (DESIGN's anchor: 176 us) with the same bodies, the model evaluator alone on the
-    # same 1,000 rows, and parsing the 1,000-row body (what any server of this row format pays)
-    bare = FastAPI()
-    @bare.post("/predict")
-    async def bare_predict(request: Request) -> Response:
-        await request.body()
-        return Response(b'{"predictions": [1.0]}', media_type="application/json")
-    bare_handler = Mangum(bare, lifespan="off")
-    service = app.service
-    columns = feature_columns(ColumnCheck(service.contract).columns(rows[:1000]), service.contract)
-    model = service.deployed.model
-    e1, e1000, ctx = event(rows[0]), event({"rows": rows[:1000]}), Context()
-    body1000 = e1000["body"].encode()
-    assert app.handler(e1000, ctx)["statusCode"] == 200 and bare_handler(e1, ctx)["statusCode"] == 200
-    def summary(xs):
-        xs.sort()
-        return {"p50_ms": xs[len(xs) // 2] * 1e3, "p99_ms": xs[int(len(xs) * 0.99) - 1] * 1e3, "n": len(xs)}
-    def interleaved(calls, n, blocks=10):
-        # alternate blocks of each, so a noisy neighbour weighs on all of them alike
-        times = {name: [] for name in calls}
-        for call in calls.values():
-            for _ in range(max(10, n // 20)):
-                call()
-        for _ in range(blocks):
-            for name, call in calls.items():
-                for _ in range(n // blocks):
-                    t = time.perf_counter(); call(); times[name].append(time.perf_counter() - t)
-        return {name: summary(xs) for name, xs in times.items()}
-    out["one_row"] = interleaved(
-        {"handler": lambda: app.handler(e1, ctx), "bare_fastapi_mangum": lambda: bare_handler(e1, ctx)}, 3000
-    )
-    out["batch"] = interleaved(
-        {
-            "handler": lambda: app.handler(e1000, ctx),
-            "model_alone": lambda: model.predict_columns(columns),
-            "json_parse": lambda: orjson.loads(body1000),  # and freeing what it built
-            "bare_fastapi_mangum": lambda: bare_handler(e1000, ctx),
-        },
-        200,
-    )
-    out["rss_mb"] = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
-sys.stdout = real_stdout
-print(json.dumps(out))
-"""
-
-PYFUNC_DRIVER = r"""
-import json, sys, time
-began = time.perf_counter()
-model_path, frame_file, mode = sys.argv[1:4]
-import mlflow.pyfunc, pandas as pd
-model = mlflow.pyfunc.load_model(model_path)
-frame = pd.read_pickle(frame_file)  # the feature frame with its dtypes, as the model's signature has them
-model.predict(frame.head(1))
-out = {"first_answer_in_process_s": time.perf_counter() - began, "answered_at": time.time()}
-if mode == "warm":
-    def timings(rows, n):
-        for _ in range(max(10, n // 10)):
-            model.predict(rows)
-        xs = []
-        for _ in range(n):
-            t = time.perf_counter(); model.predict(rows); xs.append(time.perf_counter() - t)
-        xs.sort()
-        return {"p50_ms": xs[len(xs) // 2] * 1e3, "p99_ms": xs[int(len(xs) * 0.99) - 1] * 1e3, "n": n}
-    out["one_row"] = timings(frame.head(1), 2000)
-    out["batch"] = timings(frame.head(1000), 200)
-    out["rss_mb"] = int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
-print(json.dumps(out))
-"""
-
-
-# the floor the issue's stack sets: a bare FastAPI app through Mangum answering the same event, with
-# numpy imported (the model needs it), fresh process → first answer
-FLOOR_APP_DRIVER = r"""
-import json, sys, time
-began = time.perf_counter()
-import numpy
-from fastapi import FastAPI, Request, Response
-from mangum import Mangum
-app = FastAPI()
-@app.post("/predict")
-async def predict(request: Request) -> Response:
-    await request.body()
-    return Response(b'{"predictions": [1.0]}', media_type="application/json")
-handler = Mangum(app, lifespan="off")
-event = {"resource": "/{proxy+}", "path": "/predict", "httpMethod": "POST",
-         "headers": {"Content-Type": "application/json"}, "multiValueHeaders": {},
-         "queryStringParameters": None, "multiValueQueryStringParameters": None,
-         "pathParameters": {"proxy": "predict"}, "stageVariables": None,
-         "requestContext": {"requestId": "bench", "stage": "prod", "httpMethod": "POST",
-                            "resourcePath": "/{proxy+}", "path": "/prod/predict",
-                            "identity": {"sourceIp": "127.0.0.1"}},
-         "body": json.dumps({"x": 1}), "isBase64Encoded": False}
-assert handler(event, None)["statusCode"] == 200
-print(json.dumps({"first_answer_in_process_s": time.perf_counter() - began, "answered_at": time.time()}))
-"""
+# -- fresh processes -------------------------------------------------------------------------------
 
 
 def import_breakdown(command: list[str], env: dict[str, str], runs: int) -> dict[str, float]:
@@ -518,26 +366,13 @@ def wrk(url: str, body: bytes, seconds: int) -> dict[str, Any]:
     return {"requests_per_s": rate, "non_2xx": errors, "latency_p50": p50, "tool": "wrk -t1 -c8"}
 
 
-REFERENCE_APP = """
-from fastapi import FastAPI, Request, Response
-app = FastAPI()
-@app.get("/health")
-async def health() -> dict:
-    return {"status": "ok"}
-@app.post("/predict")
-async def predict(request: Request) -> Response:
-    await request.body()
-    return Response(b'{"predictions": [1.0]}', media_type="application/json")
-"""
-
-
 def http_ours(
-    venv: Path, model_dir: Path, row: dict[str, Any], seconds: int, app_dir: Path = FUNCTION
+    venv: Path, model_dir: Path, row: dict[str, Any], seconds: int, app_dir: Path = FUNCTION, app: str = "app:app"
 ) -> dict[str, Any]:
-    """Our app (or, with ``app_dir``, another ``app:app`` such as the bare reference) under uvicorn."""
+    """Our app (or, with ``app_dir`` and ``app``, another such as the bare reference) under uvicorn."""
     port = free_port()
     env = clean_env(PYTHONPATH=f"{app_dir}:{model_dir}")
-    command = [str(venv / "bin" / "python"), "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
+    command = [str(venv / "bin" / "python"), "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port)]
     command += ["--workers", "1", "--no-access-log", "--log-level", "warning", "--app-dir", str(app_dir)]
     body = json.dumps(row).encode()
     # from the app's folder: "app" is functions/api/app.py there, not the repository's CDK app.py
@@ -585,7 +420,7 @@ def _within(value: float | None, budget: float, smaller_is_better: bool = True) 
 
 
 def prepare(budget_s: float, reuse: bool) -> dict[str, Any]:
-    """Train the model and write what the drivers read (or, with ``reuse``, keep the last run's)."""
+    """Train the model and write what the probes read (or, with ``reuse``, keep the last run's)."""
     summary_file = WORK / "model-summary.json"
     if reuse and summary_file.exists() and (WORK / "model-layer" / "python").is_dir():
         print("reusing the last run's model ...")
@@ -637,19 +472,19 @@ def main() -> None:
     model_dir = WORK / "model-layer" / "python"
 
     print("building the serving layer and the MLflow serving environment (pip --platform, cached) ...")
-    python = python312()
-    layer = serving_layer(python)
+    python = serving_python()
+    layer = serving_layer()
     # the model's own requirements, with mlflow-skinny in place of whatever mlflow line MLflow adds
     model_requirements = _requirements(mlflow_model / "requirements.txt")
     mlflow_requirements = [MLFLOW_SKINNY, *(r for r in model_requirements if not r.startswith(("mlflow", "-")))]
-    mlflow_env = pip_platform_build(mlflow_requirements, "mlflow-pyfunc")
+    mlflow_env = mlflow_environment(mlflow_requirements)
     sizes: dict[str, Any] = {
         # function code + its layers (dependencies and pricepipe with .pyc, as the CDK ships them;
         # the model layer), unzipped
-        "ours_mb": size_mb(layer) + size_mb(model_dir) + size_without_bytecode_mb(FUNCTION),
+        "ours_mb": size_mb(layer) + size_mb(model_dir) + size_mb(FUNCTION, bytecode=False),
         "ours_layer_mb": size_mb(layer),
-        "ours_sources_mb": size_without_bytecode_mb(layer),  # as DESIGN's anchors count: without .pyc
-        "ours_package_mb": size_without_bytecode_mb(layer / "pricepipe"),
+        "ours_sources_mb": size_mb(layer, bytecode=False),  # as DESIGN's anchors count: without .pyc
+        "ours_package_mb": size_mb(layer / "pricepipe", bytecode=False),
         "model_layer_mb": size_mb(model_dir),
         "mlflow_mb": size_mb(mlflow_env),
         "mlflow_requirements": mlflow_requirements,
@@ -657,13 +492,8 @@ def main() -> None:
 
     venv = serving_venv(python)
     venv_python = str(venv / "bin" / "python")
-    driver = WORK / "handler_driver.py"
-    driver.write_text(HANDLER_DRIVER)
-    pyfunc_driver = WORK / "pyfunc_driver.py"
-    pyfunc_driver.write_text(PYFUNC_DRIVER)
-    floor_app_driver = WORK / "floor_app_driver.py"
-    floor_app_driver.write_text(FLOOR_APP_DRIVER)
-    handler_args = [str(driver), str(FUNCTION), str(model_dir), str(rows_file)]
+    pyfunc_driver, floor_app_driver = PROBES / "pyfunc.py", PROBES / "floor_app.py"
+    handler_args = [str(PROBES / "handler.py"), str(FUNCTION), str(model_dir), str(rows_file)]
 
     print(f"cold starts ({args.runs} each, interleaved) ...")
     # Lambda-like: the runtime's python with the layer (and its .pyc) on the path, no site-packages,
@@ -715,12 +545,11 @@ def main() -> None:
 
     print("warm:", json.dumps({"ours": {k: ours_warm[k] for k in ("one_row", "batch")}, "mlflow": mlflow_warm}))
     print(f"HTTP throughput ({args.http_seconds} s each) ...")
-    reference_dir = WORK / "reference-app"
-    reference_dir.mkdir(exist_ok=True)
-    (reference_dir / "app.py").write_text(REFERENCE_APP)
     http = {
         "ours": http_ours(venv, model_dir, rows[0], args.http_seconds),
-        "reference_bare_fastapi": http_ours(venv, model_dir, rows[0], args.http_seconds, app_dir=reference_dir),
+        "reference_bare_fastapi": http_ours(
+            venv, model_dir, rows[0], args.http_seconds, app_dir=PROBES, app="reference_app:app"
+        ),
     }
     try:
         http["mlflow"] = http_mlflow(mlflow_model, frame, args.http_seconds)

@@ -1,4 +1,8 @@
-"""Shared pieces of the benchmark scripts: where PostgreSQL is, and how results are reported."""
+"""Shared pieces of the benchmark scripts: where PostgreSQL is, peak memory, and how results are reported.
+
+Standard library only at module level: benchmark workers import it in environments without this
+project's dependencies (bench_drift's Evidently virtualenv).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import socket
 import subprocess
 import sys
@@ -15,13 +20,30 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
-
 RESULTS = Path(os.environ.get("PIPECTL_BENCH_DIR", ".bench"))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory, MB: VmHWM, the memory figure of every benchmark.
+
+    Not ``ru_maxrss``: Linux carries the spawning process's peak into a child's ru_maxrss across
+    exec (a probe started by a benchmark that had loaded 1M rows reported ~2.5 GB), VmHWM starts
+    afresh. Without /proc (macOS) ru_maxrss it is, in bytes there.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def admin_url() -> str:
     """An admin URL of a PostgreSQL server to create scratch databases on."""
+    import psycopg
+
     for name in ("TEST_DATABASE_URL", "DATABASE_URL"):
         if os.environ.get(name):
             return os.environ[name]

@@ -358,9 +358,14 @@ def files_layer_code(name: str, files: Mapping[str, bytes]) -> lambda_.Code:
 # -- sizes ---------------------------------------------------------------------------------------------
 
 
-def unzipped_bytes(root: Path) -> int:
-    """What a directory counts against Lambda's 250 MB: the sum of its files' sizes."""
-    return sum(path.stat().st_size for path in root.rglob("*") if path.is_file() and not path.is_symlink())
+def unzipped_bytes(root: Path, skip_suffixes: Sequence[str] = ()) -> int:
+    """What a directory counts against Lambda's 250 MB: the sum of its files' sizes (leaving out
+    files ending in ``skip_suffixes``, e.g. ``.pyc`` to count sources only)."""
+    return sum(
+        path.stat().st_size
+        for path in root.rglob("*")
+        if path.is_file() and not path.is_symlink() and not path.name.endswith(tuple(skip_suffixes))
+    )
 
 
 def remove_distributions(site: Path, names: Iterable[str]) -> list[str]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipectl import datasource, ops
+from pipectl import datasource
+from pipectl.commands import ops
 from pipectl.target import Target
 from pricepipe.contract import load_contract
 from pricepipe.settings import Settings

@@ -26,7 +26,7 @@ import pytest
 
 from infrastructure import catalog
 from pipectl import datasource, flows
-from pipectl.cli import CommandFailed, _command
+from pipectl.commands.promotion import CommandFailed, _command
 from pipectl.localcloud import LocalCloud
 from pipectl.localcloud.daemon import run_migrations
 from pipectl.localcloud.gateway import Gateway, moto_api_keys

@@ -18,20 +18,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from infrastructure import catalog
+from pipectl.commands.common import ResolveTarget, TargetOption, console
 from pipectl.target import Target
 from pricepipe import champion
 from pricepipe.settings import DEFAULTS
-
-console = Console()
-
-# The --target option every command shares. At module level: typer resolves the (postponed)
-# annotations against this module's globals, so a closure variable would not be found.
-TargetOption = Annotated[str, typer.Option("--target", "-t", envvar="PIPECTL_TARGET", help="local or aws")]
-
 
 # -- health ----------------------------------------------------------------------------------------
 
@@ -218,7 +211,7 @@ def scale_serving(target: Target, containers: int) -> dict[str, Any]:
     return {k: v for k, v in answer.items() if k != "ResponseMetadata"}
 
 
-def register(app: typer.Typer, resolve_target: Callable[[str], Target]) -> None:
+def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
     """Add the operations commands to the CLI."""
 
     @app.command()

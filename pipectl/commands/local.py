@@ -1,0 +1,153 @@
+"""``pipectl local up | down | status``: the local cloud (moto + real handlers + PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from infrastructure import catalog
+from pipectl.commands.common import ResolveTarget, StateDirOption, console
+from pipectl.target import DEFAULT_STATE_DIR, Target, TargetUnavailable, local_target
+
+
+def up(
+    state_dir: StateDirOption = DEFAULT_STATE_DIR,
+    port: Annotated[int, typer.Option(envvar="PIPECTL_LOCAL_PORT")] = 4577,
+    contract: Annotated[str, typer.Option(envvar="PRICEPIPE_CONTRACT")] = "hotel_rates",
+    timeout: float = 120.0,
+) -> None:
+    """Start the local cloud in the background (no-op when it already runs)."""
+    try:
+        target = local_target(state_dir)
+        console.print(f"local cloud already running at {target.endpoint}")
+        return
+    except TargetUnavailable:
+        pass
+    state_dir.mkdir(parents=True, exist_ok=True)
+    log_path = state_dir / "localcloud.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pipectl.localcloud.daemon",
+                *("--state-dir", str(state_dir), "--port", str(port), "--contract", contract),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    with console.status("starting the local cloud (moto, PostgreSQL, functions, state machines)…"):
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                console.print(f"[red]the local cloud failed to start; its log, {log_path}:[/red]")
+                console.print(log_path.read_text()[-3000:])
+                raise typer.Exit(1)
+            try:
+                target = local_target(state_dir)
+                break
+            except TargetUnavailable:
+                time.sleep(0.2)
+        else:
+            process.terminate()
+            console.print(f"[red]the local cloud did not come up within {timeout:.0f} s; see {log_path}[/red]")
+            raise typer.Exit(1)
+    console.print(f"local cloud up at [bold]{target.endpoint}[/bold] (state in {state_dir}, log {log_path})")
+
+
+def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
+    """Add ``pipectl local`` and its commands to the CLI."""
+    local_app = typer.Typer(help="The local cloud: AWS APIs from moto on loopback, running the real code.")
+    app.add_typer(local_app, name="local")
+    local_app.command("up")(up)  # at module level: `pipectl demo` starts the local cloud with it too
+
+    @local_app.command("down")
+    def local_down(
+        state_dir: StateDirOption = DEFAULT_STATE_DIR,
+        keep_database: Annotated[bool, typer.Option(help="leave the embedded PostgreSQL running")] = False,
+    ) -> None:
+        """Stop the local cloud, saving its S3 objects for the next `local up`."""
+        from pipectl.localcloud.postgres import stop_embedded
+
+        state_file = state_dir / "state.json"
+        if state_file.exists():
+            pid = int(json.loads(state_file.read_text())["pid"])
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                state_file.unlink(missing_ok=True)
+            deadline = time.monotonic() + 60
+            while state_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            console.print("local cloud stopped (S3 saved under " + str(state_dir / "s3") + ")")
+        else:
+            console.print("local cloud is not running")
+        if not keep_database and stop_embedded(state_dir):
+            console.print("embedded PostgreSQL stopped")
+
+    @local_app.command("status")
+    def local_status(state_dir: StateDirOption = DEFAULT_STATE_DIR) -> None:
+        """Say whether the local cloud runs, and what it holds."""
+        target = resolve_target("local", state_dir)
+        table = Table(title=f"local cloud at {target.endpoint}")
+        table.add_column("resource")
+        table.add_column("name / ARN")
+        for label, value in (
+            ("landing bucket", target.landing_bucket),
+            ("lake bucket", target.lake_bucket),
+            ("artifacts bucket", target.artifacts_bucket),
+            ("database", _redact(target.database_url or "")),
+        ):
+            table.add_row(label, value)
+        for key, arn in {**target.state_machines}.items():
+            table.add_row(f"state machine {key}", arn)
+        for key, arn in target.functions.items():
+            table.add_row(f"function {key}", arn)
+        table.add_section()
+        table.add_row("API (gateway)", f"{target.api_url}  (docs: {target.api_url}/docs)")
+        table.add_row("API key", f"{target.api_key}  (send it as the x-api-key header)")
+        for route in _live_routes(target):
+            served = f"model {route['model_version']}" if route["model_version"] else "no model deployed yet"
+            table.add_row(
+                f"{catalog.LIVE_ALIAS} -> version {route['function_version']}",
+                f"{route['traffic_percent']:g}%: {served}",
+            )
+        console.print(table)
+
+
+def _live_routes(target: Target) -> list[dict[str, Any]]:
+    """Where the live alias sends traffic, from the Lambda API alone: version, share, model."""
+    from pricepipe import deployer
+
+    lam = target.client("lambda")
+    function = target.functions.get(catalog.SERVING_FUNCTION, catalog.function(catalog.SERVING_FUNCTION).name)
+    alias = deployer.alias_state(lam, function, catalog.LIVE_ALIAS)
+    shares = {alias["function_version"]: 1.0 - sum(alias["weights"].values()), **alias["weights"]}
+    routes = []
+    for version, share in shares.items():
+        model = deployer.model_of(deployer.version_configuration(lam, function, version).get("Description"))
+        routes.append(
+            {
+                "function_version": version,
+                "traffic_percent": round(share * 100, 2),
+                "model_version": model[1] if model else None,
+            }
+        )
+    return routes
+
+
+def _redact(url: str) -> str:
+    if "@" in url and ":" in url.split("@", maxsplit=1)[0].rsplit("//", maxsplit=1)[-1]:
+        user = url.rsplit("//", maxsplit=1)[-1].split(":", maxsplit=1)[0]
+        return url.split("//", maxsplit=1)[0] + "//" + user + ":***@" + url.split("@", 1)[1]
+    return url
