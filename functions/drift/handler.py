@@ -9,9 +9,9 @@ import boto3
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pricepipe import drift_flow
 from pricepipe.contract import load_contract
 from pricepipe.db import ConnectionCache, resolve_dsn
+from pricepipe.drift import flow as drift_flow
 from pricepipe.observability import logger, metrics
 from pricepipe.settings import get_settings
 

@@ -50,8 +50,9 @@ def check(
     holdout would keep the very change that triggered the retraining out of the challenger); with
     no champion yet, the configured holdout.
     """
-    from pricepipe.drift import check_drift, save_report
-    from pricepipe.drift_report import render_html
+    from pricepipe.drift.check import check_drift
+    from pricepipe.drift.report import render_html
+    from pricepipe.drift.store import save_report
     from pricepipe.lean_model import load_from_uri
     from pricepipe.training.data import TrainingWindow, frame_columns, latest_event_date_postgres, load_postgres
 
