@@ -146,7 +146,7 @@ def test_drift_on_the_champions_own_period_stays_quiet(target: Target, loaded: d
     summary = execution.output
     assert summary["decision"] == "none", summary["reasons"]
     assert summary["model_version"] == "1" and summary["current_rows"] > 100
-    rows = drift_rows(target, summary["check_id"])
+    rows = drift_rows(target, summary["execution"])
     assert {kind for kind, *_ in rows} == {"feature", "prediction", "performance"}
     report = target.client("s3").get_object(Bucket=target.artifacts_bucket, Key=summary["report_uri"].split("/", 3)[3])
     assert b"<html" in report["Body"].read()[:200].lower()
@@ -172,7 +172,7 @@ def test_drift_over_threshold_starts_training(target: Target, loaded: dt.date) -
     assert execution.status == "SUCCEEDED", execution.cause
     summary = execution.output
     assert summary["decision"] == "retrain" and summary["drifted"] is True, summary
-    assert any(drifted for *_, drifted in drift_rows(target, summary["check_id"]))
+    assert any(drifted for *_, drifted in drift_rows(target, summary["execution"]))
     training = flows.wait(target, summary["handover"]["training_execution"])
     assert training.status == "SUCCEEDED", training.cause
     assert training.output["reason"].startswith("drift check")

@@ -143,28 +143,6 @@ class DriftReport:
             for c in self.checks
         ]
 
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready digest for a state machine's Choice state and for logs."""
-        return {
-            "check_id": self.check_id,
-            "checked_at": self.checked_at.isoformat(),
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "window_start": self.window_start.isoformat() if self.window_start else None,
-            "window_end": self.window_end.isoformat() if self.window_end else None,
-            "status": self.status,
-            "drifted": self.drifted,
-            "feature_drift": self.feature_drift,
-            "prediction_drift": self.prediction_drift,
-            "performance_drift": self.performance_drift,
-            "drift_share": round(self.drift_share, 6),
-            "drifted_features": list(self.drifted_features),
-            "checked_features": len(self.checked_features),
-            "reference_rows": self.reference_rows,
-            "current_rows": self.current_rows,
-            "reasons": list(self.reasons),
-        }
-
 
 # -- the checks --------------------------------------------------------------------------------------
 
