@@ -76,7 +76,8 @@ def make_data(folder: Path, reference_rows: int, current_rows: int, seed: int = 
 def worker_ours(folder: Path, repeat: int) -> dict[str, Any]:
     import pandas as pd
 
-    from pricepipe.drift import DriftThresholds, check_drift, compare_data, reference_from_data
+    from pricepipe.drift.check import DriftThresholds, check_drift, compare_data
+    from pricepipe.drift.reference import reference_from_data
     from pricepipe.settings import Settings
 
     thresholds = DriftThresholds.from_settings(Settings())

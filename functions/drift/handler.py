@@ -3,15 +3,13 @@ against the champion's training reference, store the report, emit the scores as 
 
 from __future__ import annotations
 
-from typing import Any
-
 import boto3
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pricepipe import drift_flow
 from pricepipe.contract import load_contract
 from pricepipe.db import ConnectionCache, resolve_dsn
+from pricepipe.drift import flow
 from pricepipe.observability import logger, metrics
 from pricepipe.settings import get_settings
 
@@ -23,9 +21,8 @@ contract = load_contract(settings.contract, s3)
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-def check(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    request = {**(event.get("request") or {}), "check_id": event.get("execution")}
-    summary = drift_flow.check(database.get(), s3, contract, settings, request)
+def check(event: flow.DriftEvent, context: LambdaContext) -> flow.DriftResult:
+    summary = flow.check(database.get(), s3, contract, settings, event.get("request") or {}, event.get("execution"))
     metrics.add_dimension(name="model_name", value=settings.model_name)
     metrics.add_metric(name="drift_detected", unit=MetricUnit.Count, value=1 if summary["decision"] == "retrain" else 0)
     if summary.get("drifted") is not None:

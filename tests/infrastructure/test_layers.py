@@ -70,6 +70,9 @@ def test_given_the_package_layer_then_it_ships_the_pricepipe_package_with_its_da
         p.name for p in (PACKAGE_DIR / "migrations").glob("*.sql")
     )
     assert (package / "contracts" / "hotel_rates.yaml").is_file()
+    # every subpackage (training/, serving/, drift/, ...), not just the top-level modules
+    subpackages = {p.parent.relative_to(PACKAGE_DIR) for p in PACKAGE_DIR.rglob("__init__.py")}
+    assert {p.parent.relative_to(package) for p in package.rglob("__init__.py")} >= subpackages
 
 
 @pytest.mark.skipif(BYTECODE is None, reason=f"no CPython {layers.PYTHON_VERSION} here: layers ship sources only")

@@ -24,7 +24,6 @@ from pricepipe.training import (
     train,
 )
 from pricepipe.training.data import encode, event_dates
-from pricepipe.training.reference import numeric_summary, reference_statistics
 from pricepipe.training.search import GroupMedian, search
 
 QUICK = SearchSettings(seed=11, time_budget_s=60, max_trials=2, max_tree_levels=240)
@@ -212,38 +211,3 @@ def test_a_holdout_too_small_is_a_clear_error(features: pd.DataFrame, contract: 
 
     with pytest.raises(TrainingDataError, match=r"the holdout \(last 1 days\) has \d+ rows, fewer than the 500"):
         train(_data(features), contract, config)
-
-
-# -- reference statistics --------------------------------------------------------------------------
-
-
-def test_bins_count_the_edges_below_each_value() -> None:
-    summary = numeric_summary([1, 2, 3, 4, 5, 6, 7, 8, 9, None], bins=2, sample_size=3)
-
-    assert summary["bin_edges"] == [5.0]  # the median
-    assert summary["bin_proportions"] == pytest.approx([5 / 9, 4 / 9])  # 1..5 (<= the edge), then 6..9
-    assert summary["missing_fraction"] == pytest.approx(1 / 10)
-    assert len(summary["sample"]) == 3
-    assert summary["quantiles"][0] == 1 and summary["quantiles"][-1] == 9
-
-
-def test_reference_statistics_describe_every_feature_target_and_prediction(
-    features: pd.DataFrame, contract: Contract
-) -> None:
-    predictions = np.linspace(50, 150, 40)
-
-    ref = reference_statistics(features, contract, predictions, sample_size=50)
-
-    assert set(ref["numeric"]) == set(contract.numeric_features)
-    assert set(ref["categorical"]) == set(contract.categorical_features)
-    for stats in (*ref["numeric"].values(), ref["target"], ref["prediction"]):
-        assert len(stats["bin_proportions"]) == len(stats["bin_edges"]) + 1
-        assert sum(stats["bin_proportions"]) == pytest.approx(1.0)
-        assert len(stats["quantiles"]) == 101
-        assert stats["quantiles"] == sorted(stats["quantiles"])
-        assert len(stats["sample"]) <= 50
-    for stats in ref["categorical"].values():
-        assert sum(stats["frequencies"].values()) + stats["other_fraction"] == pytest.approx(1.0)
-    assert ref["prediction"]["count"] == 40
-    assert ref["target"]["name"] == contract.target
-    assert ref["rows"] == len(features)

@@ -134,7 +134,7 @@ def prediction_shift(reference: np.ndarray, current: np.ndarray, bins: int = PSI
     open-ended at both ends so predictions outside the reference's range land in its outer bins."""
     import numpy as np
 
-    from pricepipe.drift import chi2_homogeneity, psi
+    from pricepipe.drift.stats import chi2_homogeneity, psi
 
     inner = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1)[1:-1]))
     edges = np.concatenate(([-np.inf], inner, [np.inf]))

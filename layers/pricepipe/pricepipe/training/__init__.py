@@ -5,10 +5,10 @@
   search, the baseline.
 - :mod:`~pricepipe.training.trainer`: one training run end to end, without side effects.
 - :mod:`~pricepipe.training.export`: fitted trees → :mod:`pricepipe.lean_model` arrays.
-- :mod:`~pricepipe.training.reference`: the reference statistics drift checks compare against.
 - :mod:`~pricepipe.training.job`: the Batch job: load, train, log to MLflow, register.
 
-Tracking and the registry live in :mod:`pricepipe.registry`. scikit-learn, LightGBM, matplotlib and
+Tracking and the registry live in :mod:`pricepipe.registry`; the reference statistics a run stores
+for drift checks are built by :mod:`pricepipe.drift.reference`. scikit-learn, LightGBM, matplotlib and
 MLflow are imported where used, so loading data or scoring with this package stays light.
 """
 

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pricepipe.drift.reference import reference_statistics
 from pricepipe.errors import PricePipeError
 from pricepipe.lean_model import LeanModel
 from pricepipe.training.data import TrainingData, TrainingDataError, encode, event_dates, fit_encoding, time_split
 from pricepipe.training.metrics import regression_metrics
-from pricepipe.training.reference import reference_statistics
 from pricepipe.training.search import (
     FAMILIES,
     GroupMedian,

@@ -4,37 +4,23 @@ PostgreSQL, the comparison with the champion and both sides of its Choice."""
 from __future__ import annotations
 
 import datetime as dt
-import time
 from typing import Any
 
 import psycopg
 import pytest
 
 from pipectl import datasource, flows
-from pipectl.localcloud import LocalCloud
-from pipectl.localcloud.daemon import run_migrations
-from pipectl.localcloud.provision import Resources, provision
 from pipectl.target import Target
 from pricepipe import registry, storage
 from pricepipe.contract import load_contract
 from pricepipe.settings import Settings
 from tests.conftest import land_and_load
+from tests.e2e.support import SEARCH_GUARD_S, SEARCH_TRIALS, metrics_named
 
 pytestmark = pytest.mark.e2e
 DAYS = 75
-# The search stops on its trial count, never on the clock, so the model it picks (and the PSI the
-# tests assert on) does not depend on how fast this machine is. 2 trials per family run in about
-# the 3 s the search was once given here; the budget is only a guard.
-TRIALS = 2
-FAST = {"window_days": 75, "holdout_days": 14, "time_budget_s": 600}
-
-
-@pytest.fixture(scope="module")
-def deployed(cloud: LocalCloud, cloud_database: str) -> Resources:
-    """The pipeline with a training job whose search runs TRIALS trials per family (overrides conftest's)."""
-    resources = provision(cloud, cloud_database, job_settings={"PRICEPIPE_SEARCH_MAX_TRIALS": str(TRIALS)})
-    run_migrations(cloud, resources)
-    return resources
+TRIALS = SEARCH_TRIALS
+FAST = {"window_days": 75, "holdout_days": 14, "time_budget_s": SEARCH_GUARD_S}
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +42,7 @@ def models(target: Target) -> list[tuple[str, str]]:
 
 def search_of(target: Target, execution: flows.Execution) -> dict[str, Any]:
     """The search part of the job's result document: how many trials ran and what stopped them."""
-    bucket, _, key = execution.output["result_uri"].removeprefix("s3://").partition("/")
-    return dict(storage.get_json(target.client("s3"), bucket, key)["search"])
+    return dict(storage.get_json(target.client("s3"), *storage.split_uri(execution.output["result_uri"]))["search"])
 
 
 def test_a_first_model_is_trained_registered_and_ready_for_promotion(
@@ -119,19 +104,6 @@ def test_a_failing_job_fails_the_run_and_leaves_the_champion(target: Target, loa
     assert metrics_named(target, "training_job_failed"), "the failure metric was emitted"
 
 
-def metrics_named(target: Target, name: str, at_least: int = 1) -> list[dict[str, Any]]:
-    """The metrics named ``name``, once their EMF lines have reached CloudWatch (shipped as Lambda's
-    log agent ships them: a fraction of a second after the function returns)."""
-    cloudwatch = target.client("cloudwatch")
-    found: list[dict[str, Any]] = []
-    for _ in range(50):
-        found = list(cloudwatch.list_metrics(Namespace="PricePipeline", MetricName=name)["Metrics"])
-        if len(found) >= at_least:
-            break
-        time.sleep(0.2)
-    return found
-
-
 def test_too_little_data_ends_without_training(target: Target, loaded: dt.date) -> None:
     before = models(target)
     execution = flows.run(target, "training", {**FAST, "end": "2015-01-31"})
@@ -151,54 +123,3 @@ def test_data_that_only_covers_the_holdout_ends_without_starting_a_job(target: T
     assert execution.output["ready"] is False and execution.output["rows"] >= 200
     assert "before the 14 validation and 14 holdout days" in execution.output["why"]
     assert models(target) == before
-
-
-def drift_rows(target: Target, check_id: str) -> list[tuple[str, str | None, str, bool]]:
-    assert target.database_url
-    with psycopg.connect(target.database_url) as conn:
-        return [
-            tuple(r)
-            for r in conn.execute(
-                "SELECT kind, feature, metric, drifted FROM monitoring.drift_metrics WHERE check_id = %s", (check_id,)
-            )
-        ]
-
-
-def test_drift_on_the_champions_own_period_stays_quiet(target: Target, loaded: dt.date) -> None:
-    execution = flows.run(target, "drift", {"end": loaded.isoformat(), "window_days": 14})
-    assert execution.status == "SUCCEEDED", execution.cause
-    summary = execution.output
-    assert summary["decision"] == "none", summary["reasons"]
-    assert summary["model_version"] == "1" and summary["current_rows"] > 100
-    rows = drift_rows(target, summary["check_id"])
-    assert {kind for kind, *_ in rows} == {"feature", "prediction", "performance"}
-    report = target.client("s3").get_object(Bucket=target.artifacts_bucket, Key=summary["report_uri"].split("/", 3)[3])
-    assert b"<html" in report["Body"].read()[:200].lower()
-    # every PSI score is a CloudWatch metric by feature (the predictions' under "prediction")
-    assert "prediction" in summary["psi"] and len(summary["psi"]) > 10
-    scored = {
-        d["Value"]
-        for m in metrics_named(target, "drift_psi", len(summary["psi"]))
-        for d in m["Dimensions"]
-        if d["Name"] == "feature"
-    }
-    assert scored == set(summary["psi"])
-
-
-def test_drift_over_threshold_starts_training(target: Target, loaded: dt.date) -> None:
-    assert target.database_url
-    winter = datasource.select_days(start=dt.date(2017, 1, 2), end=dt.date(2017, 1, 22))
-    with psycopg.connect(target.database_url, autocommit=True) as conn:
-        land_and_load(
-            conn, target.client("s3"), load_contract("hotel_rates"), Settings(database_url=target.database_url), winter
-        )
-    execution = flows.run(target, "drift", {"window_days": 21})
-    assert execution.status == "SUCCEEDED", execution.cause
-    summary = execution.output
-    assert summary["decision"] == "retrain" and summary["drifted"] is True, summary
-    assert any(drifted for *_, drifted in drift_rows(target, summary["check_id"]))
-    training = flows.wait(target, summary["handover"]["training_execution"])
-    assert training.status == "SUCCEEDED", training.cause
-    assert training.output["reason"].startswith("drift check")
-    if training.output.get("promotion"):
-        flows.wait(target, training.output["promotion"]["execution_arn"])  # let it finish before teardown

@@ -1,4 +1,4 @@
-"""The drift report as one self-contained HTML page.
+"""The drift report as one self-contained HTML page (stored beside the check in the artifacts bucket).
 
 Charts are inline SVG written here rather than drawn by matplotlib, so the report renders in a small
 Lambda function with nothing but the standard library; there is no script and no external link, so
@@ -14,7 +14,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pricepipe.drift import Distribution, DriftCheck, DriftReport
+    from pricepipe.drift.check import Distribution, DriftCheck, DriftReport
 
 MAX_BARS = 24  # beyond this many buckets a chart pools its smallest ones, to stay readable
 REFERENCE_COLOUR = "#7b8fb8"

@@ -10,8 +10,9 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 
-from pricepipe.drift import DriftReport, DriftThresholds, check_drift, reference_from_data
-from pricepipe.drift_report import render_html
+from pricepipe.drift.check import DriftReport, DriftThresholds, check_drift
+from pricepipe.drift.reference import reference_from_data
+from pricepipe.drift.report import render_html
 from pricepipe.settings import Settings
 
 THRESHOLDS = DriftThresholds.from_settings(Settings())

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from pricepipe import storage
 from pricepipe.champion import current as champion_of
@@ -24,7 +24,56 @@ if TYPE_CHECKING:
     import psycopg
 
     from pricepipe.contract import Contract
+    from pricepipe.drift.check import DriftReport
     from pricepipe.settings import Settings
+
+Decision = Literal["retrain", "none"]
+
+
+class DriftRequest(TypedDict, total=False):
+    """What a caller may ask of a check (the execution's input): both default sensibly."""
+
+    end: str  # the window's last event day, ISO; default the newest loaded day
+    window_days: int  # default the ``drift_window_days`` setting
+
+
+class DriftEvent(TypedDict):
+    """The task's payload, as drift.asl.json builds it."""
+
+    request: NotRequired[DriftRequest]
+    execution: str  # the execution's name: the check's id in monitoring.drift_metrics and the report's key
+
+
+class DriftResult(TypedDict):
+    """The task's result: the Choice state reads ``decision``, a retraining ``holdout_days``.
+
+    With no champion or no data only the first keys (and ``holdout_days`` for a first model) are set.
+    """
+
+    execution: str
+    decision: Decision
+    drifted: bool | None  # None: nothing was checked
+    reasons: list[str]
+    holdout_days: NotRequired[int]
+    checked_at: NotRequired[str]
+    model_name: NotRequired[str | None]
+    model_version: NotRequired[str | None]
+    window_start: NotRequired[str | None]
+    window_end: NotRequired[str | None]
+    status: NotRequired[Literal["checked", "not_enough_data"]]
+    feature_drift: NotRequired[bool]
+    prediction_drift: NotRequired[bool]
+    performance_drift: NotRequired[bool]
+    drift_share: NotRequired[float]
+    drifted_features: NotRequired[list[str]]
+    checked_features: NotRequired[int]
+    reference_rows: NotRequired[int]
+    current_rows: NotRequired[int]
+    end: NotRequired[str]
+    window_days: NotRequired[int]
+    performance: NotRequired[dict[str, float]]
+    psi: NotRequired[dict[str, float]]  # PSI per checked feature, and of the predictions
+    report_uri: NotRequired[str]
 
 
 def reference_uri(serving_artifact_uri: str) -> str:
@@ -41,25 +90,27 @@ def check(
     s3: Any,
     contract: Contract,
     settings: Settings,
-    request: dict[str, Any],
-) -> dict[str, Any]:
-    """Run one drift check; the summary says ``decision`` = retrain | none and why.
+    request: DriftRequest,
+    execution: str | None,
+) -> DriftResult:
+    """Run one drift check; the result says ``decision`` = retrain | none and why.
 
     ``holdout_days`` is what a retraining it starts holds out to compare on: the drift window, the
     newest days, which neither the champion nor the challenger's comparison fit has seen (a longer
     holdout would keep the very change that triggered the retraining out of the challenger); with
     no champion yet, the configured holdout.
     """
-    from pricepipe.drift import check_drift, save_report
-    from pricepipe.drift_report import render_html
+    from pricepipe.drift.check import check_drift
+    from pricepipe.drift.report import render_html
+    from pricepipe.drift.store import save_report
     from pricepipe.lean_model import load_from_uri
     from pricepipe.training.data import TrainingWindow, frame_columns, latest_event_date_postgres, load_postgres
 
-    check_id = str(request.get("check_id") or uuid.uuid4())
+    execution = execution or str(uuid.uuid4())  # a direct invoke names no execution
     champion = champion_of(conn, settings.model_name)
     if champion is None:
         return {
-            "check_id": check_id,
+            "execution": execution,
             "decision": "retrain",
             "drifted": None,
             "reasons": ["no champion model yet"],
@@ -68,7 +119,7 @@ def check(
     version, serving_uri, metrics = champion.version, champion.serving_artifact_uri, champion.metrics
     end = dt.date.fromisoformat(request["end"]) if request.get("end") else latest_event_date_postgres(conn, contract)
     if end is None:
-        return {"check_id": check_id, "decision": "none", "drifted": None, "reasons": ["no data loaded yet"]}
+        return {"execution": execution, "decision": "none", "drifted": None, "reasons": ["no data loaded yet"]}
     days = int(request.get("window_days") or settings.drift_window_days)
     window = TrainingWindow.ending(end, days)
     frame = load_postgres(conn, contract, window).frame
@@ -88,10 +139,10 @@ def check(
         model_version=version,
         window_start=dt.datetime.combine(window.start, dt.time(), tzinfo=dt.UTC),
         window_end=dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC),
-        check_id=check_id,
+        check_id=execution,
     )
     save_report(conn, report)
-    key = f"{settings.drift_report_prefix}{end.isoformat()}/{check_id}.html"
+    key = f"{settings.drift_report_prefix}{end.isoformat()}/{execution}.html"
     storage.put_bytes(
         s3,
         settings.artifacts_bucket,
@@ -99,22 +150,37 @@ def check(
         render_html(report, title=f"Drift of {settings.model_name} v{version}, {window.start}..{window.end}").encode(),
         "text/html",
     )
-    summary = report.summary()
     performance = {c.metric: c.value for c in report.checks if c.kind == "performance"}
     return {
-        **summary,
+        "execution": execution,
+        "checked_at": report.checked_at.isoformat(),
+        "model_name": report.model_name,
+        "model_version": report.model_version,
+        "window_start": report.window_start.isoformat() if report.window_start else None,
+        "window_end": report.window_end.isoformat() if report.window_end else None,
+        "status": report.status,
+        "drifted": report.drifted,
+        "feature_drift": report.feature_drift,
+        "prediction_drift": report.prediction_drift,
+        "performance_drift": report.performance_drift,
+        "drift_share": round(report.drift_share, 6),
+        "drifted_features": list(report.drifted_features),
+        "checked_features": len(report.checked_features),
+        "reference_rows": report.reference_rows,
+        "current_rows": report.current_rows,
+        "reasons": list(report.reasons),
         "decision": decide(report, "rmse_ratio" in performance),
         "end": end.isoformat(),
         "window_days": days,
         "holdout_days": days,  # a retraining compares challenger and champion on the days that drifted
         "performance": performance,
-        # PSI per checked feature, and of the predictions: the scores a dashboard follows day by day
+        # the scores a dashboard follows day by day
         "psi": {c.feature: c.value for c in report.checks if c.metric == "psi" and c.feature},
         "report_uri": f"s3://{settings.artifacts_bucket}/{key}",
     }
 
 
-def decide(report: Any, errors_measured: bool) -> str:
+def decide(report: DriftReport, errors_measured: bool) -> Decision:
     """Retrain when the champion got worse on the newest prices; only when that cannot be measured
     (no actual prices yet) do shifted inputs or predictions alone ask for it. Seasonal inputs move
     every week while the champion may still price them well, and a retraining that cannot win the

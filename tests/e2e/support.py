@@ -1,0 +1,29 @@
+"""Helpers the e2e modules share (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pipectl.target import Target
+
+# Every e2e deployment's training search stops on its trial count, never on the clock, so the model
+# it picks (and what the tests assert about it) does not depend on how fast the machine is. 2 trials
+# per family run in about the 3 s the search was once given; requests pass a budget that is only a
+# guard (SEARCH_GUARD_S).
+SEARCH_TRIALS = 2
+SEARCH_GUARD_S = 600
+JOB_SETTINGS = {"PRICEPIPE_SEARCH_MAX_TRIALS": str(SEARCH_TRIALS)}
+
+
+def metrics_named(target: Target, name: str, at_least: int = 1) -> list[dict[str, Any]]:
+    """The metrics named ``name``, once their EMF lines have reached CloudWatch (shipped as Lambda's
+    log agent ships them: a fraction of a second after the function returns)."""
+    cloudwatch = target.client("cloudwatch")
+    found: list[dict[str, Any]] = []
+    for _ in range(50):
+        found = list(cloudwatch.list_metrics(Namespace="PricePipeline", MetricName=name)["Metrics"])
+        if len(found) >= at_least:
+            break
+        time.sleep(0.2)
+    return found
