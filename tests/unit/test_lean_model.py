@@ -341,7 +341,8 @@ def _exact_shapley(lean: LeanModel, x: np.ndarray) -> np.ndarray:
     t = lean.trees
     assert t.cover is not None
     cover = t.cover
-    reach = TreeShap(t, {lean.encoding.index[k]: len(v) for k, v in lean.encoding.categories.items()})._reach(x)
+    explainer = TreeShap(t, {lean.encoding.index[k]: len(v) for k, v in lean.encoding.categories.items()})
+    reach = explainer._reach(x)[:, explainer.edge_of[:-1]]  # per node: does the row go there
     phi = np.zeros((len(x), len(lean.features)))
 
     def value(goes_left: np.ndarray, node: int, coalition: frozenset[int]) -> float:

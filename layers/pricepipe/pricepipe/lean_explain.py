@@ -81,6 +81,7 @@ class _Group:
         leaves: list[tuple[int, tuple[int, ...], tuple[float, ...], tuple[tuple[int, ...], ...]]],
         value: np.ndarray,
         always: int,
+        edge_of: np.ndarray,
     ) -> None:
         self.m = m
         self.value = value[[leaf for leaf, _, _, _ in leaves]]  # (leaves,)
@@ -93,7 +94,7 @@ class _Group:
         for j, (_, _, _, path) in enumerate(leaves):
             for i, element in enumerate(path):
                 edges[i, j, : len(element)] = element
-        self.edges = edges
+        self.edges = edge_of[edges]  # as columns of the decisions (TreeShap._reach)
         # contributions come out as (rows, leaf * m + element): summing them per feature is a
         # gather into feature order and one reduceat
         flat = features.T.ravel()
@@ -122,14 +123,33 @@ class TreeShap:
         weighed = np.concatenate([np.flatnonzero(internal), t.left[internal], t.right[internal]])
         if np.any(cover[weighed] <= 0):
             raise LeanModelError("a node's cover is zero: TreeSHAP cannot weigh the paths through it")
-        self.n_nodes = n
-        self.n_features = t.cat_known.shape[0]
-        self._trees = t
+        self.n_features = n_features = t.cat_known.shape[0]
+        # Decisions are laid out by edge, not by node: the splits' "goes left" columns, numeric splits
+        # first, then the same negated ("goes right"), then one always-true column (a root, padding).
+        # So they are written as three contiguous blocks rather than scattered by child.
         num = np.flatnonzero(internal & (t.cat_index < 0))
         cat = np.flatnonzero(internal & (t.cat_index >= 0))
-        self._num = (num, t.feature[num], t.threshold[num], t.missing_left[num], t.left[num], t.right[num])
-        sizes = np.array([n_categories.get(int(j), 0) for j in t.feature[cat]], dtype=np.float64)
-        self._cat = (cat, t.feature[cat], t.cat_index[cat], sizes, t.missing_left[cat], t.left[cat], t.right[cat])
+        splits = np.concatenate([num, cat])
+        self._n_num, self._n_splits = len(num), len(splits)
+        edge_of = np.full(n + 1, 2 * len(splits), dtype=np.int64)
+        edge_of[t.left[splits]] = np.arange(len(splits))
+        edge_of[t.right[splits]] = len(splits) + np.arange(len(splits))
+        self.edge_of = edge_of  # node -> its decision column
+        # a numeric split reads its feature with NaN as -inf where missing goes left and as NaN where
+        # it goes right (NaN <= anything is false, even a threshold of +inf, which HistGradientBoosting
+        # uses to send missing values alone right): one gather from [x, NaN as -inf | x], one comparison
+        self._num_column = np.where(t.missing_left[num], t.feature[num], t.feature[num] + n_features)
+        self._num_threshold = t.threshold[num]
+        # a categorical split looks its slot (code, or the missing slot after them) up in a table
+        sizes = np.array([n_categories.get(int(j), 0) for j in t.feature[cat]], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes + 1)[:-1]]).astype(np.int64)
+        owner = np.repeat(np.arange(len(cat)), sizes + 1)
+        codes = np.arange(len(owner), dtype=np.int64) - offsets[owner]
+        in_left = _bits(t.cat_bitsets, t.cat_index[cat][owner], codes)
+        known = _bits(t.cat_known, t.feature[cat][owner], codes)
+        missing = codes == sizes[owner]
+        self._cat_table = np.where(missing | ~(in_left | known), t.missing_left[cat][owner], in_left)
+        self._cat_feature, self._cat_sizes, self._cat_offsets = t.feature[cat], sizes.astype(np.float64), offsets
 
         paths, roots_of_leaves = _paths(t)
         leaves = np.array([leaf for leaf, _, _, _ in paths], dtype=np.int64)
@@ -142,7 +162,7 @@ class TreeShap:
         for path in paths:
             if path[1]:  # a tree that is a single leaf adds to the base value only
                 by_length.setdefault(len(path[1]), []).append(path)
-        self._groups = [_Group(m, by_length[m], t.value, n) for m in sorted(by_length)]
+        self._groups = [_Group(m, by_length[m], t.value, n, edge_of) for m in sorted(by_length)]
         depth = max(by_length, default=0)
         # EXTEND's weights at path length d: new[j] = zero * old[j] * (d - j) / (d + 1)
         # + one * old[j - 1] * j / (d + 1)
@@ -164,7 +184,7 @@ class TreeShap:
         """Contributions for the encoded matrix ``x`` (rows x features)."""
         n_rows = len(x)
         phi = np.zeros((n_rows, self.n_features), dtype=np.float64)
-        step = max(1, _REACH_CELLS // (self.n_nodes + 1))
+        step = max(1, _REACH_CELLS // (2 * self._n_splits + 1))
         for start in range(0, n_rows, step):
             block = x[start : start + step]
             reach = self._reach(block)
@@ -181,36 +201,34 @@ class TreeShap:
         return Explanation(features, phi, self.base_value, scale)
 
     def _reach(self, x: np.ndarray) -> np.ndarray:
-        """(rows, nodes + 1): whether each row, at its parent, goes to each node (roots and the
-        last, padding column: always). Decided as the compiled tables decide (``LeanModel._compile``)."""
-        reach = np.ones((len(x), self.n_nodes + 1), dtype=bool)
-        _, feature, threshold, missing_left, left, right = self._num
-        values = x[:, feature]
+        """(rows, edges): whether each row, at each split, takes each edge (see ``__init__``),
+        decided as the compiled tables decide (``LeanModel._compile``)."""
+        rows, n_num, n_splits = len(x), self._n_num, self._n_splits
+        reach = np.empty((rows, 2 * n_splits + 1), dtype=bool)
+        filled = np.concatenate([np.where(np.isnan(x), -np.inf, x), x], axis=1)
         with np.errstate(invalid="ignore"):
-            goes_left = np.where(np.isnan(values), missing_left, values <= threshold)
-        reach[:, left] = goes_left
-        reach[:, right] = ~goes_left
-        _, feature, cat_index, sizes, missing_left, left, right = self._cat
-        if len(feature):
-            values = x[:, feature]
+            np.less_equal(filled.take(self._num_column, axis=1), self._num_threshold, out=reach[:, :n_num])
+        if n_splits > n_num:
+            values = x.take(self._cat_feature, axis=1)
             with np.errstate(invalid="ignore"):
-                valid = (values >= 0) & (values < sizes)
-            codes = np.where(valid, values, 0).astype(np.int64)
-            shape = codes.shape
-            in_left = _bits(self._trees.cat_bitsets, np.broadcast_to(cat_index, shape), codes)
-            known = _bits(self._trees.cat_known, np.broadcast_to(feature, shape), codes)
-            goes_left = np.where(~valid | ~(in_left | known), missing_left, in_left)
-            reach[:, left] = goes_left
-            reach[:, right] = ~goes_left
+                valid = (values >= 0) & (values < self._cat_sizes)
+            slots = np.where(valid, values, self._cat_sizes).astype(np.int64)
+            slots += self._cat_offsets
+            self._cat_table.take(slots, out=reach[:, n_num:n_splits])
+        np.logical_not(reach[:, :n_splits], out=reach[:, n_splits : 2 * n_splits])
+        reach[:, -1] = True
         return reach
 
     @staticmethod
     def _tabulated(g: _Group, reach: np.ndarray) -> np.ndarray:
         """(rows, leaves, m): ``g``'s contributions, looked up by each leaf's pattern of one fractions."""
-        pattern = np.zeros((len(reach), len(g.value)), dtype=np.int64)
+        pattern = np.zeros((len(reach), len(g.value)), dtype=np.int32)
         for i in range(g.m):
-            pattern += reach[:, g.edges[i]].all(axis=2) * (1 << i)
-        pattern += g.offsets
+            follows = reach.take(g.edges[i, :, 0], axis=1)
+            for k in range(1, g.edges.shape[2]):
+                follows &= reach.take(g.edges[i, :, k], axis=1)
+            pattern |= follows.view(np.uint8).astype(np.int32) << i
+        pattern = pattern + g.offsets
         assert g.table is not None
         return g.table.take(pattern, axis=0)
 
