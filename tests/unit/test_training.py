@@ -247,3 +247,11 @@ def test_reference_statistics_describe_every_feature_target_and_prediction(
     assert ref["prediction"]["count"] == 40
     assert ref["target"]["name"] == contract.target
     assert ref["rows"] == len(features)
+
+
+def test_the_contribution_summary_plot_ranks_features_by_mean_absolute_contribution() -> None:
+    from pricepipe.training import plots
+
+    png = plots.feature_contributions({"lead_time": 12.5, "adults": 3.0, "meal": 0.0}, "lightgbm", "price")
+
+    assert png.startswith(b"\x89PNG")
