@@ -282,7 +282,7 @@ def _log_run(client: MlflowClient, run_id: str, outcome: TrainingOutcome) -> Non
             plots.feature_importance(outcome.lean.feature_importance(), f"{outcome.chosen}: split gain")
         )
         if outcome.lean.can_explain:
-            # the served model's TreeSHAP contributions on (at most 1,000 of) the holdout's rows: ~0.3 s
+            # the served model's TreeSHAP contributions on (at most 1,000 of) the holdout's rows: ~0.5 s
             holdout = outcome.holdout
             sample = holdout.iloc[np.linspace(0, len(holdout) - 1, min(len(holdout), 1000)).astype(int)]
             explanation = outcome.lean.explain_matrix(encode(sample, outcome.served_encoding))
