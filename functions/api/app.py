@@ -7,6 +7,10 @@ here at import (Lambda's init phase): settings, the contract and its request mod
 which arrives as the function version's model layer (:mod:`pricepipe.serving.model_layer`). A
 version without one answers 503 and says so.
 
+``POST /predict?explain=true`` also answers each row's per-feature contributions (TreeSHAP),
+``base_value`` and ``contribution_scale``; a model whose artifact cannot explain (exported before
+node covers were recorded) answers 409, the request being fine and the model not one that can.
+
 The body is read raw and validated by :class:`pricepipe.serving.service.PredictionService` rather
 than by FastAPI's own body parameter: that lets a 1,000-row batch be checked a column at a time
 (the row model validates single rows and reports every error) and keeps DESIGN §5's 10 ms budget.
@@ -46,6 +50,7 @@ from pricepipe.serving.requests import REF_TEMPLATE, ErrorResponse, PredictionRe
 from pricepipe.serving.service import (
     NO_MODEL,
     BatchTooLarge,
+    ExplanationUnavailable,
     InvalidRequest,
     NoModelDeployed,
     PredictionService,
@@ -76,6 +81,43 @@ def _request_id(scope: MutableMapping[str, Any]) -> str:
     if context is not None and getattr(context, "aws_request_id", None):
         return str(context.aws_request_id)
     return os.urandom(16).hex()  # as random as uuid4().hex, without importing uuid at cold start
+
+
+_TRUE = frozenset({"1", "on", "t", "true", "y", "yes"})  # what FastAPI's own bool parameters accept
+_FALSE = frozenset({"0", "off", "f", "false", "n", "no"})
+EXPLAIN_PARAMETER = {
+    "name": "explain",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "boolean", "default": False},
+    "description": (
+        "Also answer each row's per-feature contributions (TreeSHAP), `base_value` and"
+        " `contribution_scale`: per row, base_value plus the contributions is the model's output"
+    ),
+}
+
+
+def explain_flag(request: Request) -> bool:
+    """``?explain=``, read by hand rather than as a FastAPI parameter: a request without a query
+    string pays one test, not a parameter's validation. A bad value is FastAPI's 422, located."""
+    if not request.scope.get("query_string"):
+        return False
+    value = request.query_params.get("explain")
+    if value is None or value.lower() in _FALSE:
+        return False
+    if value.lower() in _TRUE:
+        return True
+    raise RequestValidationError(
+        [
+            {
+                "type": "bool_parsing",
+                "loc": ("query", "explain"),
+                "msg": "Input should be a valid boolean, unable to interpret input",
+                "input": value,
+                "field": "explain",
+            }
+        ]
+    )
 
 
 def _json_response(model: str, description: str) -> dict[str, Any]:
@@ -113,6 +155,7 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
         # declared as schemas, not response models (see the module docstring)
         responses={
             200: _json_response(PredictionResponse.__name__, "The predicted prices"),
+            409: _json_response(ErrorResponse.__name__, "explain=true, and the served model cannot explain"),
             413: _json_response(ErrorResponse.__name__, f"More than {service.max_batch_rows} rows"),
             422: _json_response(ValidationErrorResponse.__name__, "Invalid input: every bad field, located"),
             503: _json_response(ErrorResponse.__name__, "No model deployed yet"),
@@ -122,12 +165,15 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
         if not service.ready:
             return JSONResponse({"detail": NO_MODEL}, status_code=503)
         request_id = _request_id(request.scope)
+        explain = explain_flag(request)
         try:
-            result = service.predict(await request.body(), request_id)
+            result = service.predict(await request.body(), request_id, explain=explain)
         except InvalidRequest as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors]) from None
         except BatchTooLarge as exc:
             return JSONResponse({"detail": str(exc)}, status_code=413)
+        except ExplanationUnavailable as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=409)
         http_metrics.priced(result.model_name, result.model_version, result.rows)
         return Response(
             result.to_json(),
@@ -163,6 +209,7 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
             example = service.models.example
+            schema["paths"]["/predict"]["post"]["parameters"] = [EXPLAIN_PARAMETER]
             schema["paths"]["/predict"]["post"]["requestBody"] = {
                 "required": True,
                 "content": {

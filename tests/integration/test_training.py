@@ -146,7 +146,7 @@ def test_training_registers_a_tracked_challenger_with_its_artifacts(
     assert run.info.artifact_uri.startswith(f"s3://{settings.artifacts_bucket}/mlflow/")
 
     artifacts = run.info.artifact_uri
-    for png in ("predicted_vs_actual", "residuals_over_time", "feature_importance"):
+    for png in ("predicted_vs_actual", "residuals_over_time", "feature_importance", "feature_contributions"):
         assert _object(s3, f"{artifacts}/plots/{png}.png").startswith(b"\x89PNG")
     reference = json.loads(_object(s3, f"{artifacts}/reference/reference_stats.json"))
     assert set(reference["numeric"]) == set(contract.numeric_features)

@@ -274,3 +274,183 @@ def test_tree_count_respects_the_serving_cap(frames: Frames, contract: Contract)
             settings,
         )
         assert n_trees <= 10
+
+
+# -- explanations (TreeSHAP) ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trained", ["lightgbm"], indirect=True)
+def test_contributions_equal_lightgbms_pred_contrib(trained: Trained, frames: Frames) -> None:
+    """Path-dependent TreeSHAP from the lean artifact is LightGBM's own, on rows with missing values
+    in every feature and unseen categories."""
+    _, model, encoding, lean = trained
+    _, later, _ = frames
+    matrix = encode(later, encoding)
+
+    expected = model.booster_.predict(matrix, pred_contrib=True)  # features..., then the expected value
+    explanation = lean.explain_matrix(matrix)
+
+    assert explanation.contributions.shape == (len(later), len(encoding.features))
+    assert np.max(np.abs(explanation.contributions - expected[:, :-1])) < TOLERANCE
+    assert abs(explanation.base_value - expected[0, -1]) < TOLERANCE
+    assert explanation.scale == "price"
+
+
+def test_contributions_add_up_to_the_prediction(trained: Trained, frames: Frames) -> None:
+    family, model, encoding, lean = trained
+    _, later, _ = frames
+    matrix = encode(later, encoding)
+
+    explanation = lean.explain_matrix(matrix)
+
+    assert np.max(np.abs(explanation.outputs() - family.predict(model, matrix))) < TOLERANCE
+    assert list(explanation.records()[0]) == list(encoding.features)  # every feature, in order
+
+
+def test_every_input_path_explains_alike_and_long_paths_are_computed_as_tabulated_ones(
+    trained: Trained, frames: Frames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows, columns and the matrix explain alike; paths too long for the pattern tables take the
+    direct recurrences, which give the tables' values."""
+    from pricepipe import lean_explain
+
+    _, _, encoding, lean = trained
+    _, later, _ = frames
+    part = later.iloc[:40]
+    columns = frame_columns(part, encoding)
+    records = [{name: columns[name][i] for name in encoding.features} for i in range(len(part))]
+    tabulated = lean.explain_matrix(encode(part, encoding)).contributions
+
+    assert np.max(np.abs(lean.explain_columns(columns).contributions - tabulated)) < 1e-9
+    assert np.max(np.abs(lean.explain_rows(records).contributions - tabulated)) < 1e-9
+    assert np.max(np.abs(lean.explain_rows(records[:1]).contributions - tabulated[:1])) < 1e-9
+    monkeypatch.setattr(lean_explain, "_TABLE_MAX_LENGTH", 0)
+    direct = LeanModel.load(lean.to_bytes())
+    assert np.max(np.abs(direct.explain_matrix(encode(part, encoding)).contributions - tabulated)) < 1e-9
+
+
+def _exact_shapley(lean: LeanModel, x: np.ndarray) -> np.ndarray:
+    """Shapley values of the path-dependent value function, by enumerating every coalition of each
+    tree's features: v(S) follows the row at splits on S and averages both children by cover
+    elsewhere. Exponential, so for small trees only; independent of Algorithm 2's recurrences."""
+    from itertools import combinations
+    from math import factorial
+
+    from pricepipe.lean_explain import TreeShap
+
+    t = lean.trees
+    assert t.cover is not None
+    cover = t.cover
+    explainer = TreeShap(t, {lean.encoding.index[k]: len(v) for k, v in lean.encoding.categories.items()})
+    reach = explainer._reach(x)[:, explainer.edge_of[:-1]]  # per node: does the row go there
+    phi = np.zeros((len(x), len(lean.features)))
+
+    def value(goes_left: np.ndarray, node: int, coalition: frozenset[int]) -> float:
+        left, right = int(t.left[node]), int(t.right[node])
+        if left < 0:
+            return float(t.value[node])
+        if int(t.feature[node]) in coalition:
+            return value(goes_left, left if goes_left[left] else right, coalition)
+        both = cover[left] * value(goes_left, left, coalition) + cover[right] * value(goes_left, right, coalition)
+        return float(both / cover[node])
+
+    for r in range(len(x)):
+        for root in t.roots.tolist():
+            stack, used = [root], set()
+            while stack:
+                node = stack.pop()
+                if t.left[node] >= 0:
+                    used.add(int(t.feature[node]))
+                    stack += [int(t.left[node]), int(t.right[node])]
+            n = len(used)
+            for i in used:
+                others = sorted(used - {i})
+                for size in range(n):
+                    weight = factorial(size) * factorial(n - size - 1) / factorial(n)
+                    for subset in combinations(others, size):
+                        s = frozenset(subset)
+                        phi[r, i] += weight * (value(reach[r], root, s | {i}) - value(reach[r], root, s))
+    return phi
+
+
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
+def test_contributions_are_the_exact_shapley_values_of_small_trees(
+    family_name: str, frames: Frames, contract: Contract
+) -> None:
+    """For HistGradientBoosting, which has no pred_contrib of its own, and LightGBM alike."""
+    train, later, _ = frames
+    family = FAMILIES[family_name]
+    encoding = fit_encoding(train, contract)
+    params = {**family.sample(np.random.default_rng(0), 0), "max_depth": 3}
+    x_train = encode(train, encoding)
+    categorical = [encoding.index[name] for name in contract.categorical_features]
+    model = family.fit(params, 6, x_train, train[contract.target].to_numpy(dtype=float), categorical, seed=1)
+    lean = LeanModel(family.export(model, encoding), encoding)
+    x = encode(later.iloc[:8], encoding)
+
+    explanation = lean.explain_matrix(x)
+
+    assert np.max(np.abs(explanation.contributions - _exact_shapley(lean, x))) < TOLERANCE
+    assert np.max(np.abs(explanation.outputs() - family.predict(model, x))) < TOLERANCE
+
+
+def test_covers_round_trip_as_format_version_2(trained: Trained) -> None:
+    import io
+    import json
+
+    _, _, _, lean = trained
+    data = lean.to_bytes()
+    with np.load(io.BytesIO(data)) as arrays:
+        assert json.loads(str(arrays["header"]))["format_version"] == 2
+        assert np.array_equal(arrays["cover"], lean.trees.cover)
+
+    assert LeanModel.load(data).can_explain
+
+
+def _without_cover(lean: LeanModel) -> bytes:
+    """The artifact as format version 1 wrote it: no cover array, version 1 in the header."""
+    import dataclasses
+
+    old = LeanModel(dataclasses.replace(lean.trees, cover=None), lean.encoding, lean.info)
+    return old.to_bytes()
+
+
+def test_an_artifact_without_covers_loads_and_predicts_but_refuses_to_explain(trained: Trained, frames: Frames) -> None:
+    import io
+    import json
+
+    _, _, encoding, lean = trained
+    _, later, _ = frames
+    matrix = encode(later, encoding)
+    data = _without_cover(lean)
+    with np.load(io.BytesIO(data)) as arrays:
+        assert "cover" not in arrays.files and json.loads(str(arrays["header"]))["format_version"] == 1
+
+    old = LeanModel.load(data)
+
+    assert np.array_equal(old.predict_matrix(matrix), lean.predict_matrix(matrix))
+    assert not old.can_explain
+    with pytest.raises(LeanModelError, match="cannot explain its predictions: its artifact has no node covers"):
+        old.explain_matrix(matrix)
+
+
+def test_the_contribution_scale_follows_the_recorded_target_transform(trained: Trained) -> None:
+    _, _, _, lean = trained
+    assert lean.contribution_scale == "price"
+    assert lean.with_info(target_transform="log").contribution_scale == "log_price"
+    with pytest.raises(LeanModelError, match="unknown target transform 'sqrt'"):
+        _ = lean.with_info(target_transform="sqrt").contribution_scale
+
+
+def test_predicting_never_imports_the_explainer(trained: Trained, tmp_path: Any) -> None:
+    _, _, _, lean = trained
+    artifact = tmp_path / "model.npz"
+    artifact.write_bytes(lean.to_bytes())
+    code = (
+        "import sys, pricepipe.lean_model as m\n"
+        f"model = m.LeanModel.load(open({str(artifact)!r}, 'rb').read())\n"
+        f"model.predict_rows([{{}}]); model.predict_rows([{{}}] * 40)\n"
+        "print('pricepipe.lean_explain' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

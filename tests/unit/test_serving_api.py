@@ -780,3 +780,106 @@ def test_a_5xx_answer_is_counted_as_a_server_error_of_this_function_version(
     assert directive["Metrics"] == [{"Name": "ServerErrors", "Unit": "Count"}]
     assert directive["Dimensions"] == [["service", "function_version"]]
     assert emf[0]["ServerErrors"] == 1 and emf[0]["function_version"] == "3"
+
+
+# -- explanations (?explain=true) ------------------------------------------------------------------------
+
+
+def assert_explains(body: dict[str, Any], trained: Trained, rows: int) -> None:
+    """Per row, every model feature's contribution, adding up from base_value to the prediction."""
+    contributions = body["contributions"]
+    assert len(contributions) == len(body["predictions"]) == rows
+    assert all(list(c) == list(trained.model.features) for c in contributions)
+    assert body["contribution_scale"] == "price"
+    outputs = [body["base_value"] + sum(c.values()) for c in contributions]
+    np.testing.assert_allclose(outputs, body["predictions"], rtol=0, atol=1e-6)
+
+
+def test_explain_true_answers_each_rows_contributions_beside_its_price(
+    api: Api, trained: Trained, contract: Contract
+) -> None:
+    row, rows = trained.rows[0], trained.rows[:MAX_ROWS]
+
+    single = api.client.post("/predict?explain=true", json=row)
+    batch = api.client.post("/predict?explain=true", json={"rows": rows})
+
+    assert single.status_code == batch.status_code == 200
+    assert_explains(single.json(), trained, 1)
+    assert_explains(batch.json(), trained, len(rows))
+    np.testing.assert_allclose(batch.json()["predictions"], expected(trained, contract, rows), rtol=0, atol=1e-9)
+    features = [feature_row(r, contract) for r in rows]
+    np.testing.assert_allclose(
+        [list(c.values()) for c in batch.json()["contributions"]],
+        trained.model.explain_rows(features).contributions,
+        rtol=0,
+        atol=1e-9,
+    )
+
+
+def test_the_lambda_handler_explains_one_row_and_a_batch(api: Api, trained: Trained) -> None:
+    rows = trained.rows[:10]
+    answers = []
+    for body in (rows[0], {"rows": rows}):
+        event = api_gateway_event("POST", "/predict", body)
+        event["queryStringParameters"] = {"explain": "true"}
+        event["multiValueQueryStringParameters"] = {"explain": ["true"]}
+        answers.append(api.module.handler(event, LambdaContext()))
+
+    assert [a["statusCode"] for a in answers] == [200, 200]
+    assert_explains(json.loads(answers[0]["body"]), trained, 1)
+    assert_explains(json.loads(answers[1]["body"]), trained, 10)
+    assert len(api.prediction_lines()) == 2  # logged as any request is
+
+
+def test_without_explain_or_with_explain_false_the_answer_is_todays(api: Api, trained: Trained) -> None:
+    for body in (trained.rows[0], {"rows": trained.rows[:5]}):
+        answers = [
+            api.client.post(path, json=body).json()
+            for path in ("/predict", "/predict?explain=false", "/predict?explain=0")
+        ]
+        for answer in answers:
+            assert list(answer) == ["request_id", "model_name", "model_version", "keys", "predictions"]
+        assert answers[0]["predictions"] == answers[1]["predictions"] == answers[2]["predictions"]
+        assert answers[0]["keys"] == answers[1]["keys"] == answers[2]["keys"]
+
+
+def test_a_bad_explain_value_is_a_422_naming_the_parameter(api: Api, trained: Trained) -> None:
+    response = api.client.post("/predict?explain=maybe", json=trained.rows[0])
+
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", "explain"] and error["field"] == "explain"
+    assert error["type"] == "bool_parsing" and error["input"] == "maybe"
+    assert api.prediction_lines() == []
+
+
+def test_a_model_without_node_covers_predicts_but_answers_explain_with_409(
+    load_api: Callable[[Path | None], Api], trained: Trained, tmp_path: Path
+) -> None:
+    """An artifact exported before covers were recorded (format version 1) still serves prices;
+    asking it for explanations is a 409 that says why, not a 5xx that would count against the version."""
+    import dataclasses
+
+    old = LeanModel(dataclasses.replace(trained.model.trees, cover=None), trained.model.encoding, trained.model.info)
+    zipfile.ZipFile(io.BytesIO(build_layer_zip(old.to_bytes(), METADATA))).extractall(tmp_path)
+    api = load_api(tmp_path)
+
+    priced = api.client.post("/predict", json=trained.rows[0])
+    refused = api.client.post("/predict?explain=true", json=trained.rows[0])
+
+    assert priced.status_code == 200
+    assert refused.status_code == 409
+    assert "cannot explain its predictions: its artifact has no node covers" in refused.json()["detail"]
+    assert api.client.get("/model-info").json()["explainable"] is False
+
+
+def test_the_openapi_document_shows_the_explain_parameter_and_its_fields(api: Api) -> None:
+    document = api.client.get("/openapi.json").json()
+
+    post = document["paths"]["/predict"]["post"]
+    (parameter,) = post["parameters"]
+    assert (parameter["name"], parameter["in"], parameter["schema"]["type"]) == ("explain", "query", "boolean")
+    assert post["responses"]["409"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+    fields = document["components"]["schemas"]["PredictionResponse"]["properties"]
+    assert {"contributions", "base_value", "contribution_scale"} <= set(fields)
+    assert api.client.get("/model-info").json()["explainable"] is True

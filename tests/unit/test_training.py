@@ -211,3 +211,11 @@ def test_a_holdout_too_small_is_a_clear_error(features: pd.DataFrame, contract: 
 
     with pytest.raises(TrainingDataError, match=r"the holdout \(last 1 days\) has \d+ rows, fewer than the 500"):
         train(_data(features), contract, config)
+
+
+def test_the_contribution_summary_plot_ranks_features_by_mean_absolute_contribution() -> None:
+    from pricepipe.training import plots
+
+    png = plots.feature_contributions({"lead_time": 12.5, "adults": 3.0, "meal": 0.0}, "lightgbm", "price")
+
+    assert png.startswith(b"\x89PNG")

@@ -17,7 +17,11 @@ code) holding
 - ``cat_bitsets``: one bitset per categorical split, bit *c* set when category code *c* goes left;
   ``cat_known``: per feature, the category codes the model knows (an unknown one goes the missing
   way, as HistGradientBoosting does; LightGBM's splits send everything outside the set right);
-- ``roots`` (first node of each tree) and ``base_score`` (added to the sum of leaves).
+- ``roots`` (first node of each tree) and ``base_score`` (added to the sum of leaves);
+- optionally ``cover``: per node, the training samples that reached it (format version 2). Only
+  explanations read it (:meth:`LeanModel.explain_matrix`, path-dependent TreeSHAP in
+  :mod:`pricepipe.lean_explain`); an artifact without it is written as version 1, and one of
+  either version predicts alike.
 
 Evaluation. At load, every split is turned into a lookup: each feature's values are cut at the
 distinct thresholds the trees use on it (at most 255 for histogram-based trainers), so a value
@@ -40,23 +44,37 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar
 
 import numpy as np
 
 from pricepipe.errors import PricePipeError
 
+if TYPE_CHECKING:
+    from pricepipe.lean_explain import Explanation, TreeShap
+
 FORMAT = "pricepipe.lean-trees"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the optional node array ``cover``; version 1 artifacts are read as ever
+READABLE_VERSIONS = (1, 2)
 MAX_CATEGORIES = 254  # HistGradientBoosting's ceiling (max_bins 255 less the missing bin)
 
 _SMALL_BATCH = 16  # up to this many rows, encoding in plain Python beats numpy's per-call overhead
 _CHUNK_CELLS = 1 << 18  # rows x trees per traversal chunk: memory stays flat for any batch size
 _LUT_SPAN = 4096  # integer features whose thresholds span at most this many integers get a lookup table
+# the scale of the trees' summed output, by the target transform training recorded in ``info``
+# ("target_transform"; none recorded: the price itself)
+CONTRIBUTION_SCALES = {"identity": "price", "log": "log_price"}
 
 
 class LeanModelError(PricePipeError, ValueError):
     """An artifact that cannot be read, or input that cannot be encoded, named in the message."""
+
+
+NO_COVER = (
+    "this model cannot explain its predictions: its artifact has no node covers (the training samples"
+    " per tree node, which TreeSHAP weighs paths by), as artifacts exported before format version 2 have"
+    " not; retrain the model to get an artifact that can"
+)
 
 
 # -- feature encoding --------------------------------------------------------------------------------
@@ -184,6 +202,7 @@ class TreeArrays:
     roots: np.ndarray
     gain: np.ndarray
     base_score: float = 0.0
+    cover: np.ndarray | None = None  # optional: training samples per node (explanations only)
     depth: int = field(default=0, compare=False)
 
     _DTYPES: ClassVar[dict[str, Any]] = {
@@ -204,6 +223,8 @@ class TreeArrays:
         for name, dtype in self._DTYPES.items():
             setattr(self, name, np.ascontiguousarray(getattr(self, name), dtype=dtype))
         self.base_score = float(self.base_score)
+        if self.cover is not None:
+            self.cover = np.ascontiguousarray(self.cover, dtype=np.float64)
 
     @property
     def n_nodes(self) -> int:
@@ -219,6 +240,8 @@ class TreeArrays:
             raise LeanModelError("categorical bitsets have the wrong shape")
         if self.cat_bitsets.shape[1] != self.cat_known.shape[1]:
             raise LeanModelError("categorical bitsets and known-category sets differ in width")
+        if self.cover is not None and (self.cover.shape != (n,) or not np.all(self.cover >= 0)):
+            raise LeanModelError(f"node array cover must hold {n} counts, none negative or NaN")
         if len(self.roots) == 0:
             raise LeanModelError("the ensemble has no trees")
         internal = self.left >= 0
@@ -253,16 +276,18 @@ class TreeArrays:
     def arrays(self) -> dict[str, np.ndarray]:
         out = {name: getattr(self, name) for name in self._DTYPES}
         out["base_score"] = np.array(self.base_score, dtype=np.float64)
+        if self.cover is not None:
+            out["cover"] = self.cover
         return out
 
     @classmethod
     def from_arrays(cls, data: Mapping[str, np.ndarray]) -> TreeArrays:
-        names = [f.name for f in fields(cls) if f.name not in ("depth",)]
+        names = [f.name for f in fields(cls) if f.name not in ("depth", "cover")]
         missing = [name for name in names if name not in data]
         if missing:
             raise LeanModelError(f"artifact lacks {', '.join(missing)}")
         arrays: dict[str, Any] = {name: data[name] for name in names if name != "base_score"}
-        return cls(**arrays, base_score=float(data["base_score"]))
+        return cls(**arrays, base_score=float(data["base_score"]), cover=data.get("cover"))
 
 
 def bitset_words(n_categories: int) -> int:
@@ -344,6 +369,7 @@ class LeanModel:
         self.info: dict[str, Any] = dict(info or {})
         trees.check(len(encoding.features))
         self._compile()
+        self._explainer: TreeShap | None = None  # built by the first explanation asked for
 
     # -- building the lookup tables --------------------------------------------------------------
 
@@ -461,6 +487,52 @@ class LeanModel:
         internal = t.left >= 0
         totals = np.bincount(t.feature[internal], weights=t.gain[internal], minlength=len(self.features))
         return {name: float(v) for name, v in zip(self.features, totals, strict=True)}
+
+    # -- explanations ----------------------------------------------------------------------------
+
+    @property
+    def can_explain(self) -> bool:
+        """Whether the artifact carries the node covers that explanations need (format version 2)."""
+        return self.trees.cover is not None
+
+    @property
+    def contribution_scale(self) -> str:
+        """What the trees' summed output, and so each contribution, is measured in: ``"price"``, or
+        ``"log_price"`` for a model trained on the log of the price (``info["target_transform"]``
+        ``"log"``; training records no transform today, so every model so far reports ``"price"``)."""
+        transform = self.info.get("target_transform") or "identity"
+        try:
+            return CONTRIBUTION_SCALES[transform]
+        except KeyError:
+            raise LeanModelError(f"unknown target transform {transform!r}: cannot name the output's scale") from None
+
+    def explain_rows(self, rows: Sequence[Mapping[str, Any]]) -> Explanation:
+        """:meth:`explain_matrix` for feature records (as :meth:`predict_rows` takes them)."""
+        return self.explain_matrix(self.encoding.encode_rows(rows))
+
+    def explain_columns(self, columns: Mapping[str, Any]) -> Explanation:
+        """:meth:`explain_matrix` for columns of feature values (as :meth:`predict_columns` takes them)."""
+        return self.explain_matrix(self.encoding.encode_columns(columns))
+
+    def explain_matrix(self, matrix: np.ndarray) -> Explanation:
+        """Each row's prediction split into one contribution per feature: path-dependent TreeSHAP
+        (:mod:`pricepipe.lean_explain`), as LightGBM's ``pred_contrib`` computes it. Per row,
+        ``base_value`` plus the contributions is the model's output in :attr:`contribution_scale`.
+
+        Raises :class:`LeanModelError` for an artifact without node covers (:attr:`can_explain`).
+        The explainer's tables are built by the first call (a few ms), never at load.
+        """
+        x = np.asarray(matrix, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != len(self.features):
+            raise LeanModelError(f"expected a matrix with {len(self.features)} columns, got shape {x.shape}")
+        if self._explainer is None:
+            if self.trees.cover is None:
+                raise LeanModelError(NO_COVER)
+            from pricepipe.lean_explain import TreeShap
+
+            enc = self.encoding
+            self._explainer = TreeShap(self.trees, {enc.index[name]: len(v) for name, v in enc.categories.items()})
+        return self._explainer.explain(x, self.features, self.contribution_scale)
 
     # -- prediction ------------------------------------------------------------------------------
 
@@ -587,7 +659,8 @@ class LeanModel:
     def header(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            # without covers the artifact is exactly a version 1 one: older readers still read it
+            "format_version": FORMAT_VERSION if self.trees.cover is not None else 1,
             "encoding": self.encoding.to_dict(),
             "n_trees": self.n_trees,
             "max_depth": self.max_depth,
@@ -622,10 +695,10 @@ class LeanModel:
             raise LeanModelError(f"lean model header is not JSON: {exc}") from exc
         if header.get("format") != FORMAT:
             raise LeanModelError(f"not a lean model artifact: format {header.get('format')!r}")
-        if header.get("format_version") != FORMAT_VERSION:
+        if header.get("format_version") not in READABLE_VERSIONS:
             raise LeanModelError(
                 f"lean model format version {header.get('format_version')} is not supported (this code reads"
-                f" {FORMAT_VERSION}): retrain or upgrade the serving package"
+                f" {', '.join(map(str, READABLE_VERSIONS))}): retrain or upgrade the serving package"
             )
         encoding = FeatureEncoding.from_dict(header.get("encoding", {}))
         return cls(TreeArrays.from_arrays(arrays), encoding, header.get("info", {}))

@@ -52,10 +52,27 @@ class PredictionResponse(BaseModel):
     model_version: str
     keys: list[str] = Field(description="Each row's key (the contract's key columns joined with '|')")
     predictions: list[float] = Field(description="The predicted price of each row, in request order")
+    contributions: list[dict[str, float]] | None = Field(
+        default=None,
+        description=(
+            "With explain=true: per row, every model feature's contribution (TreeSHAP) to the model's"
+            " output; base_value plus a row's contributions is that output, in contribution_scale"
+        ),
+    )
+    base_value: float | None = Field(
+        default=None, description="With explain=true: the model's expected output, where contributions start"
+    )
+    contribution_scale: Literal["price", "log_price"] | None = Field(
+        default=None,
+        description=(
+            'With explain=true: what the contributions add up to, "price" or, for a model trained on log'
+            ' prices, "log_price"'
+        ),
+    )
 
 
 class ErrorResponse(BaseModel):
-    """A request that could not be served (no model, batch too large), and why."""
+    """A request that could not be served (no model, batch too large, no explanations), and why."""
 
     model_config = _DOCUMENTATION_ONLY
 

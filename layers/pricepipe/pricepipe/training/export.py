@@ -2,7 +2,9 @@
 
 Each exporter reads the trainer's own tree structures (LightGBM's ``dump_model()``, scikit-learn's
 ``TreePredictor`` node arrays) and resolves its missing-value rules into one ``missing_left`` flag per
-node, so the lean evaluator needs no trainer-specific branches.
+node, so the lean evaluator needs no trainer-specific branches. Both also record each node's
+``cover``, the training samples that reached it (LightGBM's ``internal_count`` / ``leaf_count``,
+scikit-learn's ``count``), which per-prediction explanations weigh paths by.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ class _Nodes:
         self.value: list[float] = []
         self.cat_index: list[int] = []
         self.gain: list[float] = []
+        self.cover: list[float] = []
         self.cat_sets: list[list[int]] = []
 
     def add(self) -> int:
@@ -37,6 +40,7 @@ class _Nodes:
         self.value.append(0.0)
         self.cat_index.append(-1)
         self.gain.append(0.0)
+        self.cover.append(0.0)
         return len(self.feature) - 1
 
     def add_category_set(self, codes: list[int]) -> int:
@@ -66,6 +70,7 @@ class _Nodes:
             roots=np.array(roots),
             gain=np.array(self.gain),
             base_score=base_score,
+            cover=np.array(self.cover),
         )
 
 
@@ -97,8 +102,11 @@ def lightgbm_trees(booster: Any, encoding: FeatureEncoding) -> TreeArrays:
             spec, i = stack.pop()
             if "leaf_value" in spec:
                 nodes.value[i] = float(spec["leaf_value"])
+                # a tree that is one leaf has no count: it only ever adds its value
+                nodes.cover[i] = float(spec.get("leaf_count", 0))
                 continue
             nodes.feature[i] = int(spec["split_feature"])
+            nodes.cover[i] = float(spec["internal_count"])
             nodes.gain[i] = float(spec.get("split_gain", 0.0))
             if spec["decision_type"] == "==":
                 # LightGBM sends missing and every category outside the set to the right
@@ -158,6 +166,7 @@ def hist_gradient_boosting_trees(model: Any, encoding: FeatureEncoding) -> TreeA
         roots.append(offset)
         for local, node in enumerate(raw):
             i = offset + local
+            nodes.cover[i] = float(node["count"])
             if node["is_leaf"]:
                 nodes.value[i] = float(node["value"])
                 continue

@@ -63,3 +63,14 @@ def feature_importance(importance: Mapping[str, float], title: str, top: int = 2
     ax.barh([name for name, _ in ranked], [value / total for _, value in ranked], color="tab:green")
     ax.set(xlabel="share of total split gain", title=title)
     return _png(figure)
+
+
+def feature_contributions(mean_abs: Mapping[str, float], title: str, scale: str = "price", top: int = 20) -> bytes:
+    """Mean |TreeSHAP contribution| per feature: how far, on average, each feature moves a price."""
+    ranked = sorted(mean_abs.items(), key=lambda kv: kv[1], reverse=True)[:top][::-1]
+    figure = _figure(7.0, max(3.0, 0.3 * len(ranked) + 1.2))
+    ax = figure.add_subplot()
+    ax.barh([name for name, _ in ranked], [value for _, value in ranked], color="tab:purple")
+    unit = "log price" if scale == "log_price" else "price"
+    ax.set(xlabel=f"mean |contribution| to the predicted {unit}", title=title)
+    return _png(figure)
