@@ -44,7 +44,7 @@ def resource_finding(stack: Stack, arn: str) -> str:
     return f"Resource::{flatten(stack.resolve(arn))}"
 
 
-def flatten(node: Any) -> str:
+def flatten(node: Any) -> str:  # noqa: PLR0911 - one return per CloudFormation intrinsic it flattens
     """A resolved CloudFormation value as cdk-nag prints it (mirror of its ``flattenCfnReference``)."""
     if node is None:
         return ""

@@ -128,7 +128,7 @@ def _json_response(model: str, description: str) -> dict[str, Any]:
     }
 
 
-def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI:
+def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI:  # noqa: C901 - the app's routes are declared in one factory, as FastAPI apps are
     """The ASGI app over a prepared service."""
     app = FastAPI(
         # no OpenTelemetry: traces come from API Gateway and Lambda, and the check costs every request

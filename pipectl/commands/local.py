@@ -65,7 +65,7 @@ def up(
     console.print(f"local cloud up at [bold]{target.endpoint}[/bold] (state in {state_dir}, log {log_path})")
 
 
-def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
+def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:  # noqa: C901 - typer commands are registered as closures in one function
     """Add ``pipectl local`` and its commands to the CLI."""
     local_app = typer.Typer(help="The local cloud: AWS APIs from moto on loopback, running the real code.")
     app.add_typer(local_app, name="local")

@@ -29,7 +29,7 @@ from pricepipe.settings import DEFAULTS
 # -- health ----------------------------------------------------------------------------------------
 
 
-def check_health(target: Target) -> list[tuple[str, bool, str]]:
+def check_health(target: Target) -> list[tuple[str, bool, str]]:  # noqa: C901 - one branch per component the health check reports
     """Every component of the stack, each with (name, healthy, detail)."""
     checks: list[tuple[str, bool, str]] = []
 

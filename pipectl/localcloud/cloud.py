@@ -103,7 +103,7 @@ class LocalCloud:
         self.stop()
 
 
-def _configure_moto(cloud: LocalCloud) -> None:
+def _configure_moto(cloud: LocalCloud) -> None:  # noqa: C901, PLR0915 - each moto patch is one step; the list is the local cloud's contract with moto 5.2.5
     from moto.awslambda_simple.models import LambdaSimpleBackend
     from moto.core.models import default_user_config
 
@@ -390,7 +390,7 @@ def _normalise_service_tasks() -> None:
     _normalise_service_task(StateTaskServiceSfn, "stepfunctions")
 
 
-def _normalise_service_task(task_class: Any, service: str) -> None:
+def _normalise_service_task(task_class: Any, service: str) -> None:  # noqa: C901 - mirrors moto's parameter normalisation, one branch per casing rule
     import botocore.session
 
     if getattr(task_class._normalise_parameters, "_normalises", False):

@@ -103,7 +103,7 @@ def _object(s3: Any, uri: str) -> bytes:
     return bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
-def test_training_registers_a_tracked_challenger_with_its_artifacts(
+def test_training_registers_a_tracked_challenger_with_its_artifacts(  # noqa: PLR0915 - one training run checked end to end: running it again per assertion would cost minutes
     conn: psycopg.Connection[Any],
     s3: Any,
     contract: Contract,

@@ -329,7 +329,7 @@ def test_every_input_path_explains_alike_and_long_paths_are_computed_as_tabulate
     assert np.max(np.abs(direct.explain_matrix(encode(part, encoding)).contributions - tabulated)) < 1e-9
 
 
-def _exact_shapley(lean: LeanModel, x: np.ndarray) -> np.ndarray:
+def _exact_shapley(lean: LeanModel, x: np.ndarray) -> np.ndarray:  # noqa: C901 - a brute-force Shapley reference, written plainly to be obviously right
     """Shapley values of the path-dependent value function, by enumerating every coalition of each
     tree's features: v(S) follows the row at splits on S and averages both children by cover
     elsewhere. Exponential, so for small trees only; independent of Algorithm 2's recurrences."""

@@ -111,7 +111,7 @@ class _Group:
 class TreeShap:
     """Path-dependent TreeSHAP over a forest's node arrays (see the module docstring)."""
 
-    def __init__(self, trees: TreeArrays, n_categories: Mapping[int, int]) -> None:
+    def __init__(self, trees: TreeArrays, n_categories: Mapping[int, int]) -> None:  # noqa: PLR0915 - the explainer's tables are built in one pass over the trees' arrays
         """``n_categories``: per categorical feature (by index), how many categories it has."""
         t = trees
         if t.cover is None:

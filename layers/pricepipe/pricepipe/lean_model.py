@@ -230,7 +230,7 @@ class TreeArrays:
     def n_nodes(self) -> int:
         return len(self.feature)
 
-    def check(self, n_features: int) -> None:
+    def check(self, n_features: int) -> None:  # noqa: C901, PLR0912 - one branch per inconsistency an artifact can have, each named in its error
         """Refuse arrays that are inconsistent or do not form a forest; computes :attr:`depth`."""
         n = self.n_nodes
         for name in ("threshold", "left", "right", "missing_left", "value", "cat_index", "gain"):
@@ -373,7 +373,7 @@ class LeanModel:
 
     # -- building the lookup tables --------------------------------------------------------------
 
-    def _compile(self) -> None:
+    def _compile(self) -> None:  # noqa: PLR0915 - the lookup tables are compiled in one pass, kept together so the hot path's layout is visible
         """Turn the node arrays into the tables :meth:`_walk` reads (see the module docstring).
 
         Slots: only the features some split uses get a column in the slot matrix, numbered in

@@ -302,7 +302,7 @@ def performance_checks(
     return checks, drifted, text
 
 
-def check_drift(
+def check_drift(  # noqa: C901, PLR0912, PLR0915 - the check orchestrates every feature, prediction and performance test in one pass over the columns
     reference: Mapping[str, Any],
     current: Any,
     *,

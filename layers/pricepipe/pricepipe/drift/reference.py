@@ -163,7 +163,7 @@ def reference_statistics(
 # -- reading ---------------------------------------------------------------------------------------
 
 
-def validate_reference(reference: Any) -> None:
+def validate_reference(reference: Any) -> None:  # noqa: C901 - one branch per malformed part of a reference, each with its own message
     """Refuse a document that is not reference statistics of the version this code reads."""
     if not isinstance(reference, Mapping):
         raise DriftInputError(f"the reference must be a reference-statistics mapping, got {type(reference).__name__}")

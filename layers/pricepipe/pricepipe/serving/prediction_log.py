@@ -300,7 +300,7 @@ class LineWriter:
                 handler.release()
         return count
 
-    def _target(self) -> tuple[Any, Any] | None:
+    def _target(self) -> tuple[Any, Any] | None:  # noqa: PLR0911 - one early return per record that is not a prediction line
         """``(handler, formatter)`` when the logger is set up as this writer expects, else ``None``."""
         logger: Any = self.logger
         if getattr(logger, "_buffer_config", None) or not hasattr(logger, "registered_formatter"):
@@ -323,7 +323,7 @@ class LineWriter:
             return None
         return handler, formatter
 
-    def _text(self, formatter: Any, extra: Mapping[str, Any]) -> str | None:
+    def _text(self, formatter: Any, extra: Mapping[str, Any]) -> str | None:  # noqa: C901, PLR0912 - the log line is encoded inline on the request path; splitting it would cost a call per record
         """The line's JSON text, or ``None`` when the formatter's keys ask for what this does not make."""
         if formatter.thread_safe_get_current_keys():
             return None

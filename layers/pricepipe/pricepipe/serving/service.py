@@ -181,7 +181,7 @@ class PredictionService:
 
     # -- /predict ----------------------------------------------------------------------------------
 
-    def predict(self, body: bytes, request_id: str, *, explain: bool = False) -> Prediction:
+    def predict(self, body: bytes, request_id: str, *, explain: bool = False) -> Prediction:  # noqa: C901 - the request path in one function: parse, validate, predict, explain, log
         """Validate ``body``, predict, and write the prediction log line(s) with the request's metrics;
         with ``explain``, each row's per-feature contributions too (the log line is the same)."""
         began = time.perf_counter()
