@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+    from mypy_boto3_s3 import S3Client
 
 DATASET = "hotel_rates"
 EVENT_TIME = "arrival_date"
@@ -75,7 +76,11 @@ def day_csv(day: dt.date) -> tuple[bytes, int]:
 
 
 def land_days(
-    s3: Any, bucket: str, prefix: str, days: Iterable[dt.date], progress: Callable[[LandedFile], None] | None = None
+    s3: S3Client,
+    bucket: str,
+    prefix: str,
+    days: Iterable[dt.date],
+    progress: Callable[[LandedFile], None] | None = None,
 ) -> list[LandedFile]:
     landed = []
     for day in days:
@@ -88,7 +93,7 @@ def land_days(
     return landed
 
 
-def land_file(s3: Any, bucket: str, prefix: str, path: Path, dataset: str = DATASET) -> LandedFile:
+def land_file(s3: S3Client, bucket: str, prefix: str, path: Path, dataset: str = DATASET) -> LandedFile:
     """Land a file of your own (bring-your-own data) under ``<prefix><dataset>/``."""
     if not path.is_file():
         raise ValueError(f"{path} is not a file")

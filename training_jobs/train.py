@@ -18,7 +18,10 @@ import datetime as dt
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -59,7 +62,7 @@ def _result_location(uri: str | None) -> tuple[str, str] | None:
         raise ValueError(f"--result-uri: {exc}") from exc
 
 
-def _write_result(s3: Any, uri: str | None, result: dict[str, Any]) -> None:
+def _write_result(s3: S3Client, uri: str | None, result: dict[str, Any]) -> None:
     location = _result_location(uri)
     if location is not None:
         from pricepipe import storage
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _fail(s3: Any, uri: str | None, exc: BaseException, code: int, logger: Any) -> int:
+def _fail(s3: S3Client, uri: str | None, exc: BaseException, code: int, logger: Any) -> int:
     result = {"status": "failed", "error_type": type(exc).__name__, "error": str(exc)}
     print(f"training failed: {exc}", file=sys.stderr)
     try:

@@ -29,8 +29,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
 
 PUBLIC_ROUTES = {("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/docs/oauth2-redirect")}
 INTEGRATION_TIMEOUT_S = 29.0  # API Gateway's default integration timeout
@@ -123,7 +128,7 @@ class Gateway:
 
     def __init__(
         self,
-        lambda_client: Any,
+        lambda_client: LambdaClient,
         function: str,
         alias: str,
         api_keys: Callable[[], set[str]],
@@ -194,7 +199,8 @@ class Gateway:
                 FunctionName=self.function, Qualifier=self.alias, Payload=json.dumps(event).encode()
             )
         except Exception as exc:  # noqa: BLE001 - the integration failed: the client sees a gateway error
-            status = 504 if "timed out" in str(exc).lower() or "Timeout" in type(exc).__name__ else 502
+            # botocore's read/connect timeouts are the integration timing out (API Gateway: 504)
+            status = 504 if isinstance(exc, (ReadTimeoutError, ConnectTimeoutError)) else 502
             message = "Endpoint request timed out" if status == 504 else "Internal server error"
             return _message(status, message, request_id, {**fields, "error": f"{type(exc).__name__}: {exc}"})
         latency_ms = round((time.perf_counter() - began) * 1000, 3)

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
-def save(s3: Any, buckets: list[str], folder: Path) -> int:
+def save(s3: S3Client, buckets: list[str], folder: Path) -> int:
     """Write every object of ``buckets`` under ``folder`` (replacing what was there)."""
     count = 0
     tmp = folder.with_name(folder.name + ".saving")
@@ -26,7 +29,7 @@ def save(s3: Any, buckets: list[str], folder: Path) -> int:
     return count
 
 
-def restore(s3: Any, buckets: list[str], folder: Path) -> int:
+def restore(s3: S3Client, buckets: list[str], folder: Path) -> int:
     count = 0
     for bucket in buckets:
         root = folder / bucket

@@ -1,14 +1,18 @@
-"""The local gateway's API Gateway parts that need no cloud: the proxy event and the token bucket.
-(Its behaviour over HTTP in front of the real API function is in tests/e2e/test_gateway.py and
+"""The local gateway's API Gateway parts that need no cloud: the proxy event, the token bucket and the
+status of a failed integration. (Its behaviour over HTTP in front of the real API function is in tests/e2e/test_gateway.py and
 tests/e2e/test_promotion.py.)"""
 
 from __future__ import annotations
 
 import base64
+import socket
+import threading
 
+import boto3
+from botocore.config import Config
 from mangum.handlers.api_gateway import APIGateway
 
-from pipectl.localcloud.gateway import TokenBucket, proxy_event
+from pipectl.localcloud.gateway import Gateway, TokenBucket, proxy_event
 
 
 def event(**overrides: object) -> dict:  # type: ignore[type-arg]
@@ -76,3 +80,38 @@ def test_the_bucket_never_holds_more_than_its_burst() -> None:
     bucket = TokenBucket(rate=20, burst=3, clock=clock)
     clock.now += 3600  # an hour idle
     assert [bucket.take() for _ in range(4)] == [True, True, True, False]
+
+
+def _silent_endpoint() -> tuple[socket.socket, str]:
+    """A TCP endpoint that accepts connections and never answers: a Lambda API that hangs."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.listen()
+    threading.Thread(target=lambda: [listener.accept() for _ in range(8)], daemon=True).start()
+    return listener, f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+def _gateway(endpoint: str, read_timeout: float) -> Gateway:
+    client = boto3.client(
+        "lambda",
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - no real endpoint
+        config=Config(read_timeout=read_timeout, connect_timeout=1, retries={"max_attempts": 1}),
+    )
+    return Gateway(client, "api", "live", lambda: {"k"}, rate=10, burst=10)
+
+
+def test_an_integration_that_never_answers_is_a_504_endpoint_timeout() -> None:
+    listener, endpoint = _silent_endpoint()
+    with listener:
+        answer = _gateway(endpoint, read_timeout=0.2).handle("GET", "/health", [("x-api-key", "k")], b"", "127.0.0.1")
+    assert answer.status == 504 and b"Endpoint request timed out" in answer.body
+
+
+def test_an_integration_that_cannot_be_reached_is_a_502() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()  # nothing listens there now: the connection is refused
+    answer = _gateway(endpoint, read_timeout=5).handle("GET", "/health", [("x-api-key", "k")], b"", "127.0.0.1")
+    assert answer.status == 502 and b"Internal server error" in answer.body

@@ -27,6 +27,7 @@ from pricepipe.errors import ContractError
 if TYPE_CHECKING:
     import pandas as pd
     import pyarrow as pa
+    from mypy_boto3_s3 import S3Client
 
 ColumnType = Literal["integer", "float", "boolean", "string", "category", "date", "datetime"]
 DatePart = Literal["year", "month", "day_of_week", "day_of_year", "week_of_year", "is_weekend"]
@@ -273,7 +274,7 @@ def bundled_contracts() -> list[str]:
     return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def load_contract(ref: str, s3_client: Any | None = None) -> Contract:
+def load_contract(ref: str, s3_client: S3Client | None = None) -> Contract:
     """Load a contract by bundled name, file path, or ``s3://bucket/key`` URI."""
     if ref.startswith("s3://"):
         if s3_client is None:

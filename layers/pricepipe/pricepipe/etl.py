@@ -32,6 +32,7 @@ from pricepipe.storage import ObjectChanged, ObjectRef
 if TYPE_CHECKING:
     import pandas as pd
     import psycopg
+    from mypy_boto3_s3 import S3Client
 
     from pricepipe.settings import Settings
 
@@ -67,7 +68,7 @@ class FileResult:
 
 
 def discover(
-    s3: Any, conn: psycopg.Connection[Any], settings: Settings, prefix: str | None, execution: str
+    s3: S3Client, conn: psycopg.Connection[Any], settings: Settings, prefix: str | None, execution: str
 ) -> dict[str, Any]:
     """List landing files under ``prefix`` not yet taken, and write them as the run's manifest.
 
@@ -104,7 +105,7 @@ def discover(
 
 def load_file(
     conn: psycopg.Connection[Any],
-    s3: Any,
+    s3: S3Client,
     contract: Contract,
     settings: Settings,
     ref: ObjectRef,
@@ -140,7 +141,7 @@ def load_file(
 
 def _load(
     conn: psycopg.Connection[Any],
-    s3: Any,
+    s3: S3Client,
     contract: Contract,
     settings: Settings,
     ref: ObjectRef,
@@ -226,7 +227,7 @@ def _decompress(key: str, data: bytes) -> bytes:
 
 def _reject(
     conn: psycopg.Connection[Any],
-    s3: Any,
+    s3: S3Client,
     contract: Contract,
     ref: ObjectRef,
     execution: str,
@@ -247,7 +248,7 @@ def _reject(
     return FileResult(ref.bucket, ref.key, ref.etag, "rejected", quarantine_key=quarantine_key, reason=reason)
 
 
-def _discard(s3: Any, bucket: str, keys: list[str]) -> None:
+def _discard(s3: S3Client, bucket: str, keys: list[str]) -> None:
     """Best effort: remove lake objects of an attempt that rolled back (a retry rewrites them)."""
     for start in range(0, len(keys), 1000):
         with contextlib.suppress(Exception):
@@ -338,14 +339,14 @@ def _event_date_range(rows: pd.DataFrame, contract: Contract) -> tuple[dt.date |
     return moments.min().date(), moments.max().date()
 
 
-def _write_quarantine(s3: Any, bucket: str, key: str, bad: pd.DataFrame) -> str:
+def _write_quarantine(s3: S3Client, bucket: str, key: str, bad: pd.DataFrame) -> str:
     buffer = io.StringIO()
     bad.to_csv(buffer, index=False)
     return storage.put_bytes(s3, bucket, key, buffer.getvalue().encode(), "text/csv")
 
 
 def write_lake(
-    s3: Any,
+    s3: S3Client,
     settings: Settings,
     contract: Contract,
     features: pd.DataFrame,

@@ -51,6 +51,8 @@ import numpy as np
 from pricepipe.errors import PricePipeError
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
     from pricepipe.lean_explain import Explanation, TreeShap
 
 FORMAT = "pricepipe.lean-trees"
@@ -704,7 +706,7 @@ class LeanModel:
         return cls(TreeArrays.from_arrays(arrays), encoding, header.get("info", {}))
 
 
-def load_from_uri(uri: str, s3_client: Any | None = None) -> LeanModel:
+def load_from_uri(uri: str, s3_client: S3Client | None = None) -> LeanModel:
     """Load an artifact from ``s3://bucket/key`` (with the given client), ``file://`` or a path."""
     if uri.startswith("s3://"):
         if s3_client is None:

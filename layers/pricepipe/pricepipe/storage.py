@@ -10,9 +10,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pricepipe.errors import BucketNotFound, PricePipeError, TransientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 _TRANSIENT_CODES = frozenset(
     {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed", "503", "500"}
@@ -66,7 +69,7 @@ def _raise_known(exc: Exception, bucket: str, what: str) -> None:
         raise TransientError(f"S3 {what}: {exc}") from exc
 
 
-def list_objects(s3: Any, bucket: str, prefix: str) -> Iterator[ObjectRef]:
+def list_objects(s3: S3Client, bucket: str, prefix: str) -> Iterator[ObjectRef]:
     """Every object under ``prefix`` (folder markers skipped), paginating as needed."""
     try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -79,7 +82,7 @@ def list_objects(s3: Any, bucket: str, prefix: str) -> Iterator[ObjectRef]:
         raise
 
 
-def read_object(s3: Any, ref: ObjectRef) -> bytes:
+def read_object(s3: S3Client, ref: ObjectRef) -> bytes:
     """The object's bytes, provided it still has the listed content (else :class:`ObjectChanged`)."""
     try:
         response = s3.get_object(Bucket=ref.bucket, Key=ref.key, IfMatch=f'"{ref.etag}"')
@@ -92,7 +95,7 @@ def read_object(s3: Any, ref: ObjectRef) -> bytes:
         raise
 
 
-def put_bytes(s3: Any, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
+def put_bytes(s3: S3Client, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> str:
     try:
         s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
     except Exception as exc:
@@ -101,11 +104,11 @@ def put_bytes(s3: Any, bucket: str, key: str, data: bytes, content_type: str = "
     return key
 
 
-def put_json(s3: Any, bucket: str, key: str, payload: Any) -> str:
+def put_json(s3: S3Client, bucket: str, key: str, payload: Any) -> str:
     return put_bytes(s3, bucket, key, json.dumps(payload, default=str).encode(), "application/json")
 
 
-def get_json(s3: Any, bucket: str, key: str) -> Any:
+def get_json(s3: S3Client, bucket: str, key: str) -> Any:
     try:
         return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
     except Exception as exc:

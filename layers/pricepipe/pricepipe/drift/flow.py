@@ -22,6 +22,7 @@ from pricepipe.champion import current as champion_of
 
 if TYPE_CHECKING:
     import psycopg
+    from mypy_boto3_s3 import S3Client
 
     from pricepipe.contract import Contract
     from pricepipe.drift.check import DriftReport
@@ -87,7 +88,7 @@ def reference_uri(serving_artifact_uri: str) -> str:
 
 def check(
     conn: psycopg.Connection[Any],
-    s3: Any,
+    s3: S3Client,
     contract: Contract,
     settings: Settings,
     request: DriftRequest,

@@ -24,6 +24,7 @@ from pricepipe.lean_model import MAX_CATEGORIES, FeatureEncoding
 if TYPE_CHECKING:
     import psycopg
     import pyarrow as pa
+    from mypy_boto3_s3 import S3Client
 
     from pricepipe.contract import Contract
 
@@ -187,7 +188,7 @@ def _lake_base(contract: Contract, lake_prefix: str) -> str:
 _PARTITION = re.compile(r"=(\d{4}-\d{2}-\d{2})/")
 
 
-def _lake_objects(s3: Any, bucket: str, base: str) -> Iterable[tuple[dt.date, dict[str, Any]]]:
+def _lake_objects(s3: S3Client, bucket: str, base: str) -> Iterable[tuple[dt.date, dict[str, Any]]]:
     from pricepipe import storage
 
     for ref in storage.list_objects(s3, bucket, base):
@@ -196,13 +197,13 @@ def _lake_objects(s3: Any, bucket: str, base: str) -> Iterable[tuple[dt.date, di
             yield dt.date.fromisoformat(match.group(1)), {"key": ref.key, "etag": ref.etag, "size": ref.size}
 
 
-def latest_event_date_lake(s3: Any, bucket: str, lake_prefix: str, contract: Contract) -> dt.date | None:
+def latest_event_date_lake(s3: S3Client, bucket: str, lake_prefix: str, contract: Contract) -> dt.date | None:
     """The most recent event-date partition in the lake (None when there is none)."""
     days = [day for day, _ in _lake_objects(s3, bucket, _lake_base(contract, lake_prefix))]
     return max(days) if days else None
 
 
-def load_lake(s3: Any, bucket: str, lake_prefix: str, contract: Contract, window: TrainingWindow) -> TrainingData:
+def load_lake(s3: S3Client, bucket: str, lake_prefix: str, contract: Contract, window: TrainingWindow) -> TrainingData:
     """The window's rows from the lake's event-date partitions (``.../<event_time>=YYYY-MM-DD/``).
 
     Objects are read with the S3 client given (not a filesystem layer), so moto, LocalStack and AWS

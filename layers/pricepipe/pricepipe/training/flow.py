@@ -20,6 +20,7 @@ from pricepipe.training.data import TrainingWindow, frame_columns, latest_event_
 
 if TYPE_CHECKING:
     import psycopg
+    from mypy_boto3_s3 import S3Client
 
     from pricepipe.contract import Contract
     from pricepipe.settings import Settings
@@ -83,12 +84,12 @@ def _rows_between(conn: psycopg.Connection[Any], contract: Contract, start: dt.d
     return int(row[0]) if row else 0
 
 
-def read_result(s3: Any, result_uri: str) -> dict[str, Any]:
+def read_result(s3: S3Client, result_uri: str) -> dict[str, Any]:
     return dict(storage.get_json(s3, *storage.split_uri(result_uri)))
 
 
 def evaluate(
-    conn: psycopg.Connection[Any], s3: Any, contract: Contract, settings: Settings, prepared: dict[str, Any]
+    conn: psycopg.Connection[Any], s3: S3Client, contract: Contract, settings: Settings, prepared: dict[str, Any]
 ) -> dict[str, Any]:
     """Challenger vs champion on the same most-recent holdout; promote when the challenger's RMSE is
     lower than the champion's by at least ``settings.promotion_margin`` (or there is no champion)."""
@@ -141,7 +142,7 @@ def evaluate(
     return {**outcome, "decision": "promote" if verdict.wins else "keep", "reason": verdict.reason}
 
 
-def job_failed(s3: Any, prepared: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
+def job_failed(s3: S3Client, prepared: dict[str, Any], error: dict[str, Any]) -> dict[str, Any]:
     """What went wrong with a failed job: the job's own report when it wrote one, else Batch's."""
     report: dict[str, Any] = {"error": error.get("Error"), "cause": (error.get("Cause") or "")[:2000]}
     try:

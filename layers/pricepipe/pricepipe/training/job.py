@@ -26,6 +26,7 @@ from pricepipe.training.trainer import TrainingConfig, train
 
 if TYPE_CHECKING:
     import psycopg
+    from mypy_boto3_s3 import S3Client
 
     from pricepipe.contract import Contract
     from pricepipe.settings import Settings
@@ -92,7 +93,7 @@ class JobOptions:
 
 
 def load_window(
-    options: JobOptions, contract: Contract, settings: Settings, *, conn: psycopg.Connection[Any], s3: Any
+    options: JobOptions, contract: Contract, settings: Settings, *, conn: psycopg.Connection[Any], s3: S3Client
 ) -> TrainingData:
     """The window ending at ``options.end`` (default: the latest event date in the source)."""
     if options.source == "postgres":
@@ -116,7 +117,7 @@ def run_job(
     settings: Settings,
     *,
     conn: psycopg.Connection[Any],
-    s3: Any,
+    s3: S3Client,
     uri: str,
 ) -> dict[str, Any]:
     """Load, train, log and register; the result document (see ``training_jobs/train.py``)."""
