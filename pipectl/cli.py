@@ -163,7 +163,7 @@ def local_status(state_dir: StateDirOption = DEFAULT_STATE_DIR) -> None:
 
 def _live_routes(target: Target) -> list[dict[str, Any]]:
     """Where the live alias sends traffic, from the Lambda API alone: version, share, model."""
-    from pricepipe import deployer
+    from pricepipe.promotion import deployer
 
     lam = target.client("lambda")
     function = target.functions.get(catalog.SERVING_FUNCTION, catalog.function(catalog.SERVING_FUNCTION).name)

@@ -13,9 +13,10 @@ import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pricepipe import canary, promotion, registry
+from pricepipe import promotion, registry
 from pricepipe.db import ConnectionCache, resolve_dsn
 from pricepipe.observability import logger, metrics
+from pricepipe.promotion import canary
 from pricepipe.settings import get_settings
 
 if TYPE_CHECKING:

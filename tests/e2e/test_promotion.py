@@ -32,9 +32,10 @@ from pipectl.localcloud.daemon import run_migrations
 from pipectl.localcloud.gateway import Gateway, moto_api_keys
 from pipectl.localcloud.provision import Resources, provision
 from pipectl.target import Target
-from pricepipe import db, deployer, registry
+from pricepipe import db, registry
 from pricepipe.contract import Contract
 from pricepipe.lean_model import LeanModel
+from pricepipe.promotion import deployer
 from pricepipe.settings import Settings
 from pricepipe.training import TrainingWindow, load_postgres
 from pricepipe.training.search import SearchSettings

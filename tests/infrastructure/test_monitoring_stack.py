@@ -33,7 +33,7 @@ def _emitted_by_family() -> dict[str, set[str]]:
     from pricepipe.training.metrics import regression_metrics
 
     drift = (PACKAGE / "drift.py").read_text(encoding="utf-8")
-    canary = (PACKAGE / "canary.py").read_text(encoding="utf-8")
+    canary = (PACKAGE / "promotion" / "canary.py").read_text(encoding="utf-8")
     return {
         "challenger_": {f"challenger_{k}" for k in regression_metrics([1.0, 2.0, 4.0], [1.5, 2.0, 3.0])},
         "performance_": {

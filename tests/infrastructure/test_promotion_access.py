@@ -1,7 +1,7 @@
 """What each promotion step may do to the serving function: exactly what its code calls.
 
-The table is the specification (written from functions/promotion/handler.py over pricepipe.promotion,
-pricepipe.deployer and pricepipe.canary), kept apart from infrastructure/stacks/serving_access.py on
+The table is the specification (written from functions/promotion/handler.py over the pricepipe.promotion
+package and its AWS adapters), kept apart from infrastructure/stacks/serving_access.py on
 purpose: a change there must be a change here too.
 """
 
@@ -60,7 +60,7 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "promotion-check-canary": {("cloudwatch:GetMetricData", "*")},
     "promotion-finalize": MOVE_ALIAS | PARAMETER_ACCESS,
     "promotion-roll-back": MOVE_ALIAS,
-    # rollback also refuses while a promotion runs (promotion._execution_status): DescribeExecution
+    # rollback also refuses while a promotion runs (promotion.plan.execution_status): DescribeExecution
     "promotion-command": DEPLOY
     | MOVE_ALIAS
     | PARAMETER_ACCESS

@@ -24,3 +24,21 @@ class ContractError(PricePipeError):
 
 class ConfigurationError(PricePipeError):
     """Settings that cannot work together, named in the message."""
+
+
+class PromotionRefused(PricePipeError):
+    """A promotion that must not go ahead (unknown version, another one running, ...), and why.
+
+    Its class name is the error the promotion state machine fails with.
+    """
+
+
+class CommandError(PricePipeError):
+    """An operator command that cannot be carried out as asked, with what to do instead.
+
+    ``pipectl`` shows the message of an error by this name alone (the others with their name).
+    """
+
+
+class DeploymentError(PricePipeError, RuntimeError):
+    """A deployment step that could not be done; nothing it started was left half-applied."""

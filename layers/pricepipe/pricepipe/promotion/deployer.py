@@ -7,7 +7,8 @@ rollback goes back to. The ``live`` alias decides who gets the traffic (``Functi
 ``RoutingConfig.AdditionalVersionWeights`` for a canary). A function version's description names its
 model (:func:`describe`), so the version serving a model can be found again from Lambda alone.
 
-Thin adapter over the Lambda, S3 and SSM clients it is given; every function returns a plain dict the
+Thin adapter over the Lambda and S3 clients it is given (:mod:`pricepipe.promotion.ssm` keeps the
+champion's layer in SSM); every function returns a plain dict the
 promotion state machine can carry. Nothing here touches the registry.
 """
 
@@ -17,14 +18,10 @@ import time
 from typing import Any
 
 from pricepipe import storage
-from pricepipe.errors import PricePipeError
+from pricepipe.errors import DeploymentError
 
 DESCRIPTION_PREFIX = "model "  # + "<model name>@<version>": how a function version names its model
 UPDATE_TIMEOUT_S = 120.0  # Lambda applies a configuration change in seconds; give up well before the task times out
-
-
-class DeploymentError(PricePipeError, RuntimeError):
-    """A deployment step that could not be done; nothing it started was left half-applied."""
 
 
 # -- naming ------------------------------------------------------------------------------------------
@@ -289,19 +286,3 @@ def switch(lam: Any, function: str, alias: str, version: str, revision_id: str |
 def restore_alias(lam: Any, function: str, alias: str, snapshot: dict[str, Any]) -> dict[str, Any]:
     """Put the alias back as :func:`alias_state` recorded it."""
     return _update_alias(lam, function, alias, snapshot["function_version"], dict(snapshot.get("weights") or {}), None)
-
-
-# -- what cdk deploy keeps ---------------------------------------------------------------------------
-
-
-def put_model_layer_parameter(ssm: Any, name: str, layer_arn: str) -> dict[str, Any]:
-    """Record the champion's model layer in SSM, where the serving stack reads it on ``cdk deploy``, so a
-    code deploy publishes its new version with the champion's model rather than without one."""
-    put = ssm.put_parameter(
-        Name=name,
-        Value=layer_arn,
-        Type="String",
-        Overwrite=True,
-        Description="Model layer version of the champion (set by the promotion flow)",
-    )
-    return {"parameter": name, "value": layer_arn, "version": put.get("Version")}

@@ -1,4 +1,5 @@
-"""A canary's health: what its own Lambda version did while it baked, against the champion beside it.
+"""Canary: the new version gets a share of the live traffic (:func:`start_canary`), then its health is
+judged (:func:`check`) on what its own Lambda version did while it baked, against the champion beside it.
 
 Three checks, each on the canary's function version alone (the alias splits traffic at random, so
 both versions see the same mix of requests over the same window):
@@ -26,6 +27,11 @@ import datetime as dt
 import math
 from typing import TYPE_CHECKING, Any
 
+from pricepipe.promotion import deployer
+from pricepipe.promotion.history import iso, now, record
+from pricepipe.promotion.plan import Serving, check_alias_unchanged
+from pricepipe.serving.prediction_log import API_SERVER_ERRORS
+
 if TYPE_CHECKING:
     import numpy as np
     import psycopg
@@ -33,14 +39,52 @@ if TYPE_CHECKING:
     from pricepipe.settings import Settings
 
 LAMBDA_NAMESPACE = "AWS/Lambda"
-# The API's EMF count of 5xx answers, dimensions {service: <function name>, function_version: <version>}.
-API_SERVER_ERRORS = "ServerErrors"
 PSI_BINS = 10  # deciles of the champion's predictions
 MAX_PREDICTION_ROWS = 200_000  # per version and check: plenty for PSI, bounded memory
 
 
-def _iso(moment: dt.datetime) -> str:
-    return moment.isoformat()
+def start_canary(
+    conn: psycopg.Connection[Any], lam: Any, settings: Settings, plan: dict[str, Any], deployment: dict[str, Any]
+) -> dict[str, Any]:
+    """Give the new version ``canary_percent`` of the live traffic; the champion keeps the rest."""
+    serving = Serving.from_settings(settings)
+    canary = deployment["function_version"]
+    current = deployer.alias_state(lam, serving.function, serving.alias)
+    check_alias_unchanged(current, plan, canary)
+    stable = plan["champion"]["function_version"]
+    state = deployer.set_canary(
+        lam,
+        serving.function,
+        serving.alias,
+        stable_version=stable,
+        canary_version=canary,
+        percent=float(plan["canary_percent"]),
+        revision_id=current["revision_id"],
+    )
+    started = now()
+    try:
+        with conn.transaction():
+            record(
+                conn,
+                model_name=plan["model_name"],
+                version=plan["model_version"],
+                previous_version=plan["champion"]["version"],
+                action="canary-started",
+                strategy=plan["strategy"],
+                traffic_percent=float(plan["canary_percent"]),
+                function_version=canary,
+                reason=(
+                    f"{plan['canary_percent']:g}% of {serving.alias} to version {canary}, the rest to {stable}"
+                    f" (champion {plan['champion']['version']}); health check after {plan['bake_seconds']} s"
+                ),
+                actor=plan["actor"],
+                execution_arn=plan["execution_arn"],
+                details={"alias": state},
+            )
+    except BaseException:
+        deployer.switch(lam, serving.function, serving.alias, stable)
+        raise
+    return {"started_at": iso(started), "alias": state}
 
 
 def lambda_traffic(
@@ -282,7 +326,7 @@ def check(
     )
     return {
         **verdict,
-        "window": {"start": _iso(started), "end": _iso(end)},
+        "window": {"start": iso(started), "end": iso(end)},
         "traffic": {"canary": {**canary, "server_errors": server_errors}, "champion": champion},
     }
 

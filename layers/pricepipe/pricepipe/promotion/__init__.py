@@ -1,0 +1,59 @@
+"""Promotion: how a registered model version comes to serve the ``live`` alias, and how it leaves.
+
+The steps of ``infrastructure/statemachines/promotion.asl.json`` and the operator's commands
+(``pipectl approve | reject | rollback | deployments``), as plain functions over a database
+connection, an MLflow client and AWS clients passed in. Strategies:
+
+- **blue-green**: deploy, switch the alias at once; the old version stays published and recorded, so
+  :func:`rollback` puts it back with one alias update.
+- **auto**: the metric gate (:func:`gate`), then as blue-green.
+- **canary**: deploy, give the new version ``canary_percent`` of the traffic, bake, judge its own
+  metrics (:mod:`pricepipe.promotion.canary`), then switch fully or roll back on its own.
+- **manual**: deploy, then wait for a person (a Step Functions task token), then as blue-green.
+
+Every change is written down: MLflow aliases (champion, challenger, previous, mirrored into
+``model_registry.models.stage`` by :mod:`pricepipe.registry`), a ``model_registry.deployments`` row
+saying what changed and why, and the run's ``model_registry.promotions`` row, which is also the lock
+that keeps two promotions from moving the alias at once. A step that fails half-way undoes what it
+changed before it raises; the state machine then runs :func:`roll_back` with ``outcome="failed"``.
+
+One module per role, in the order a promotion meets them: :mod:`~.plan` (prepare, the lock),
+:mod:`~.gate`, :mod:`~.deploy`, :mod:`~.approval`, :mod:`~.canary`, :mod:`~.finalize`,
+:mod:`~.abandon`; the operator's :mod:`~.rollback` and :mod:`~.status`; :mod:`~.history` (the
+``model_registry`` rows). The AWS edge is one adapter per service, each taking its client:
+:mod:`~.deployer` (Lambda), :mod:`~.ssm`.
+"""
+
+from pricepipe.errors import CommandError, DeploymentError, PromotionRefused
+from pricepipe.promotion.abandon import OUTCOMES, roll_back
+from pricepipe.promotion.approval import approve, reject, request_approval
+from pricepipe.promotion.canary import start_canary
+from pricepipe.promotion.deploy import deploy
+from pricepipe.promotion.finalize import finalize
+from pricepipe.promotion.gate import gate
+from pricepipe.promotion.history import history
+from pricepipe.promotion.plan import STRATEGIES, Serving, prepare
+from pricepipe.promotion.rollback import restore_champion, rollback
+from pricepipe.promotion.status import status
+
+__all__ = [
+    "OUTCOMES",
+    "STRATEGIES",
+    "CommandError",
+    "DeploymentError",
+    "PromotionRefused",
+    "Serving",
+    "approve",
+    "deploy",
+    "finalize",
+    "gate",
+    "history",
+    "prepare",
+    "reject",
+    "request_approval",
+    "restore_champion",
+    "roll_back",
+    "rollback",
+    "start_canary",
+    "status",
+]
