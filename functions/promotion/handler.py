@@ -104,8 +104,8 @@ def finalize(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-def roll_back(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    result = promotion.roll_back(connection(), lam, mlflow_client(), settings, event["state"], event["outcome"])
+def abandon(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    result = promotion.abandon(connection(), lam, mlflow_client(), settings, event["state"], event["outcome"])
     metrics.add_dimension(name="model_name", value=settings.model_name)
     metrics.add_metric(name=f"promotion_{event['outcome'].replace('-', '_')}", unit=MetricUnit.Count, value=1)
     logger.warning("promotion ended without promoting", extra=result)

@@ -43,7 +43,7 @@ PROMOTION_ACCESS: Mapping[str, tuple[str, ...]] = {
     "promotion-start-canary": ("alias",),
     "promotion-check-canary": ("metrics",),
     "promotion-finalize": ("alias", "parameter"),
-    "promotion-roll-back": ("alias",),
+    "promotion-abandon": ("alias",),
     # approve/reject (task tokens), rollback (deploys the previous model again when its version is
     # gone, moves the alias and the parameter, refuses while a promotion runs), status (inspects)
     "promotion-command": ("deploy", "alias", "parameter", "executions", "task-tokens"),

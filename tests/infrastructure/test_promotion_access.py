@@ -59,7 +59,7 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "promotion-start-canary": MOVE_ALIAS,
     "promotion-check-canary": {("cloudwatch:GetMetricData", "*")},
     "promotion-finalize": MOVE_ALIAS | PARAMETER_ACCESS,
-    "promotion-roll-back": MOVE_ALIAS,
+    "promotion-abandon": MOVE_ALIAS,
     # rollback also refuses while a promotion runs (promotion.plan.execution_status): DescribeExecution
     "promotion-command": DEPLOY
     | MOVE_ALIAS

@@ -15,7 +15,9 @@ Every change is written down: MLflow aliases (champion, challenger, previous, mi
 ``model_registry.models.stage`` by :mod:`pricepipe.registry`), a ``model_registry.deployments`` row
 saying what changed and why, and the run's ``model_registry.promotions`` row, which is also the lock
 that keeps two promotions from moving the alias at once. A step that fails half-way undoes what it
-changed before it raises; the state machine then runs :func:`roll_back` with ``outcome="failed"``.
+changed before it raises; the state machine then runs :func:`abandon` with ``outcome="failed"``: the
+promotion ends unpromoted (not to be confused with :func:`rollback`, the operator's way back to the
+previous champion).
 
 One module per role, in the order a promotion meets them: :mod:`~.plan` (prepare, the lock),
 :mod:`~.gate`, :mod:`~.deploy`, :mod:`~.approval`, :mod:`~.canary`, :mod:`~.finalize`,
@@ -25,7 +27,7 @@ One module per role, in the order a promotion meets them: :mod:`~.plan` (prepare
 """
 
 from pricepipe.errors import CommandError, DeploymentError, PromotionRefused
-from pricepipe.promotion.abandon import OUTCOMES, roll_back
+from pricepipe.promotion.abandon import OUTCOMES, abandon
 from pricepipe.promotion.approval import approve, reject, request_approval
 from pricepipe.promotion.canary import start_canary
 from pricepipe.promotion.deploy import deploy
@@ -43,6 +45,7 @@ __all__ = [
     "DeploymentError",
     "PromotionRefused",
     "Serving",
+    "abandon",
     "approve",
     "deploy",
     "finalize",
@@ -52,7 +55,6 @@ __all__ = [
     "reject",
     "request_approval",
     "restore_champion",
-    "roll_back",
     "rollback",
     "start_canary",
     "status",

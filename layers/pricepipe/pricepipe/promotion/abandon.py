@@ -37,7 +37,7 @@ def _mark_rejected(
     client.set_model_version_tag(model_name, version, "pricepipe.promotion", why[:5000])
 
 
-OUTCOMES = {  # roll_back's outcome -> (deployments action, promotions status, approval status, reject the model)
+OUTCOMES = {  # abandon's outcome -> (deployments action, promotions status, approval status, reject the model)
     "rolled-back": ("rolled-back", "rolled-back", None, True),
     "rejected": ("rejected", "rejected", None, True),
     "expired": ("approval-expired", "rejected", "expired", True),
@@ -45,7 +45,7 @@ OUTCOMES = {  # roll_back's outcome -> (deployments action, promotions status, a
 }
 
 
-def _roll_back_reason(state: dict[str, Any], outcome: str) -> tuple[str, str]:
+def _abandon_reason(state: dict[str, Any], outcome: str) -> tuple[str, str]:
     plan = state["plan"]
     error = state.get("error") or {}
     if outcome == "rolled-back":
@@ -70,7 +70,7 @@ def _roll_back_reason(state: dict[str, Any], outcome: str) -> tuple[str, str]:
     return f"promotion failed at a step: {error.get('Error', 'error')}: {cause}"[:2000], plan["actor"]
 
 
-def roll_back(
+def abandon(
     conn: psycopg.Connection[Any],
     lam: Any,
     client: MlflowClient,
@@ -93,7 +93,7 @@ def roll_back(
     # only undo what this promotion did: its version holding a weight, or the whole alias
     if ours and (ours in current["weights"] or (current["function_version"] == ours != before["function_version"])):
         restored = deployer.switch(lam, serving.function, serving.alias, before["function_version"])
-    reason, actor = _roll_back_reason(state, outcome)
+    reason, actor = _abandon_reason(state, outcome)
     if reject_model:
         _mark_rejected(client, conn, model_name, version, f"{action}: {reason}")
     with conn.transaction():
