@@ -16,7 +16,7 @@ Which calls need what:
   only the model's) and the version that pins it (PublishVersion).
 - ``parameter``: the champion's model layer in SSM, read before a change, written, and deleted again
   when a failed step restores a parameter that did not exist (``promotion.ssm.restore``).
-- ``executions``: whether another promotion still runs (``promotion.plan.execution_status``).
+- ``executions``: whether another promotion still runs (``promotion.stepfunctions.execution_status``).
 - ``task-tokens``: ``pipectl approve`` / ``reject`` answer the manual strategy's waiting task.
 - ``metrics``: the canary's Lambda and API metrics.
 """

@@ -60,7 +60,7 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "promotion-check-canary": {("cloudwatch:GetMetricData", "*")},
     "promotion-finalize": MOVE_ALIAS | PARAMETER_ACCESS,
     "promotion-abandon": MOVE_ALIAS,
-    # rollback also refuses while a promotion runs (promotion.plan.execution_status): DescribeExecution
+    # rollback also refuses while a promotion runs (promotion.stepfunctions.execution_status): DescribeExecution
     "promotion-command": DEPLOY
     | MOVE_ALIAS
     | PARAMETER_ACCESS

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
 from pricepipe.errors import PricePipeError, TransientError
 
 _TRANSIENT_CODES = frozenset(
@@ -51,13 +53,13 @@ class ObjectChanged(Exception):
     """The object no longer has the content (ETag) it was listed with."""
 
 
+def _error_code(exc: Exception) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+
+
 def _raise_transient(exc: Exception, what: str) -> None:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-    if code in _TRANSIENT_CODES or exc.__class__.__name__ in (
-        "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
-    ):
+    unreachable = isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError)
+    if unreachable or _error_code(exc) in _TRANSIENT_CODES:
         raise TransientError(f"S3 {what}: {exc}") from exc
 
 
@@ -80,8 +82,7 @@ def read_object(s3: Any, ref: ObjectRef) -> bytes:
         response = s3.get_object(Bucket=ref.bucket, Key=ref.key, IfMatch=f'"{ref.etag}"')
         return bytes(response["Body"].read())
     except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        if code in ("PreconditionFailed", "NoSuchKey", "412", "404"):
+        if _error_code(exc) in ("PreconditionFailed", "NoSuchKey", "412", "404"):
             raise ObjectChanged(f"s3://{ref.bucket}/{ref.key} changed or vanished since it was listed") from exc
         _raise_transient(exc, f"reading s3://{ref.bucket}/{ref.key}")
         raise

@@ -22,8 +22,10 @@ previous champion).
 One module per role, in the order a promotion meets them: :mod:`~.plan` (prepare, the lock),
 :mod:`~.gate`, :mod:`~.deploy`, :mod:`~.approval`, :mod:`~.canary`, :mod:`~.finalize`,
 :mod:`~.abandon`; the operator's :mod:`~.rollback` and :mod:`~.status`; :mod:`~.history` (the
-``model_registry`` rows). The AWS edge is one adapter per service, each taking its client:
-:mod:`~.deployer` (Lambda), :mod:`~.ssm`.
+``model_registry`` rows). The AWS edge is one adapter module per service, each taking its client
+(typed with the boto3 stubs, imported for type checking only) and raising on modeled errors, never on
+text in a message: :mod:`~.deployer` (Lambda), :mod:`~.stepfunctions`, :mod:`~.ssm`,
+:mod:`~.cloudwatch`; S3 is :mod:`pricepipe.storage`'s, shared with the other flows.
 """
 
 from pricepipe.errors import CommandError, DeploymentError, PromotionRefused

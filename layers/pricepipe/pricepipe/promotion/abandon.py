@@ -16,6 +16,7 @@ from pricepipe.promotion.plan import Serving, finish
 if TYPE_CHECKING:
     import psycopg
     from mlflow import MlflowClient
+    from mypy_boto3_lambda import LambdaClient
 
     from pricepipe.settings import Settings
 
@@ -72,7 +73,7 @@ def _abandon_reason(state: dict[str, Any], outcome: str) -> tuple[str, str]:
 
 def abandon(
     conn: psycopg.Connection[Any],
-    lam: Any,
+    lam: LambdaClient,
     client: MlflowClient,
     settings: Settings,
     state: dict[str, Any],

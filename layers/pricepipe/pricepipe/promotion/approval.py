@@ -7,15 +7,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import TYPE_CHECKING, Any
 
 from pricepipe.errors import CommandError, PromotionRefused
+from pricepipe.promotion import stepfunctions
 from pricepipe.promotion.history import iso, now, record
 from pricepipe.promotion.plan import finish
 
 if TYPE_CHECKING:
     import psycopg
+    from mypy_boto3_stepfunctions import SFNClient
 
     from pricepipe.settings import Settings
 
@@ -74,7 +75,7 @@ def _pending(conn: psycopg.Connection[Any], model_name: str, version: str) -> tu
 
 def _answer(
     conn: psycopg.Connection[Any],
-    sfn: Any,
+    sfn: SFNClient,
     settings: Settings,
     version: str,
     actor: str,
@@ -84,19 +85,14 @@ def _answer(
     execution_arn, token = _pending(conn, settings.model_name, version)
     try:
         if approve:
-            sfn.send_task_success(taskToken=token, output=json.dumps({"approved_by": actor, "reason": reason}))
+            stepfunctions.send_task_success(sfn, token, {"approved_by": actor, "reason": reason})
         else:
-            sfn.send_task_failure(
-                taskToken=token, error="Rejected", cause=json.dumps({"rejected_by": actor, "reason": reason})
-            )
-    except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
-        if code in ("TaskTimedOut", "InvalidToken", "TaskDoesNotExist"):
-            finish(conn, execution_arn, "rejected", f"approval request ended before an answer ({code})", "expired")
-            raise CommandError(
-                f"the approval request for version {version} is no longer open ({code}): start a new promotion"
-            ) from exc
-        raise
+            stepfunctions.send_task_failure(sfn, token, "Rejected", {"rejected_by": actor, "reason": reason})
+    except stepfunctions.TaskClosed as exc:
+        finish(conn, execution_arn, "rejected", f"approval request ended before an answer ({exc.code})", "expired")
+        raise CommandError(
+            f"the approval request for version {version} is no longer open ({exc.code}): start a new promotion"
+        ) from exc
     with conn.transaction():
         conn.execute(
             "UPDATE model_registry.promotions SET approval_status = %s, approval_decided_at = now(),"
@@ -107,14 +103,14 @@ def _answer(
 
 
 def approve(
-    conn: psycopg.Connection[Any], sfn: Any, settings: Settings, version: str, actor: str, reason: str = ""
+    conn: psycopg.Connection[Any], sfn: SFNClient, settings: Settings, version: str, actor: str, reason: str = ""
 ) -> dict[str, Any]:
     """Answer a pending approval with yes: the waiting promotion switches traffic to ``version``."""
     return _answer(conn, sfn, settings, version, actor, reason or "approved", approve=True)
 
 
 def reject(
-    conn: psycopg.Connection[Any], sfn: Any, settings: Settings, version: str, actor: str, reason: str = ""
+    conn: psycopg.Connection[Any], sfn: SFNClient, settings: Settings, version: str, actor: str, reason: str = ""
 ) -> dict[str, Any]:
     """Answer a pending approval with no: traffic stays as it is and the version is marked rejected."""
     return _answer(conn, sfn, settings, version, actor, reason or "rejected", approve=False)

@@ -18,16 +18,16 @@ both versions see the same mix of requests over the same window):
 
 Lambda publishes ``Invocations``, ``Errors`` and ``Duration`` per version reached through an alias
 (dimension ``ExecutedVersion``), which is exactly what a canary needs; the local cloud publishes
-them the same way.
+them the same way. :mod:`pricepipe.promotion.cloudwatch` reads them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import TYPE_CHECKING, Any
 
 from pricepipe.promotion import deployer
+from pricepipe.promotion.cloudwatch import LambdaTraffic, api_server_errors, lambda_traffic
 from pricepipe.promotion.history import iso, now, record
 from pricepipe.promotion.plan import Serving, check_alias_unchanged
 from pricepipe.serving.prediction_log import API_SERVER_ERRORS
@@ -35,16 +35,21 @@ from pricepipe.serving.prediction_log import API_SERVER_ERRORS
 if TYPE_CHECKING:
     import numpy as np
     import psycopg
+    from mypy_boto3_cloudwatch import CloudWatchClient
+    from mypy_boto3_lambda import LambdaClient
 
     from pricepipe.settings import Settings
 
-LAMBDA_NAMESPACE = "AWS/Lambda"
 PSI_BINS = 10  # deciles of the champion's predictions
 MAX_PREDICTION_ROWS = 200_000  # per version and check: plenty for PSI, bounded memory
 
 
 def start_canary(
-    conn: psycopg.Connection[Any], lam: Any, settings: Settings, plan: dict[str, Any], deployment: dict[str, Any]
+    conn: psycopg.Connection[Any],
+    lam: LambdaClient,
+    settings: Settings,
+    plan: dict[str, Any],
+    deployment: dict[str, Any],
 ) -> dict[str, Any]:
     """Give the new version ``canary_percent`` of the live traffic; the champion keeps the rest."""
     serving = Serving.from_settings(settings)
@@ -87,79 +92,6 @@ def start_canary(
     return {"started_at": iso(started), "alias": state}
 
 
-def lambda_traffic(
-    cloudwatch: Any, function: str, alias: str, version: str, start: dt.datetime, end: dt.datetime
-) -> dict[str, float | None]:
-    """Invocations, errors and p99 duration (ms) of one version behind ``alias`` between two moments.
-
-    Lambda publishes these per version reached through an alias (dimension ``ExecutedVersion``),
-    exactly what a canary needs; the function's own code adds nothing for it.
-    """
-    dimensions = [
-        {"Name": "FunctionName", "Value": function},
-        {"Name": "Resource", "Value": f"{function}:{alias}"},
-        {"Name": "ExecutedVersion", "Value": version},
-    ]
-    seconds = max(1.0, (end - start).total_seconds())
-    period = int(max(60, math.ceil(seconds / 60) * 60))  # one period spans the bake
-
-    def query(key: str, metric: str, stat: str) -> dict[str, Any]:
-        return {
-            "Id": key,
-            "MetricStat": {
-                "Metric": {"Namespace": LAMBDA_NAMESPACE, "MetricName": metric, "Dimensions": dimensions},
-                "Period": period,
-                "Stat": stat,
-            },
-        }
-
-    answer = cloudwatch.get_metric_data(
-        MetricDataQueries=[
-            query("invocations", "Invocations", "Sum"),
-            query("errors", "Errors", "Sum"),
-            query("p99", "Duration", "p99"),
-        ],
-        StartTime=start,
-        EndTime=end,
-    )
-    values = {r["Id"]: [v for v in r.get("Values", []) if v is not None] for r in answer["MetricDataResults"]}
-    return {
-        "invocations": float(sum(values.get("invocations", []))),
-        "errors": float(sum(values.get("errors", []))),
-        "p99_ms": max(values["p99"]) if values.get("p99") else None,
-    }
-
-
-def api_server_errors(
-    cloudwatch: Any, namespace: str, metric: str, function: str, version: str, start: dt.datetime, end: dt.datetime
-) -> float:
-    """Responses the API answered with a 5xx from that version (errors it caught, which Lambda's own
-    Errors metric does not count)."""
-    seconds = max(1.0, (end - start).total_seconds())
-    answer = cloudwatch.get_metric_data(
-        MetricDataQueries=[
-            {
-                "Id": "server_errors",
-                "MetricStat": {
-                    "Metric": {
-                        "Namespace": namespace,
-                        "MetricName": metric,
-                        "Dimensions": [
-                            {"Name": "service", "Value": function},
-                            {"Name": "function_version", "Value": version},
-                        ],
-                    },
-                    "Period": int(max(60, math.ceil(seconds / 60) * 60)),
-                    "Stat": "Sum",
-                },
-            }
-        ],
-        StartTime=start,
-        EndTime=end,
-    )
-    return float(sum(v for r in answer["MetricDataResults"] for v in r.get("Values", []) if v is not None))
-
-
 def predictions_since(
     conn: psycopg.Connection[Any], model_name: str, function_version: str, since: dt.datetime
 ) -> np.ndarray:
@@ -199,7 +131,7 @@ def judge_canary(
     settings: Settings,
     *,
     attempt: int,
-    canary: dict[str, float | None],
+    canary: LambdaTraffic,
     server_errors: float,
     canary_predictions: np.ndarray,
     champion_predictions: np.ndarray,
@@ -225,8 +157,8 @@ def judge_canary(
                 "detail": f"{errors:g} errors in {invocations:g} requests",
             }
         )
-    if canary.get("p99_ms") is not None:
-        p99 = float(canary["p99_ms"])  # type: ignore[arg-type]
+    if canary["p99_ms"] is not None:
+        p99 = float(canary["p99_ms"])
         checks.append(
             {
                 "check": "p99_ms",
@@ -298,7 +230,7 @@ def judge_canary(
 
 def check(
     conn: psycopg.Connection[Any],
-    cloudwatch: Any,
+    cloudwatch: CloudWatchClient,
     settings: Settings,
     state: dict[str, Any],
     now: dt.datetime | None = None,

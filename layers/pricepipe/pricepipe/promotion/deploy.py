@@ -14,6 +14,8 @@ from pricepipe.promotion.plan import Serving
 
 if TYPE_CHECKING:
     import psycopg
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_s3 import S3Client
 
     from pricepipe.settings import Settings
 
@@ -35,7 +37,7 @@ def layer_metadata(row: dict[str, Any], model_name: str, alias: str) -> dict[str
 
 
 def deploy(
-    conn: psycopg.Connection[Any], lam: Any, s3: Any, settings: Settings, plan: dict[str, Any]
+    conn: psycopg.Connection[Any], lam: LambdaClient, s3: S3Client, settings: Settings, plan: dict[str, Any]
 ) -> dict[str, Any]:
     """A function version of the serving function carrying this model; no traffic reaches it yet."""
     serving = Serving.from_settings(settings)

@@ -8,20 +8,24 @@ rollback goes back to. The ``live`` alias decides who gets the traffic (``Functi
 model (:func:`describe`), so the version serving a model can be found again from Lambda alone.
 
 Thin adapter over the Lambda and S3 clients it is given (:mod:`pricepipe.promotion.ssm` keeps the
-champion's layer in SSM); every function returns a plain dict the
-promotion state machine can carry. Nothing here touches the registry.
+champion's layer in SSM); every function returns a plain dict the promotion state machine can carry.
+Nothing here touches the registry.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pricepipe import storage
 from pricepipe.errors import DeploymentError
 
 DESCRIPTION_PREFIX = "model "  # + "<model name>@<version>": how a function version names its model
 UPDATE_TIMEOUT_S = 120.0  # Lambda applies a configuration change in seconds; give up well before the task times out
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_s3 import S3Client
 
 
 # -- naming ------------------------------------------------------------------------------------------
@@ -51,7 +55,7 @@ def layer_name_of(layer_arn: str) -> str:
 # -- the model layer ---------------------------------------------------------------------------------
 
 
-def read_artifact(s3: Any, uri: str) -> bytes:
+def read_artifact(s3: S3Client, uri: str) -> bytes:
     if not uri.startswith("s3://"):
         raise DeploymentError(f"a serving artifact must be in S3, got {uri}")
     bucket, key = storage.split_uri(uri)
@@ -62,7 +66,13 @@ def read_artifact(s3: Any, uri: str) -> bytes:
 
 
 def publish_model_layer(
-    lam: Any, s3: Any, *, layer_name: str, artifact_uri: str, metadata: dict[str, Any], runtime: str | None
+    lam: LambdaClient,
+    s3: S3Client,
+    *,
+    layer_name: str,
+    artifact_uri: str,
+    metadata: dict[str, Any],
+    runtime: str | None,
 ) -> dict[str, Any]:
     """A new version of the model layer holding the lean artifact at ``artifact_uri``."""
     from pricepipe.serving.model_layer import build_layer_zip
@@ -97,7 +107,7 @@ def with_model_layer(layer_arns: list[str], layer_name: str, layer_arn: str) -> 
     return [*kept, layer_arn]
 
 
-def versions(lam: Any, function: str) -> list[dict[str, Any]]:
+def versions(lam: LambdaClient, function: str) -> list[dict[str, Any]]:
     """Published versions of ``function`` (not $LATEST), newest first."""
     found: list[dict[str, Any]] = []
     for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=function):
@@ -105,7 +115,9 @@ def versions(lam: Any, function: str) -> list[dict[str, Any]]:
     return sorted(found, key=lambda v: int(v["Version"]), reverse=True)
 
 
-def find_version(lam: Any, function: str, model_name: str, version: str, layer_name: str) -> dict[str, Any] | None:
+def find_version(
+    lam: LambdaClient, function: str, model_name: str, version: str, layer_name: str
+) -> dict[str, Any] | None:
     """The newest function version serving that model (named by its description, carrying a model layer)."""
     wanted = (model_name, version)
     for candidate in versions(lam, function):
@@ -114,7 +126,7 @@ def find_version(lam: Any, function: str, model_name: str, version: str, layer_n
     return None
 
 
-def _wait_until_updated(lam: Any, function: str, timeout_s: float) -> dict[str, Any]:
+def _wait_until_updated(lam: LambdaClient, function: str, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     delay = 0.25
     while True:
@@ -134,7 +146,7 @@ def _wait_until_updated(lam: Any, function: str, timeout_s: float) -> dict[str, 
 
 
 def publish_function_version(
-    lam: Any,
+    lam: LambdaClient,
     *,
     function: str,
     layer_name: str,
@@ -175,7 +187,7 @@ def publish_function_version(
 
 
 def reusable_version(
-    lam: Any, function: str, model_name: str, version: str, layer_name: str, latest: dict[str, Any]
+    lam: LambdaClient, function: str, model_name: str, version: str, layer_name: str, latest: dict[str, Any]
 ) -> dict[str, Any] | None:
     """A published version serving that model with the code and other layers $LATEST (``latest``) has.
 
@@ -192,8 +204,8 @@ def reusable_version(
 
 
 def deploy_model(
-    lam: Any,
-    s3: Any,
+    lam: LambdaClient,
+    s3: S3Client,
     *,
     function: str,
     layer_name: str,
@@ -202,7 +214,7 @@ def deploy_model(
 ) -> dict[str, Any]:
     """A function version serving this model: an existing one with today's code, else a new layer and version."""
     model_name, version = str(metadata["model_name"]), str(metadata["model_version"])
-    latest = dict(lam.get_function_configuration(FunctionName=function))
+    latest: dict[str, Any] = dict(lam.get_function_configuration(FunctionName=function))
     existing = reusable_version(lam, function, model_name, version, layer_name, latest)
     if existing is not None:
         return {
@@ -226,14 +238,23 @@ def deploy_model(
     return {**published, "layer_version": layer["layer_version"], "reused": False}
 
 
-def version_configuration(lam: Any, function: str, version: str) -> dict[str, Any]:
+def version_configuration(lam: LambdaClient, function: str, version: str) -> dict[str, Any]:
     return dict(lam.get_function_configuration(FunctionName=function, Qualifier=version))
+
+
+def existing_version_configuration(lam: LambdaClient, function: str, version: str) -> dict[str, Any] | None:
+    """The configuration of that function version, or None when it does not exist (deleted, or a
+    restarted local cloud that never had it)."""
+    try:
+        return version_configuration(lam, function, version)
+    except lam.exceptions.ResourceNotFoundException:
+        return None
 
 
 # -- the alias ---------------------------------------------------------------------------------------
 
 
-def alias_state(lam: Any, function: str, alias: str) -> dict[str, Any]:
+def alias_state(lam: LambdaClient, function: str, alias: str) -> dict[str, Any]:
     """Where ``alias`` sends traffic: its version, the canary weights, and its revision."""
     described = lam.get_alias(FunctionName=function, Name=alias)
     weights = (described.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
@@ -245,7 +266,7 @@ def alias_state(lam: Any, function: str, alias: str) -> dict[str, Any]:
 
 
 def _update_alias(
-    lam: Any, function: str, alias: str, version: str, weights: dict[str, float], revision_id: str | None
+    lam: LambdaClient, function: str, alias: str, version: str, weights: dict[str, float], revision_id: str | None
 ) -> dict[str, Any]:
     request: dict[str, Any] = {
         "FunctionName": function,
@@ -261,7 +282,7 @@ def _update_alias(
 
 
 def set_canary(
-    lam: Any,
+    lam: LambdaClient,
     function: str,
     alias: str,
     *,
@@ -278,11 +299,13 @@ def set_canary(
     return _update_alias(lam, function, alias, stable_version, {canary_version: round(percent / 100, 4)}, revision_id)
 
 
-def switch(lam: Any, function: str, alias: str, version: str, revision_id: str | None = None) -> dict[str, Any]:
+def switch(
+    lam: LambdaClient, function: str, alias: str, version: str, revision_id: str | None = None
+) -> dict[str, Any]:
     """All of the alias's traffic to ``version`` at once (and no canary split left)."""
     return _update_alias(lam, function, alias, version, {}, revision_id)
 
 
-def restore_alias(lam: Any, function: str, alias: str, snapshot: dict[str, Any]) -> dict[str, Any]:
+def restore_alias(lam: LambdaClient, function: str, alias: str, snapshot: dict[str, Any]) -> dict[str, Any]:
     """Put the alias back as :func:`alias_state` recorded it."""
     return _update_alias(lam, function, alias, snapshot["function_version"], dict(snapshot.get("weights") or {}), None)

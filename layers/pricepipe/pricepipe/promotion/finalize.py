@@ -13,6 +13,8 @@ from pricepipe.promotion.plan import Serving, check_alias_unchanged, finish
 if TYPE_CHECKING:
     import psycopg
     from mlflow import MlflowClient
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_ssm import SSMClient
 
     from pricepipe.settings import Settings
 
@@ -34,8 +36,8 @@ def _finalize_reason(state: dict[str, Any]) -> tuple[str, str]:
 
 def finalize(
     conn: psycopg.Connection[Any],
-    lam: Any,
-    ssm: Any,
+    lam: LambdaClient,
+    ssm: SSMClient,
     client: MlflowClient,
     settings: Settings,
     state: dict[str, Any],

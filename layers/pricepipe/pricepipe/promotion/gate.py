@@ -16,6 +16,7 @@ from pricepipe.promotion.history import model_row
 
 if TYPE_CHECKING:
     import psycopg
+    from mypy_boto3_s3 import S3Client
 
     from pricepipe.contract import Contract
     from pricepipe.settings import Settings
@@ -29,7 +30,7 @@ def _evaluation_uri(serving_uri: str) -> str:
 
 
 def gate(
-    conn: psycopg.Connection[Any], s3: Any, contract: Contract, settings: Settings, plan: dict[str, Any]
+    conn: psycopg.Connection[Any], s3: S3Client, contract: Contract, settings: Settings, plan: dict[str, Any]
 ) -> dict[str, Any]:
     """Pass when the version beats the champion on the same recent holdout by ``promotion_margin``
     and its own holdout R² reaches ``auto_min_r2``.

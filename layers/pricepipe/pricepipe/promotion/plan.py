@@ -17,10 +17,13 @@ from pricepipe import registry
 from pricepipe.errors import PromotionRefused
 from pricepipe.promotion import deployer
 from pricepipe.promotion.history import iso, model_row, now, record, to_json
+from pricepipe.promotion.stepfunctions import execution_status
 
 if TYPE_CHECKING:
     import psycopg
     from mlflow import MlflowClient
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_stepfunctions import SFNClient
 
     from pricepipe.settings import Settings
 
@@ -60,15 +63,6 @@ def running(conn: psycopg.Connection[Any], model_name: str) -> list[tuple[str, s
     ]
 
 
-def execution_status(sfn: Any, execution_arn: str) -> str:
-    try:
-        return str(sfn.describe_execution(executionArn=execution_arn)["status"])
-    except Exception as exc:  # an execution that no longer exists has certainly ended
-        if "ExecutionDoesNotExist" in type(exc).__name__ or "ExecutionDoesNotExist" in str(exc):
-            return "GONE"
-        raise
-
-
 def finish(
     conn: psycopg.Connection[Any],
     execution_arn: str,
@@ -86,7 +80,12 @@ def finish(
 
 
 def clear_stale(
-    conn: psycopg.Connection[Any], lam: Any, sfn: Any, serving: Serving, model_name: str, execution_arn: str
+    conn: psycopg.Connection[Any],
+    lam: LambdaClient,
+    sfn: SFNClient,
+    serving: Serving,
+    model_name: str,
+    execution_arn: str,
 ) -> None:
     """Release the lock of promotions whose execution ended without reaching an end state (stopped,
     timed out, or gone with a restarted local cloud); refuse while another one really runs."""
@@ -135,8 +134,8 @@ def check_alias_unchanged(current: dict[str, Any], plan: dict[str, Any], ours: s
 
 def prepare(
     conn: psycopg.Connection[Any],
-    lam: Any,
-    sfn: Any,
+    lam: LambdaClient,
+    sfn: SFNClient,
     client: MlflowClient,
     settings: Settings,
     request: dict[str, Any],

@@ -16,28 +16,30 @@ from pricepipe.promotion import deployer
 from pricepipe.promotion import ssm as ssm_parameters
 from pricepipe.promotion.deploy import layer_metadata
 from pricepipe.promotion.history import aliases, last_promoted_function_version, model_row, record, restore_aliases
-from pricepipe.promotion.plan import Serving, execution_status, running
+from pricepipe.promotion.plan import Serving, running
+from pricepipe.promotion.stepfunctions import execution_status
 
 if TYPE_CHECKING:
     import psycopg
     from mlflow import MlflowClient
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ssm import SSMClient
+    from mypy_boto3_stepfunctions import SFNClient
 
     from pricepipe.settings import Settings
 
 
 def function_version_serving(
-    conn: psycopg.Connection[Any], lam: Any, s3: Any, serving: Serving, model_name: str, version: str
+    conn: psycopg.Connection[Any], lam: LambdaClient, s3: S3Client, serving: Serving, model_name: str, version: str
 ) -> dict[str, Any]:
     """The function version that served ``version`` (as recorded when it was promoted), else any
     version serving it, else a new one from its artifact (a restarted local cloud has none left)."""
     recorded = last_promoted_function_version(conn, model_name, version)
     if recorded is not None:
-        try:
-            configuration = deployer.version_configuration(lam, serving.function, recorded)
-        except Exception:  # noqa: BLE001 - deleted or never existed here: look further
-            configuration = {}
+        configuration = deployer.existing_version_configuration(lam, serving.function, recorded)
         layer = deployer.model_layer_of(configuration, serving.layer_name) if configuration else None
-        if layer and deployer.model_of(configuration.get("Description")) == (model_name, version):
+        if layer and configuration and deployer.model_of(configuration.get("Description")) == (model_name, version):
             return {"function_version": recorded, "layer_arn": layer, "reused": True}
     found = deployer.find_version(lam, serving.function, model_name, version, serving.layer_name)
     if found is not None:
@@ -58,10 +60,10 @@ def function_version_serving(
 
 def rollback(
     conn: psycopg.Connection[Any],
-    lam: Any,
-    s3: Any,
-    ssm: Any,
-    sfn: Any,
+    lam: LambdaClient,
+    s3: S3Client,
+    ssm: SSMClient,
+    sfn: SFNClient,
     client: MlflowClient,
     settings: Settings,
     actor: str,
@@ -120,7 +122,7 @@ def rollback(
 
 
 def restore_champion(
-    conn: psycopg.Connection[Any], lam: Any, s3: Any, ssm: Any, settings: Settings, actor: str
+    conn: psycopg.Connection[Any], lam: LambdaClient, s3: S3Client, ssm: SSMClient, settings: Settings, actor: str
 ) -> dict[str, Any] | None:
     """Serve the registry's champion again when the alias serves no model (what ``cdk deploy`` does
     with the SSM parameter; a restarted local cloud needs it because its Lambda versions are gone)."""

@@ -1,37 +1,36 @@
-"""SSM adapter: the parameter naming the champion's model layer, which ``cdk deploy`` reads."""
+"""SSM adapter: the parameter naming the champion's model layer, which the serving stack reads on
+``cdk deploy``, so a code deploy publishes its new version with the champion's model."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mypy_boto3_ssm import SSMClient
+
+DESCRIPTION = "Model layer version of the champion (set by the promotion flow)"
 
 
-def put_model_layer_parameter(ssm: Any, name: str, layer_arn: str) -> dict[str, Any]:
-    """Record the champion's model layer in SSM, where the serving stack reads it on ``cdk deploy``, so a
-    code deploy publishes its new version with the champion's model rather than without one."""
-    put = ssm.put_parameter(
-        Name=name,
-        Value=layer_arn,
-        Type="String",
-        Overwrite=True,
-        Description="Model layer version of the champion (set by the promotion flow)",
-    )
-    return {"parameter": name, "value": layer_arn, "version": put.get("Version")}
+def put_model_layer_parameter(ssm: SSMClient, name: str, layer_arn: str) -> int:
+    """Record ``layer_arn`` as the champion's model layer; the parameter's new version."""
+    put = ssm.put_parameter(Name=name, Value=layer_arn, Type="String", Overwrite=True, Description=DESCRIPTION)
+    return put["Version"]
 
 
-def value(ssm: Any, name: str) -> str | None:
+def value(ssm: SSMClient, name: str) -> str | None:
+    """The parameter's value, or None when there is no such parameter."""
     try:
-        return str(ssm.get_parameter(Name=name)["Parameter"]["Value"])
-    except Exception as exc:
-        if "ParameterNotFound" in type(exc).__name__ or "ParameterNotFound" in str(exc):
-            return None
-        raise
+        return ssm.get_parameter(Name=name)["Parameter"]["Value"]
+    except ssm.exceptions.ParameterNotFound:
+        return None
 
 
-def restore(ssm: Any, name: str, value: str | None) -> None:
+def restore(ssm: SSMClient, name: str, value: str | None) -> None:
+    """Best effort: the parameter as :func:`value` read it (None: there was none, so delete it)."""
     try:
         if value is None:
             ssm.delete_parameter(Name=name)
         else:
             put_model_layer_parameter(ssm, name, value)
-    except Exception:  # noqa: BLE001, S110 - best effort; the original error is what the caller must see
+    except Exception:  # noqa: BLE001, S110 - the original error is what the caller must see
         pass

@@ -11,11 +11,14 @@ from pricepipe.promotion.plan import Serving, running
 if TYPE_CHECKING:
     import psycopg
     from mlflow import MlflowClient
+    from mypy_boto3_lambda import LambdaClient
 
     from pricepipe.settings import Settings
 
 
-def status(conn: psycopg.Connection[Any], lam: Any, client: MlflowClient | None, settings: Settings) -> dict[str, Any]:
+def status(
+    conn: psycopg.Connection[Any], lam: LambdaClient, client: MlflowClient | None, settings: Settings
+) -> dict[str, Any]:
     """The live alias, the model each of its versions serves, the registry's aliases, running promotions."""
     serving = Serving.from_settings(settings)
     alias = deployer.alias_state(lam, serving.function, serving.alias)
