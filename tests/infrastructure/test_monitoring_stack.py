@@ -29,7 +29,7 @@ def _source(path: str) -> str:
 
 def _emitted_by_family() -> dict[str, set[str]]:
     """Metric names the handlers build from a prefix and a runtime key, derived from the code they call."""
-    from pricepipe.promotion import OUTCOMES
+    from pricepipe.promotion.abandon import OUTCOMES
     from pricepipe.training.metrics import regression_metrics
 
     drift = (PACKAGE / "drift.py").read_text(encoding="utf-8")

@@ -6,7 +6,7 @@ alone, and the history says why.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pricepipe import registry
 from pricepipe.promotion import deployer
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mypy_boto3_lambda import LambdaClient
 
+    from pricepipe.promotion.steps import Abandoned, Outcome, PromotionState, StepError
     from pricepipe.settings import Settings
 
 
@@ -46,11 +47,12 @@ OUTCOMES = {  # abandon's outcome -> (deployments action, promotions status, app
 }
 
 
-def _abandon_reason(state: dict[str, Any], outcome: str) -> tuple[str, str]:
+def _abandon_reason(state: PromotionState, outcome: str) -> tuple[str, str]:
     plan = state["plan"]
-    error = state.get("error") or {}
+    error: StepError = state.get("error") or {}
     if outcome == "rolled-back":
-        return str((state.get("canary") or {}).get("reason") or "canary unhealthy"), plan["actor"]
+        canary = state.get("canary")
+        return str((canary["reason"] if canary else None) or "canary unhealthy"), plan["actor"]
     if outcome == "expired":
         return f"no approval within {plan['approval_timeout_s']} s", plan["actor"]
     if outcome == "rejected" and error.get("Error") == "Rejected":
@@ -61,7 +63,8 @@ def _abandon_reason(state: dict[str, Any], outcome: str) -> tuple[str, str]:
         by = str(cause.get("rejected_by") or "unknown")
         return f"rejected by {by}: {cause.get('reason') or 'rejected'}", by
     if outcome == "rejected":
-        return f"metric gate refused: {(state.get('gate') or {}).get('reason', '')}", plan["actor"]
+        gate = state.get("gate")
+        return f"metric gate refused: {gate['reason'] if gate else ''}", plan["actor"]
     cause = str(error.get("Cause") or "")
     try:  # a Lambda task's cause is its error payload as JSON
         payload = json.loads(cause)
@@ -76,9 +79,9 @@ def abandon(
     lam: LambdaClient,
     client: MlflowClient,
     settings: Settings,
-    state: dict[str, Any],
+    state: PromotionState,
     outcome: str,
-) -> dict[str, Any]:
+) -> Abandoned:
     """End a promotion without promoting: traffic back to the champion alone, the model marked
     rejected (unless the promotion ``failed`` for reasons that are not the model's), and why."""
     if outcome not in OUTCOMES:
@@ -87,7 +90,8 @@ def abandon(
     serving = Serving.from_settings(settings)
     plan = state["plan"]
     model_name, version = plan["model_name"], plan["model_version"]
-    ours = (state.get("deployment") or {}).get("function_version")
+    deployment = state.get("deployment")
+    ours = deployment["function_version"] if deployment else None
     current = deployer.alias_state(lam, serving.function, serving.alias)
     restored = current
     before = plan["alias_before"]
@@ -102,7 +106,7 @@ def abandon(
             conn,
             model_name=model_name,
             version=version,
-            previous_version=(plan.get("champion") or {}).get("version"),
+            previous_version=champion["version"] if (champion := plan["champion"]) else None,
             action=action,
             strategy=plan["strategy"],
             traffic_percent=0,
@@ -113,4 +117,4 @@ def abandon(
             details={"alias_before": current, "alias_after": restored, "canary": state.get("canary")},
         )
     finish(conn, plan["execution_arn"], status, reason, approval_status)
-    return {"outcome": outcome, "reason": reason, "alias": restored}
+    return {"outcome": cast("Outcome", outcome), "reason": reason, "alias": restored}

@@ -18,12 +18,13 @@ if TYPE_CHECKING:
     import psycopg
     from mypy_boto3_stepfunctions import SFNClient
 
+    from pricepipe.promotion.steps import ApprovalRequested, Deployment, Plan
     from pricepipe.settings import Settings
 
 
 def request_approval(
-    conn: psycopg.Connection[Any], plan: dict[str, Any], deployment: dict[str, Any], task_token: str
-) -> dict[str, Any]:
+    conn: psycopg.Connection[Any], plan: Plan, deployment: Deployment, task_token: str
+) -> ApprovalRequested:
     """Keep the task token where ``pipectl approve`` / ``reject`` find it; the execution waits meanwhile."""
     expires = now() + dt.timedelta(seconds=int(plan["approval_timeout_s"]))
     version = plan["model_version"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
+from pricepipe.errors import PromotionRefused
 from pricepipe.promotion import deployer
 from pricepipe.promotion.cloudwatch import LambdaTraffic, api_server_errors, lambda_traffic
 from pricepipe.promotion.history import iso, now, record
@@ -38,6 +39,15 @@ if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_lambda import LambdaClient
 
+    from pricepipe.promotion.steps import (
+        CanaryCheck,
+        CanaryStarted,
+        CanaryVerdict,
+        Deployment,
+        Plan,
+        PromotionState,
+        ServingChampion,
+    )
     from pricepipe.settings import Settings
 
 PSI_BINS = 10  # deciles of the champion's predictions
@@ -48,15 +58,16 @@ def start_canary(
     conn: psycopg.Connection[Any],
     lam: LambdaClient,
     settings: Settings,
-    plan: dict[str, Any],
-    deployment: dict[str, Any],
-) -> dict[str, Any]:
+    plan: Plan,
+    deployment: Deployment,
+) -> CanaryStarted:
     """Give the new version ``canary_percent`` of the live traffic; the champion keeps the rest."""
     serving = Serving.from_settings(settings)
     canary = deployment["function_version"]
     current = deployer.alias_state(lam, serving.function, serving.alias)
     check_alias_unchanged(current, plan, canary)
-    stable = plan["champion"]["function_version"]
+    champion = _champion(plan)
+    stable = champion["function_version"]
     state = deployer.set_canary(
         lam,
         serving.function,
@@ -73,14 +84,14 @@ def start_canary(
                 conn,
                 model_name=plan["model_name"],
                 version=plan["model_version"],
-                previous_version=plan["champion"]["version"],
+                previous_version=champion["version"],
                 action="canary-started",
                 strategy=plan["strategy"],
                 traffic_percent=float(plan["canary_percent"]),
                 function_version=canary,
                 reason=(
                     f"{plan['canary_percent']:g}% of {serving.alias} to version {canary}, the rest to {stable}"
-                    f" (champion {plan['champion']['version']}); health check after {plan['bake_seconds']} s"
+                    f" (champion {champion['version']}); health check after {plan['bake_seconds']} s"
                 ),
                 actor=plan["actor"],
                 execution_arn=plan["execution_arn"],
@@ -136,14 +147,14 @@ def judge_canary(
     canary_predictions: np.ndarray,
     champion_predictions: np.ndarray,
     expected_psi: float | None = None,
-) -> dict[str, Any]:
+) -> CanaryVerdict:
     """The verdict on measured canary health: ``healthy``, ``unhealthy`` or ``wait`` (bake again).
 
     A check that fails on the evidence there is fails the canary at once, however little traffic it
     saw: an error or a slow answer is evidence. Too little traffic to judge means another bake, up to
     ``canary_max_bakes``; after that ``canary_on_insufficient_traffic`` decides.
     """
-    checks: list[dict[str, Any]] = []
+    checks: list[CanaryCheck] = []
     invocations = float(canary["invocations"] or 0)
     errors = float(canary["errors"] or 0) + server_errors
     if invocations > 0:
@@ -191,7 +202,7 @@ def judge_canary(
         )
     failed = [c for c in checks if not c["passed"]]
 
-    def describe(check: dict[str, Any]) -> str:
+    def describe(check: CanaryCheck) -> str:
         relation = "<=" if check["value"] <= check["threshold"] else ">"
         text = f"{check['check']} {check['value']:.4g} {relation} {check['threshold']:g}"
         return f"{text} ({check['detail']})" if check.get("detail") else text
@@ -216,9 +227,8 @@ def judge_canary(
             "reason": f"not enough traffic yet ({'; '.join(missing)}): baking again",
             "checks": checks,
         }
-    verdict = "healthy" if settings.canary_on_insufficient_traffic == "promote" else "unhealthy"
     return {
-        "verdict": verdict,
+        "verdict": "healthy" if settings.canary_on_insufficient_traffic == "promote" else "unhealthy",
         "attempt": attempt,
         "reason": (
             f"not enough traffic to judge after {attempt} bake(s): {'; '.join(missing)};"
@@ -232,16 +242,17 @@ def check(
     conn: psycopg.Connection[Any],
     cloudwatch: CloudWatchClient,
     settings: Settings,
-    state: dict[str, Any],
+    state: PromotionState,
     now: dt.datetime | None = None,
-) -> dict[str, Any]:
+) -> CanaryVerdict:
     """Measure the canary since it started (Lambda metrics, the API's 5xx, logged predictions) and judge."""
     plan, deployment = state["plan"], state["deployment"]
-    attempt = int((state.get("canary") or {}).get("attempt", 0)) + 1
-    started = dt.datetime.fromisoformat(state["canary_started"]["started_at"])
+    previous = state.get("canary")
+    attempt = (int(previous["attempt"]) if previous else 0) + 1
+    started = dt.datetime.fromisoformat(str(state["canary_started"]["started_at"]))
     end = (now or dt.datetime.now(dt.UTC)) + dt.timedelta(seconds=1)
     canary_version = deployment["function_version"]
-    champion_version = plan["champion"]["function_version"]
+    champion_version = _champion(plan)["function_version"]
     canary = lambda_traffic(cloudwatch, plan["function"], plan["alias"], canary_version, started, end)
     champion = lambda_traffic(cloudwatch, plan["function"], plan["alias"], champion_version, started, end)
     server_errors = api_server_errors(
@@ -263,13 +274,22 @@ def check(
     }
 
 
-def _evaluated_shift(plan: dict[str, Any]) -> float | None:
+def _champion(plan: Plan) -> ServingChampion:
+    """What a canary is compared with (the route is ``canary`` only when a model serves)."""
+    champion = plan["champion"]
+    if champion is None:
+        raise PromotionRefused(f"a canary of version {plan['model_version']} needs a serving champion beside it")
+    return champion
+
+
+def _evaluated_shift(plan: Plan) -> float | None:
     """The shift the training evaluation measured for this very version against this very champion."""
     evaluation = plan.get("evaluation") or {}
     shift = evaluation.get("prediction_shift")
     if not shift or str((evaluation.get("challenger") or {}).get("version")) != str(plan.get("model_version")):
         return None
-    champion = (plan.get("champion") or {}).get("version")  # the model version live traffic is on
+    serving = plan.get("champion")
+    champion = serving["version"] if serving else None  # the model version live traffic is on
     if champion is not None and str(shift.get("champion_version")) != str(champion):
         return None
     return float(shift["psi"])

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_s3 import S3Client
 
+    from pricepipe.promotion.steps import DeployResult, Plan
     from pricepipe.settings import Settings
 
 
@@ -37,8 +38,8 @@ def layer_metadata(row: dict[str, Any], model_name: str, alias: str) -> dict[str
 
 
 def deploy(
-    conn: psycopg.Connection[Any], lam: LambdaClient, s3: S3Client, settings: Settings, plan: dict[str, Any]
-) -> dict[str, Any]:
+    conn: psycopg.Connection[Any], lam: LambdaClient, s3: S3Client, settings: Settings, plan: Plan
+) -> DeployResult:
     """A function version of the serving function carrying this model; no traffic reaches it yet."""
     serving = Serving.from_settings(settings)
     model_name, version = plan["model_name"], plan["model_version"]

@@ -15,7 +15,7 @@ Nothing here touches the registry.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from pricepipe import storage
 from pricepipe.errors import DeploymentError
@@ -26,6 +26,31 @@ UPDATE_TIMEOUT_S = 120.0  # Lambda applies a configuration change in seconds; gi
 if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_s3 import S3Client
+
+
+class AliasState(TypedDict):
+    """Where an alias sends traffic: its version, the canary weights (version -> share), its revision."""
+
+    function_version: str
+    weights: dict[str, float]
+    revision_id: str | None
+
+
+class PublishedVersion(TypedDict):
+    """A function version carrying a model layer."""
+
+    function_version: str
+    function_arn: str
+    layer_arn: str
+    code_sha256: str | None
+    description: str | None
+
+
+class ModelDeployment(PublishedVersion):
+    """The function version serving a model, and whether it already existed."""
+
+    reused: bool
+    layer_version: NotRequired[int]
 
 
 # -- naming ------------------------------------------------------------------------------------------
@@ -153,7 +178,7 @@ def publish_function_version(
     layer_arn: str,
     description: str,
     timeout_s: float = UPDATE_TIMEOUT_S,
-) -> dict[str, Any]:
+) -> PublishedVersion:
     """Put ``layer_arn`` on $LATEST in place of any model layer, then publish a version of exactly that.
 
     The revision ids make both calls conditional: if someone else changes $LATEST in between (a
@@ -171,7 +196,7 @@ def publish_function_version(
     publish: dict[str, Any] = {"FunctionName": function, "Description": description}
     if updated.get("RevisionId"):
         publish["RevisionId"] = updated["RevisionId"]
-    published = dict(lam.publish_version(**publish))
+    published: dict[str, Any] = dict(lam.publish_version(**publish))
     if model_layer_of(published, layer_name) != layer_arn:
         raise DeploymentError(
             f"{function} version {published.get('Version')} does not carry {layer_arn}: $LATEST changed while"
@@ -211,16 +236,18 @@ def deploy_model(
     layer_name: str,
     artifact_uri: str,
     metadata: dict[str, Any],
-) -> dict[str, Any]:
+) -> ModelDeployment:
     """A function version serving this model: an existing one with today's code, else a new layer and version."""
     model_name, version = str(metadata["model_name"]), str(metadata["model_version"])
     latest: dict[str, Any] = dict(lam.get_function_configuration(FunctionName=function))
     existing = reusable_version(lam, function, model_name, version, layer_name, latest)
     if existing is not None:
+        layer_arn = model_layer_of(existing, layer_name)
+        assert layer_arn is not None  # reusable_version only finds versions carrying a model layer
         return {
             "function_version": str(existing["Version"]),
             "function_arn": existing["FunctionArn"],
-            "layer_arn": model_layer_of(existing, layer_name),
+            "layer_arn": layer_arn,
             "code_sha256": existing.get("CodeSha256"),
             "description": existing.get("Description"),
             "reused": True,
@@ -235,7 +262,7 @@ def deploy_model(
         layer_arn=layer["layer_arn"],
         description=describe(model_name, version),
     )
-    return {**published, "layer_version": layer["layer_version"], "reused": False}
+    return {**published, "layer_version": int(layer["layer_version"]), "reused": False}
 
 
 def version_configuration(lam: LambdaClient, function: str, version: str) -> dict[str, Any]:
@@ -254,7 +281,7 @@ def existing_version_configuration(lam: LambdaClient, function: str, version: st
 # -- the alias ---------------------------------------------------------------------------------------
 
 
-def alias_state(lam: LambdaClient, function: str, alias: str) -> dict[str, Any]:
+def alias_state(lam: LambdaClient, function: str, alias: str) -> AliasState:
     """Where ``alias`` sends traffic: its version, the canary weights, and its revision."""
     described = lam.get_alias(FunctionName=function, Name=alias)
     weights = (described.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
@@ -267,7 +294,7 @@ def alias_state(lam: LambdaClient, function: str, alias: str) -> dict[str, Any]:
 
 def _update_alias(
     lam: LambdaClient, function: str, alias: str, version: str, weights: dict[str, float], revision_id: str | None
-) -> dict[str, Any]:
+) -> AliasState:
     request: dict[str, Any] = {
         "FunctionName": function,
         "Name": alias,
@@ -290,7 +317,7 @@ def set_canary(
     canary_version: str,
     percent: float,
     revision_id: str | None = None,
-) -> dict[str, Any]:
+) -> AliasState:
     """``percent`` of the alias's traffic to ``canary_version``, the rest to ``stable_version``."""
     if not 0 < percent < 100:
         raise DeploymentError(f"a canary takes between 0 and 100 percent of the traffic, got {percent}")
@@ -299,13 +326,11 @@ def set_canary(
     return _update_alias(lam, function, alias, stable_version, {canary_version: round(percent / 100, 4)}, revision_id)
 
 
-def switch(
-    lam: LambdaClient, function: str, alias: str, version: str, revision_id: str | None = None
-) -> dict[str, Any]:
+def switch(lam: LambdaClient, function: str, alias: str, version: str, revision_id: str | None = None) -> AliasState:
     """All of the alias's traffic to ``version`` at once (and no canary split left)."""
     return _update_alias(lam, function, alias, version, {}, revision_id)
 
 
-def restore_alias(lam: LambdaClient, function: str, alias: str, snapshot: dict[str, Any]) -> dict[str, Any]:
+def restore_alias(lam: LambdaClient, function: str, alias: str, snapshot: AliasState) -> AliasState:
     """Put the alias back as :func:`alias_state` recorded it."""
     return _update_alias(lam, function, alias, snapshot["function_version"], dict(snapshot.get("weights") or {}), None)

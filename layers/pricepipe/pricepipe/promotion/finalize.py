@@ -16,17 +16,18 @@ if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_ssm import SSMClient
 
+    from pricepipe.promotion.steps import Approval, Promoted, PromotionState
     from pricepipe.settings import Settings
 
 
-def _finalize_reason(state: dict[str, Any]) -> tuple[str, str]:
+def _finalize_reason(state: PromotionState) -> tuple[str, str]:
     """(reason, actor) of the switch, by the route that led to it."""
     plan = state["plan"]
     route = plan["route"]
     if route == "canary":
         return state["canary"]["reason"], plan["actor"]
     if route == "approval":
-        approval = state.get("approval") or {}
+        approval: Approval = state.get("approval") or {}
         by = str(approval.get("approved_by") or "unknown")
         return f"approved by {by}: {approval.get('reason') or 'approved'}", by
     if route == "gate":
@@ -40,8 +41,8 @@ def finalize(
     ssm: SSMClient,
     client: MlflowClient,
     settings: Settings,
-    state: dict[str, Any],
-) -> dict[str, Any]:
+    state: PromotionState,
+) -> Promoted:
     """All traffic to the new version, which becomes champion (the old one ``previous``).
 
     Alias, SSM parameter and MLflow aliases change in that order; if a later one fails, the earlier
@@ -60,7 +61,8 @@ def finalize(
     try:
         ssm_parameters.put_model_layer_parameter(ssm, serving.parameter, deployment["layer_arn"])
         promoted = registry.promote(client, conn, model_name, version)
-        previous = promoted["previous"] or (plan["champion"] or {}).get("version")
+        serving_before = plan["champion"]
+        previous = promoted["previous"] or (serving_before["version"] if serving_before else None)
         with conn.transaction():
             record(
                 conn,

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from pricepipe.contract import Contract
+    from pricepipe.promotion.steps import GateResult, Plan
     from pricepipe.settings import Settings
 
 
@@ -29,9 +30,7 @@ def _evaluation_uri(serving_uri: str) -> str:
     return serving_uri
 
 
-def gate(
-    conn: psycopg.Connection[Any], s3: S3Client, contract: Contract, settings: Settings, plan: dict[str, Any]
-) -> dict[str, Any]:
+def gate(conn: psycopg.Connection[Any], s3: S3Client, contract: Contract, settings: Settings, plan: Plan) -> GateResult:
     """Pass when the version beats the champion on the same recent holdout by ``promotion_margin``
     and its own holdout R² reaches ``auto_min_r2``.
 

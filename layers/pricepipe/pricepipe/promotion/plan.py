@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_stepfunctions import SFNClient
 
+    from pricepipe.promotion.deployer import AliasState
+    from pricepipe.promotion.steps import Plan, Route, ServingChampion
     from pricepipe.settings import Settings
 
 STRATEGIES = ("manual", "auto", "canary", "blue-green")
@@ -119,7 +121,7 @@ def clear_stale(
         finish(conn, other_arn, "failed", why)
 
 
-def check_alias_unchanged(current: dict[str, Any], plan: dict[str, Any], ours: str) -> None:
+def check_alias_unchanged(current: AliasState, plan: Plan, ours: str) -> None:
     before = plan["alias_before"]
     foreign = {v for v in current["weights"] if v != ours}
     if current["function_version"] not in (before["function_version"], ours) or foreign:
@@ -140,7 +142,7 @@ def prepare(
     settings: Settings,
     request: dict[str, Any],
     execution_arn: str,
-) -> dict[str, Any]:
+) -> Plan:
     """Check the request, choose the route, take the promotion lock and snapshot the alias: the plan."""
     serving = Serving.from_settings(settings)
     model_name = settings.model_name
@@ -172,12 +174,13 @@ def prepare(
         )
     primary = deployer.version_configuration(lam, serving.function, alias["function_version"])
     served = deployer.model_of(primary.get("Description"))
-    champion = None
+    champion: ServingChampion | None = None
     if served is not None and served[0] == model_name:
         champion = {"version": served[1], "function_version": alias["function_version"]}
     registered_champion = registry.alias_version(client, model_name, "champion")
 
     note = ""
+    route: Route
     if champion is not None and champion["version"] == version:
         route = "unchanged"
         note = f"version {version} already serves all of {serving.alias}'s traffic"
@@ -193,7 +196,7 @@ def prepare(
             note = "no model serves yet, so there is nothing to compare a canary with: switching at once"
 
     reason = str(request.get("reason") or "requested")
-    plan = {
+    plan: Plan = {
         "execution_arn": execution_arn,
         "model_name": model_name,
         "model_version": version,

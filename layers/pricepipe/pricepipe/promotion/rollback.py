@@ -27,12 +27,13 @@ if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
     from mypy_boto3_stepfunctions import SFNClient
 
+    from pricepipe.promotion.steps import ServingVersion
     from pricepipe.settings import Settings
 
 
 def function_version_serving(
     conn: psycopg.Connection[Any], lam: LambdaClient, s3: S3Client, serving: Serving, model_name: str, version: str
-) -> dict[str, Any]:
+) -> ServingVersion:
     """The function version that served ``version`` (as recorded when it was promoted), else any
     version serving it, else a new one from its artifact (a restarted local cloud has none left)."""
     recorded = last_promoted_function_version(conn, model_name, version)
@@ -48,7 +49,7 @@ def function_version_serving(
     row = model_row(conn, model_name, version)
     if row is None or not row["serving_artifact_uri"]:
         raise CommandError(f"{model_name} version {version} has no serving artifact to deploy again")
-    return deployer.deploy_model(
+    deployed = deployer.deploy_model(
         lam,
         s3,
         function=serving.function,
@@ -56,6 +57,11 @@ def function_version_serving(
         artifact_uri=str(row["serving_artifact_uri"]),
         metadata=layer_metadata(row, model_name, serving.alias),
     )
+    return {
+        "function_version": deployed["function_version"],
+        "layer_arn": deployed["layer_arn"],
+        "reused": deployed["reused"],
+    }
 
 
 def rollback(
@@ -90,7 +96,7 @@ def rollback(
     why = reason or "rollback requested"
     switched = deployer.switch(lam, serving.function, serving.alias, target["function_version"], before["revision_id"])
     try:
-        if target.get("layer_arn"):
+        if target["layer_arn"]:
             ssm_parameters.put_model_layer_parameter(ssm, serving.parameter, target["layer_arn"])
         rolled = registry.rollback(client, conn, model_name)
         with conn.transaction():
@@ -137,7 +143,7 @@ def restore_champion(
     version = champion.version
     target = function_version_serving(conn, lam, s3, serving, settings.model_name, version)
     switched = deployer.switch(lam, serving.function, serving.alias, target["function_version"])
-    if target.get("layer_arn"):
+    if target["layer_arn"]:
         ssm_parameters.put_model_layer_parameter(ssm, serving.parameter, target["layer_arn"])
     with conn.transaction():
         record(
