@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
     from mypy_boto3_s3 import S3Client
 
+    from pricepipe.promotion.deployer import ModelDeployment
     from pricepipe.promotion.steps import DeployResult, Plan
     from pricepipe.settings import Settings
 
@@ -37,6 +38,20 @@ def layer_metadata(row: dict[str, Any], model_name: str, alias: str) -> dict[str
     }
 
 
+def deploy_registered(
+    lam: LambdaClient, s3: S3Client, serving: Serving, model_name: str, row: dict[str, Any]
+) -> ModelDeployment:
+    """A function version serving the registered version ``row`` (a :func:`~.history.model_row`)."""
+    return deployer.deploy_model(
+        lam,
+        s3,
+        function=serving.function,
+        layer_name=serving.layer_name,
+        artifact_uri=str(row["serving_artifact_uri"]),
+        metadata=layer_metadata(row, model_name, serving.alias),
+    )
+
+
 def deploy(
     conn: psycopg.Connection[Any], lam: LambdaClient, s3: S3Client, settings: Settings, plan: Plan
 ) -> DeployResult:
@@ -46,14 +61,7 @@ def deploy(
     row = model_row(conn, model_name, version)
     if row is None:
         raise PromotionRefused(f"{model_name} version {version} is no longer registered")
-    deployment = deployer.deploy_model(
-        lam,
-        s3,
-        function=serving.function,
-        layer_name=serving.layer_name,
-        artifact_uri=str(row["serving_artifact_uri"]),
-        metadata=layer_metadata(row, model_name, serving.alias),
-    )
+    deployment = deploy_registered(lam, s3, serving, model_name, row)
     with conn.transaction():
         conn.execute(
             "UPDATE model_registry.promotions SET function_version = %s WHERE execution_arn = %s",

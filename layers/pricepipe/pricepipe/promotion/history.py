@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from typing import TYPE_CHECKING, Any
 
 from pricepipe import registry
@@ -29,17 +28,7 @@ def iso(moment: dt.datetime | None) -> str | None:
 
 def to_json(value: Any) -> str:
     """JSON for a jsonb column: NaN and infinities (which PostgreSQL refuses) become null."""
-
-    def finite(item: Any) -> Any:
-        if isinstance(item, float) and not math.isfinite(item):
-            return None
-        if isinstance(item, dict):
-            return {str(k): finite(v) for k, v in item.items()}
-        if isinstance(item, list | tuple):
-            return [finite(v) for v in item]
-        return item
-
-    return json.dumps(finite(value), default=str)
+    return json.dumps(registry.json_safe(value), default=str)
 
 
 def model_row(conn: psycopg.Connection[Any], model_name: str, version: str) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from pricepipe.champion import current as champion_of
 from pricepipe.errors import CommandError
 from pricepipe.promotion import deployer
 from pricepipe.promotion import ssm as ssm_parameters
-from pricepipe.promotion.deploy import layer_metadata
+from pricepipe.promotion.deploy import deploy_registered
 from pricepipe.promotion.history import aliases, last_promoted_function_version, model_row, record, restore_aliases
 from pricepipe.promotion.plan import Serving, running
 from pricepipe.promotion.stepfunctions import execution_status
@@ -49,14 +49,7 @@ def function_version_serving(
     row = model_row(conn, model_name, version)
     if row is None or not row["serving_artifact_uri"]:
         raise CommandError(f"{model_name} version {version} has no serving artifact to deploy again")
-    deployed = deployer.deploy_model(
-        lam,
-        s3,
-        function=serving.function,
-        layer_name=serving.layer_name,
-        artifact_uri=str(row["serving_artifact_uri"]),
-        metadata=layer_metadata(row, model_name, serving.alias),
-    )
+    deployed = deploy_registered(lam, s3, serving, model_name, row)
     return {
         "function_version": deployed["function_version"],
         "layer_arn": deployed["layer_arn"],
