@@ -13,7 +13,7 @@ import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pricepipe import canary, promotion, registry
+from pricepipe import promotion, registry
 from pricepipe.db import ConnectionCache, resolve_dsn
 from pricepipe.observability import logger, metrics
 from pricepipe.settings import get_settings
@@ -23,6 +23,16 @@ if TYPE_CHECKING:
     from mlflow import MlflowClient
 
     from pricepipe.contract import Contract
+    from pricepipe.promotion.steps import (
+        Abandoned,
+        ApprovalRequested,
+        CanaryStarted,
+        CanaryVerdict,
+        DeployResult,
+        GateResult,
+        Plan,
+        Promoted,
+    )
 
 settings = get_settings()
 lam = boto3.client("lambda", region_name=settings.region)
@@ -55,8 +65,8 @@ def contract() -> Contract:
 
 
 @logger.inject_lambda_context
-def prepare(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    plan = promotion.prepare(
+def prepare(event: dict[str, Any], context: LambdaContext) -> Plan:
+    plan = promotion.plan.prepare(
         connection(), lam, sfn, mlflow_client(), settings, event.get("request") or {}, event["execution_arn"]
     )
     logger.info("promotion planned", extra={k: plan[k] for k in ("model_version", "strategy", "route", "champion")})
@@ -64,31 +74,31 @@ def prepare(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
 
 
 @logger.inject_lambda_context
-def gate(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    result = promotion.gate(connection(), s3, contract(), settings, event["plan"])
+def gate(event: dict[str, Any], context: LambdaContext) -> GateResult:
+    result = promotion.gate.gate(connection(), s3, contract(), settings, event["plan"])
     logger.info("metric gate", extra=result)
     return result
 
 
 @logger.inject_lambda_context
-def deploy(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return promotion.deploy(connection(), lam, s3, settings, event["plan"])
+def deploy(event: dict[str, Any], context: LambdaContext) -> DeployResult:
+    return promotion.deploy.deploy(connection(), lam, s3, settings, event["plan"])
 
 
 @logger.inject_lambda_context
-def request_approval(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return promotion.request_approval(connection(), event["plan"], event["deployment"], event["task_token"])
+def request_approval(event: dict[str, Any], context: LambdaContext) -> ApprovalRequested:
+    return promotion.approval.request_approval(connection(), event["plan"], event["deployment"], event["task_token"])
 
 
 @logger.inject_lambda_context
-def start_canary(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return promotion.start_canary(connection(), lam, settings, event["plan"], event["deployment"])
+def start_canary(event: dict[str, Any], context: LambdaContext) -> CanaryStarted:
+    return promotion.canary.start_canary(connection(), lam, settings, event["plan"], event["deployment"])
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-def check_canary(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    verdict = canary.check(connection(), cloudwatch, settings, event["state"])
+def check_canary(event: dict[str, Any], context: LambdaContext) -> CanaryVerdict:
+    verdict = promotion.canary.check(connection(), cloudwatch, settings, event["state"])
     metrics.add_dimension(name="model_name", value=settings.model_name)
     for check in verdict["checks"]:
         metrics.add_metric(name=f"canary_{check['check']}", unit=MetricUnit.NoUnit, value=float(check["value"]))
@@ -97,14 +107,14 @@ def check_canary(event: dict[str, Any], context: LambdaContext) -> dict[str, Any
 
 
 @logger.inject_lambda_context
-def finalize(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return promotion.finalize(connection(), lam, ssm, mlflow_client(), settings, event["state"])
+def finalize(event: dict[str, Any], context: LambdaContext) -> Promoted:
+    return promotion.finalize.finalize(connection(), lam, ssm, mlflow_client(), settings, event["state"])
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
-def roll_back(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    result = promotion.roll_back(connection(), lam, mlflow_client(), settings, event["state"], event["outcome"])
+def abandon(event: dict[str, Any], context: LambdaContext) -> Abandoned:
+    result = promotion.abandon.abandon(connection(), lam, mlflow_client(), settings, event["state"], event["outcome"])
     metrics.add_dimension(name="model_name", value=settings.model_name)
     metrics.add_metric(name=f"promotion_{event['outcome'].replace('-', '_')}", unit=MetricUnit.Count, value=1)
     logger.warning("promotion ended without promoting", extra=result)
@@ -119,15 +129,15 @@ def command(event: dict[str, Any], context: LambdaContext) -> Any:
     reason = str(event.get("reason") or "")
     conn = connection()
     if name == "approve":
-        result: Any = promotion.approve(conn, sfn, settings, str(event["model_version"]), actor, reason)
+        result: Any = promotion.approval.approve(conn, sfn, settings, str(event["model_version"]), actor, reason)
     elif name == "reject":
-        result = promotion.reject(conn, sfn, settings, str(event["model_version"]), actor, reason)
+        result = promotion.approval.reject(conn, sfn, settings, str(event["model_version"]), actor, reason)
     elif name == "rollback":
-        result = promotion.rollback(conn, lam, s3, ssm, sfn, mlflow_client(), settings, actor, reason)
+        result = promotion.rollback.rollback(conn, lam, s3, ssm, sfn, mlflow_client(), settings, actor, reason)
     elif name == "history":
-        result = promotion.history(conn, settings.model_name, int(event.get("limit") or 20))
+        result = promotion.history.history(conn, settings.model_name, int(event.get("limit") or 20))
     elif name == "status":
-        result = promotion.status(conn, lam, mlflow_client(), settings)
+        result = promotion.status.status(conn, lam, mlflow_client(), settings)
     else:
         raise promotion.CommandError(f"unknown command {name!r}: approve, reject, rollback, history or status")
     if name in ("approve", "reject", "rollback"):

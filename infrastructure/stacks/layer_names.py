@@ -19,5 +19,5 @@ SERVING = f"{PROJECT}-serving"  # the serving function's own dependencies (layer
 MODEL = MODEL_LAYER  # one version per deployed model (pricepipe.serving.model_layer), plus the "no model" one
 
 # The serving function's layers in order; the model comes last so nothing shadows it
-# (pricepipe.deployer.with_model_layer keeps that order when it swaps the model).
+# (pricepipe.promotion.deployer.with_model_layer keeps that order when it swaps the model).
 SERVING_FUNCTION_LAYERS = (SERVING, PACKAGE, MODEL)

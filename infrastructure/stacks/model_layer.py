@@ -3,7 +3,7 @@
 The model reaches the serving function as a layer version published by the promotion flow
 (:mod:`pricepipe.serving.model_layer`); each function version pins one. The promotion flow records
 the champion's layer version ARN in the SSM parameter ``catalog.MODEL_LAYER_PARAMETER``
-(``pricepipe.deployer.put_model_layer_parameter``), and the serving stack puts that parameter into
+(``pricepipe.promotion.deployer.put_model_layer_parameter``), and the serving stack puts that parameter into
 the function's ``Layers`` as a CloudFormation dynamic reference (``{{resolve:ssm:...}}``), so a code
 deploy publishes a version with the champion's model, not without one.
 
@@ -34,7 +34,7 @@ from infrastructure.stacks import layer_names
 from infrastructure.stacks.pipeline_function import RUNTIMES
 
 # A layer description, copied into the description of every function version the serving stack
-# publishes with it; deliberately not of pricepipe.deployer's "model <name>@<version>" form, so a
+# publishes with it; deliberately not of pricepipe.promotion.deployer's "model <name>@<version>" form, so a
 # version carrying it is a version serving no model.
 NO_MODEL_DESCRIPTION = "pricepipe: no model deployed yet (pricepipe_model without model.npz)"
 NO_MODEL_FILES = {

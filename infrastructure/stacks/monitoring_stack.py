@@ -131,7 +131,7 @@ METRICS: tuple[MetricGroup, ...] = (
         ("promotion_rolled_back", "promotion_rejected", "promotion_expired", "promotion_failed"),
         ("service", "model_name"),
         "functions/promotion/handler.py",
-        "promotion-roll-back",
+        "promotion-abandon",
     ),
     MetricGroup(
         "AWS/ApiGateway",

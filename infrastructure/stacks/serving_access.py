@@ -1,7 +1,7 @@
 """What each promotion function may do to the serving function, its alias, layers and SSM parameter.
 
 The table below is read from the code each function runs (functions/promotion/handler.py over
-pricepipe.promotion, pricepipe.deployer and pricepipe.canary); every statement names the serving
+the pricepipe.promotion package and its AWS adapters); every statement names the serving
 function (``pricepipe-api``), its ``live`` alias, its layers and the model-layer parameter by their
 fixed names, so the pipeline stack grants them without a reference to the serving stack, which is
 deployed after it. Nothing here is ``lambda:*``; UpdateAlias is on the live alias only.
@@ -15,8 +15,8 @@ Which calls need what:
   (UpdateFunctionConfiguration, which requires GetLayerVersion on *every* layer in the new list, not
   only the model's) and the version that pins it (PublishVersion).
 - ``parameter``: the champion's model layer in SSM, read before a change, written, and deleted again
-  when a failed step restores a parameter that did not exist (``promotion._restore_parameter``).
-- ``executions``: whether another promotion still runs (``promotion._execution_status``).
+  when a failed step restores a parameter that did not exist (``promotion.ssm.restore``).
+- ``executions``: whether another promotion still runs (``promotion.stepfunctions.execution_status``).
 - ``task-tokens``: ``pipectl approve`` / ``reject`` answer the manual strategy's waiting task.
 - ``metrics``: the canary's Lambda and API metrics.
 """
@@ -43,7 +43,7 @@ PROMOTION_ACCESS: Mapping[str, tuple[str, ...]] = {
     "promotion-start-canary": ("alias",),
     "promotion-check-canary": ("metrics",),
     "promotion-finalize": ("alias", "parameter"),
-    "promotion-roll-back": ("alias",),
+    "promotion-abandon": ("alias",),
     # approve/reject (task tokens), rollback (deploys the previous model again when its version is
     # gone, moves the alias and the parameter, refuses while a promotion runs), status (inspects)
     "promotion-command": ("deploy", "alias", "parameter", "executions", "task-tokens"),
@@ -178,7 +178,8 @@ def attach_serving_access(scope: Construct, role: iam.IRole, key: str) -> list[i
         reasons = {
             arns.versions: (
                 f"{name} reads the configuration of the serving function's published versions "
-                "(pricepipe.deployer.version_configuration qualifies by version number, known only at run time); "
+                "(pricepipe.promotion.deployer.version_configuration qualifies by version number, known only at run"
+                " time); "
                 "`:*` is that one function's qualifiers."
             ),
             arns.promotion_executions: (

@@ -139,7 +139,7 @@ class ServingStack(Stack):
     def _function(self, data: DataStack) -> None:
         # Each published version is described as its model layer is ("model <name>@<version>", or "no
         # model"): the promotion flow finds the model a version serves by that description
-        # (pricepipe.deployer.model_of), and the layer behind the parameter is known only at deploy time.
+        # (pricepipe.promotion.deployer.model_of), and the layer behind the parameter is known only at deploy time.
         custom_resource_logs = logs.LogGroup(self, "CustomResourceLogs", retention=self.config.log_retention)
         custom_resource_role = iam.Role(
             self,

@@ -127,7 +127,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:  # noqa: 
 
 def _live_routes(target: Target) -> list[dict[str, Any]]:
     """Where the live alias sends traffic, from the Lambda API alone: version, share, model."""
-    from pricepipe import deployer
+    from pricepipe.promotion import deployer
 
     lam = target.client("lambda")
     function = target.functions.get(catalog.SERVING_FUNCTION, catalog.function(catalog.SERVING_FUNCTION).name)

@@ -68,7 +68,7 @@ def restore_serving(cloud: LocalCloud, resources: Resources) -> dict[str, Any] |
 
     settings = Settings(database_url=resources.database_url)
     with db.connect(resources.database_url, autocommit=True) as conn:
-        return promotion.restore_champion(
+        return promotion.rollback.restore_champion(
             conn, cloud.client("lambda"), cloud.client("s3"), cloud.client("ssm"), settings, actor="local-cloud"
         )
 

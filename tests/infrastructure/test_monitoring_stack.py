@@ -29,11 +29,11 @@ def _source(path: str) -> str:
 
 def _emitted_by_family() -> dict[str, set[str]]:
     """Metric names the handlers build from a prefix and a runtime key, derived from the code they call."""
-    from pricepipe.promotion import OUTCOMES
+    from pricepipe.promotion.abandon import OUTCOMES
     from pricepipe.training.metrics import regression_metrics
 
     drift = (PACKAGE / "drift" / "check.py").read_text(encoding="utf-8")
-    canary = (PACKAGE / "canary.py").read_text(encoding="utf-8")
+    canary = (PACKAGE / "promotion" / "canary.py").read_text(encoding="utf-8")
     return {
         "challenger_": {f"challenger_{k}" for k in regression_metrics([1.0, 2.0, 4.0], [1.5, 2.0, 3.0])},
         "performance_": {

@@ -1,7 +1,7 @@
 """What each promotion step may do to the serving function: exactly what its code calls.
 
-The table is the specification (written from functions/promotion/handler.py over pricepipe.promotion,
-pricepipe.deployer and pricepipe.canary), kept apart from infrastructure/stacks/serving_access.py on
+The table is the specification (written from functions/promotion/handler.py over the pricepipe.promotion
+package and its AWS adapters), kept apart from infrastructure/stacks/serving_access.py on
 purpose: a change there must be a change here too.
 """
 
@@ -59,8 +59,8 @@ EXPECTED: dict[str, set[tuple[str, str]]] = {
     "promotion-start-canary": MOVE_ALIAS,
     "promotion-check-canary": {("cloudwatch:GetMetricData", "*")},
     "promotion-finalize": MOVE_ALIAS | PARAMETER_ACCESS,
-    "promotion-roll-back": MOVE_ALIAS,
-    # rollback also refuses while a promotion runs (promotion._execution_status): DescribeExecution
+    "promotion-abandon": MOVE_ALIAS,
+    # rollback also refuses while a promotion runs (promotion.stepfunctions.execution_status): DescribeExecution
     "promotion-command": DEPLOY
     | MOVE_ALIAS
     | PARAMETER_ACCESS

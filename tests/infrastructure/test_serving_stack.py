@@ -97,7 +97,7 @@ def test_given_the_api_function_then_its_layers_are_the_serving_layer_the_packag
 def test_given_the_api_function_then_each_version_is_described_as_its_model_layer_is(
     serving_resources: Resources,
 ) -> None:
-    """pricepipe.deployer.model_of reads a version's model from its description."""
+    """pricepipe.promotion.deployer.model_of reads a version's model from its description."""
     (version,) = of_type(serving_resources, "AWS::Lambda::Version").values()
     assert version["DeletionPolicy"] == "Retain", "promotions route to, and roll back to, older versions"
     description = version["Properties"]["Description"]["Fn::GetAtt"]
@@ -299,7 +299,7 @@ def test_given_the_pipeline_stack_then_it_creates_the_model_layer_parameter_once
     layer = pipeline_resources[layer_name]
     assert layer["DeletionPolicy"] == "Retain", "the parameter may still name it"
     assert layer["Properties"]["Description"] == NO_MODEL_DESCRIPTION
-    assert not NO_MODEL_DESCRIPTION.startswith("model "), "pricepipe.deployer.model_of must read it as no model"
+    assert not NO_MODEL_DESCRIPTION.startswith("model "), "promotion.deployer.model_of must read it as no model"
 
 
 def test_given_the_no_model_layer_then_it_holds_an_empty_model_package_so_the_api_answers_no_model(

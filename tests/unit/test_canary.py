@@ -1,12 +1,12 @@
-"""How a canary is judged (pricepipe.canary), and how deployments name their model: pure functions, no cloud."""
+"""How a canary is judged (pricepipe.promotion.canary), and how deployments name their model: pure functions."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pricepipe import deployer
-from pricepipe.canary import expected_shift, judge_canary, prediction_shift
+from pricepipe.promotion import deployer
+from pricepipe.promotion.canary import expected_shift, judge_canary, prediction_shift
 from pricepipe.settings import Settings
 
 SETTINGS = Settings(

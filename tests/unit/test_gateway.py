@@ -1,6 +1,6 @@
-"""The local gateway's API Gateway parts that need no cloud: the proxy event, the token bucket and the
-status of a failed integration. (Its behaviour over HTTP in front of the real API function is in tests/e2e/test_gateway.py and
-tests/e2e/test_promotion.py.)"""
+"""The local gateway's API Gateway parts that need no cloud: the proxy event, the token bucket and
+the status of a failed integration. (Its behaviour over HTTP in front of the real API function is in
+tests/e2e/test_gateway.py and tests/e2e/test_promotion.py.)"""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def _gateway(endpoint: str, read_timeout: float) -> Gateway:
         region_name="us-east-1",
         endpoint_url=endpoint,
         aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 - no real endpoint
+        aws_secret_access_key="testing",
         config=Config(read_timeout=read_timeout, connect_timeout=1, retries={"max_attempts": 1}),
     )
     return Gateway(client, "api", "live", lambda: {"k"}, rate=10, burst=10)

@@ -28,3 +28,21 @@ class ConfigurationError(PricePipeError):
 
 class BucketNotFound(ConfigurationError):
     """An S3 bucket the settings name does not exist: a deployment to fix, never worth a retry."""
+
+
+class PromotionRefused(PricePipeError):
+    """A promotion that must not go ahead (unknown version, another one running, ...), and why.
+
+    Its class name is the error the promotion state machine fails with.
+    """
+
+
+class CommandError(PricePipeError):
+    """An operator command that cannot be carried out as asked, with what to do instead.
+
+    ``pipectl`` shows the message of an error by this name alone (the others with their name).
+    """
+
+
+class DeploymentError(PricePipeError, RuntimeError):
+    """A deployment step that could not be done; nothing it started was left half-applied."""

@@ -140,14 +140,14 @@ class RegisteredVersion:
         return asdict(self)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON for PostgreSQL: NaN and infinities (which jsonb refuses) become null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -291,9 +291,9 @@ def _log_run(client: MlflowClient, run_id: str, outcome: TrainingOutcome) -> Non
                     explanation.mean_abs(), f"{outcome.chosen}: mean |contribution| on the holdout", explanation.scale
                 )
             )
-        (root / "reference" / "reference_stats.json").write_text(json.dumps(_json_safe(outcome.reference)))
+        (root / "reference" / "reference_stats.json").write_text(json.dumps(json_safe(outcome.reference)))
         lineage = {"data_window": outcome.data_window(), **outcome.data.lineage}
-        (root / "lineage" / "lineage.json").write_text(json.dumps(_json_safe(lineage), indent=1, default=str))
+        (root / "lineage" / "lineage.json").write_text(json.dumps(json_safe(lineage), indent=1, default=str))
         search = {
             "stopped_by": outcome.search.stopped_by,
             "seconds": outcome.search.seconds,
@@ -308,7 +308,7 @@ def _log_run(client: MlflowClient, run_id: str, outcome: TrainingOutcome) -> Non
                 for name, c in (*outcome.candidates.items(), ("baseline", outcome.baseline))
             },
         }
-        (root / "search" / "search.json").write_text(json.dumps(_json_safe(search), indent=1))
+        (root / "search" / "search.json").write_text(json.dumps(json_safe(search), indent=1))
         client.log_artifacts(run_id, tmp)
 
 
@@ -396,9 +396,9 @@ def _record(
                 version,
                 run_id,
                 outcome.contract.name,
-                json.dumps(_json_safe(metrics)),
-                json.dumps(_json_safe(params)),
-                json.dumps(_json_safe(outcome.data_window())),
+                json.dumps(json_safe(metrics)),
+                json.dumps(json_safe(params)),
+                json.dumps(json_safe(outcome.data_window())),
                 artifact_uri,
                 serving_uri,
             ),

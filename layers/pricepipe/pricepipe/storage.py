@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
 from pricepipe.errors import BucketNotFound, PricePipeError, TransientError
 
 if TYPE_CHECKING:
@@ -55,17 +57,18 @@ class ObjectChanged(PricePipeError):
     """The object no longer has the content (ETag) it was listed with."""
 
 
+def _error_code(exc: Exception) -> str:
+    return str(exc.response.get("Error", {}).get("Code", "")) if isinstance(exc, ClientError) else ""
+
+
 def _raise_known(exc: Exception, bucket: str, what: str) -> None:
     """Re-raise a missing bucket as :class:`BucketNotFound` and failures worth retrying as
     :class:`TransientError`; anything else is left to the caller to re-raise as it is."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    code = _error_code(exc)
     if code == "NoSuchBucket":
         raise BucketNotFound(f"S3 bucket {bucket!r} does not exist ({what}): check the deployment's settings") from exc
-    if code in _TRANSIENT_CODES or exc.__class__.__name__ in (
-        "EndpointConnectionError",
-        "ConnectTimeoutError",
-        "ReadTimeoutError",
-    ):
+    unreachable = isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError)
+    if unreachable or code in _TRANSIENT_CODES:
         raise TransientError(f"S3 {what}: {exc}") from exc
 
 
@@ -89,8 +92,7 @@ def read_object(s3: S3Client, ref: ObjectRef) -> bytes:
         return bytes(response["Body"].read())
     except Exception as exc:
         _raise_known(exc, ref.bucket, f"reading s3://{ref.bucket}/{ref.key}")
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        if code in ("PreconditionFailed", "NoSuchKey", "412", "404"):
+        if _error_code(exc) in ("PreconditionFailed", "NoSuchKey", "412", "404"):
             raise ObjectChanged(f"s3://{ref.bucket}/{ref.key} changed or vanished since it was listed") from exc
         raise
 

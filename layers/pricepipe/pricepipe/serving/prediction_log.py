@@ -39,11 +39,12 @@ from typing import Any, Protocol
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from pricepipe.canary import API_SERVER_ERRORS
-
 # The log message marking a prediction line. infrastructure/catalog.py declares the same literal for
 # the subscription filter; the package cannot import infrastructure, so a test holds the two equal.
 PREDICTION_LOG_MARKER = "prediction_log"
+# The API's EMF count of its 5xx answers, dimensions {service: <function name>, function_version: <version>}:
+# errors FastAPI caught, which Lambda's own Errors metric never counts; a canary's health check reads it.
+API_SERVER_ERRORS = "ServerErrors"
 LOG_VERSION = 1
 # CloudWatch Logs' limit is 256 KB per event; Powertools adds ~300 bytes of its own keys and JSON
 # escaping can only grow text a little, so a line aims at 200 KB of payload.
@@ -173,7 +174,7 @@ class EmfMetrics:
 
 class ServerErrorMetric:
     """One EMF line per 5xx answer, ``ServerErrors`` with dimensions ``service`` (the function's name)
-    and ``function_version``: what a canary's health check reads (see :mod:`pricepipe.canary`), since
+    and ``function_version``: what a canary's health check reads (see :mod:`pricepipe.promotion.canary`), since
     Lambda's own ``Errors`` never counts an error FastAPI caught and answered with a 500."""
 
     def __init__(self, namespace: str, function: str, function_version: str) -> None:

@@ -12,10 +12,10 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from pricepipe import storage
-from pricepipe.canary import expected_shift
 from pricepipe.champion import challenger_wins
 from pricepipe.champion import current as champion_of
 from pricepipe.lean_model import load_from_uri
+from pricepipe.promotion.canary import expected_shift
 from pricepipe.training.data import TrainingWindow, frame_columns, latest_event_date_postgres, load_postgres
 
 if TYPE_CHECKING:
@@ -125,7 +125,7 @@ def evaluate(
     outcome["champion"] = {"version": incumbent.version, "uri": incumbent.serving_artifact_uri, "metrics": champion}
     if len(holdout):
         # how differently the two served models price these days: a canary's prediction check allows
-        # for the shift approved here (see pricepipe.canary)
+        # for the shift approved here (see pricepipe.promotion.canary)
         served_uri = str(result["serving_artifact_uri"])
         served = challenger_model if served_uri == challenger_uri else load_from_uri(served_uri, s3)
         outcome["prediction_shift"] = {

@@ -1,4 +1,5 @@
-"""A canary's health: what its own Lambda version did while it baked, against the champion beside it.
+"""Canary: the new version gets a share of the live traffic (:func:`start_canary`), then its health is
+judged (:func:`check`) on what its own Lambda version did while it baked, against the champion beside it.
 
 Three checks, each on the canary's function version alone (the alias splits traffic at random, so
 both versions see the same mix of requests over the same window):
@@ -17,103 +18,89 @@ both versions see the same mix of requests over the same window):
 
 Lambda publishes ``Invocations``, ``Errors`` and ``Duration`` per version reached through an alias
 (dimension ``ExecutedVersion``), which is exactly what a canary needs; the local cloud publishes
-them the same way.
+them the same way. :mod:`pricepipe.promotion.cloudwatch` reads them.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import math
 from typing import TYPE_CHECKING, Any
+
+from pricepipe.errors import PromotionRefused
+from pricepipe.promotion import deployer
+from pricepipe.promotion.cloudwatch import LambdaTraffic, api_server_errors, lambda_traffic
+from pricepipe.promotion.history import iso, now, record
+from pricepipe.promotion.plan import Serving, check_alias_unchanged
+from pricepipe.serving.prediction_log import API_SERVER_ERRORS
 
 if TYPE_CHECKING:
     import numpy as np
     import psycopg
+    from mypy_boto3_cloudwatch import CloudWatchClient
+    from mypy_boto3_lambda import LambdaClient
 
+    from pricepipe.promotion.steps import (
+        CanaryCheck,
+        CanaryStarted,
+        CanaryVerdict,
+        Deployment,
+        Plan,
+        PromotionState,
+        ServingChampion,
+    )
     from pricepipe.settings import Settings
 
-LAMBDA_NAMESPACE = "AWS/Lambda"
-# The API's EMF count of 5xx answers, dimensions {service: <function name>, function_version: <version>}.
-API_SERVER_ERRORS = "ServerErrors"
 PSI_BINS = 10  # deciles of the champion's predictions
 MAX_PREDICTION_ROWS = 200_000  # per version and check: plenty for PSI, bounded memory
 
 
-def _iso(moment: dt.datetime) -> str:
-    return moment.isoformat()
-
-
-def lambda_traffic(
-    cloudwatch: Any, function: str, alias: str, version: str, start: dt.datetime, end: dt.datetime
-) -> dict[str, float | None]:
-    """Invocations, errors and p99 duration (ms) of one version behind ``alias`` between two moments.
-
-    Lambda publishes these per version reached through an alias (dimension ``ExecutedVersion``),
-    exactly what a canary needs; the function's own code adds nothing for it.
-    """
-    dimensions = [
-        {"Name": "FunctionName", "Value": function},
-        {"Name": "Resource", "Value": f"{function}:{alias}"},
-        {"Name": "ExecutedVersion", "Value": version},
-    ]
-    seconds = max(1.0, (end - start).total_seconds())
-    period = int(max(60, math.ceil(seconds / 60) * 60))  # one period spans the bake
-
-    def query(key: str, metric: str, stat: str) -> dict[str, Any]:
-        return {
-            "Id": key,
-            "MetricStat": {
-                "Metric": {"Namespace": LAMBDA_NAMESPACE, "MetricName": metric, "Dimensions": dimensions},
-                "Period": period,
-                "Stat": stat,
-            },
-        }
-
-    answer = cloudwatch.get_metric_data(
-        MetricDataQueries=[
-            query("invocations", "Invocations", "Sum"),
-            query("errors", "Errors", "Sum"),
-            query("p99", "Duration", "p99"),
-        ],
-        StartTime=start,
-        EndTime=end,
+def start_canary(
+    conn: psycopg.Connection[Any],
+    lam: LambdaClient,
+    settings: Settings,
+    plan: Plan,
+    deployment: Deployment,
+) -> CanaryStarted:
+    """Give the new version ``canary_percent`` of the live traffic; the champion keeps the rest."""
+    serving = Serving.from_settings(settings)
+    canary = deployment["function_version"]
+    current = deployer.alias_state(lam, serving.function, serving.alias)
+    check_alias_unchanged(current, plan, canary)
+    champion = _champion(plan)
+    stable = champion["function_version"]
+    state = deployer.set_canary(
+        lam,
+        serving.function,
+        serving.alias,
+        stable_version=stable,
+        canary_version=canary,
+        percent=float(plan["canary_percent"]),
+        revision_id=current["revision_id"],
     )
-    values = {r["Id"]: [v for v in r.get("Values", []) if v is not None] for r in answer["MetricDataResults"]}
-    return {
-        "invocations": float(sum(values.get("invocations", []))),
-        "errors": float(sum(values.get("errors", []))),
-        "p99_ms": max(values["p99"]) if values.get("p99") else None,
-    }
-
-
-def api_server_errors(
-    cloudwatch: Any, namespace: str, metric: str, function: str, version: str, start: dt.datetime, end: dt.datetime
-) -> float:
-    """Responses the API answered with a 5xx from that version (errors it caught, which Lambda's own
-    Errors metric does not count)."""
-    seconds = max(1.0, (end - start).total_seconds())
-    answer = cloudwatch.get_metric_data(
-        MetricDataQueries=[
-            {
-                "Id": "server_errors",
-                "MetricStat": {
-                    "Metric": {
-                        "Namespace": namespace,
-                        "MetricName": metric,
-                        "Dimensions": [
-                            {"Name": "service", "Value": function},
-                            {"Name": "function_version", "Value": version},
-                        ],
-                    },
-                    "Period": int(max(60, math.ceil(seconds / 60) * 60)),
-                    "Stat": "Sum",
-                },
-            }
-        ],
-        StartTime=start,
-        EndTime=end,
-    )
-    return float(sum(v for r in answer["MetricDataResults"] for v in r.get("Values", []) if v is not None))
+    started = now()
+    try:
+        with conn.transaction():
+            record(
+                conn,
+                model_name=plan["model_name"],
+                version=plan["model_version"],
+                previous_version=champion["version"],
+                action="canary-started",
+                strategy=plan["strategy"],
+                traffic_percent=float(plan["canary_percent"]),
+                function_version=canary,
+                reason=(
+                    f"{plan['canary_percent']:g}% of {serving.alias} to version {canary}, the rest to {stable}"
+                    f" (champion {champion['version']}); health check after {plan['bake_seconds']} s"
+                ),
+                actor=plan["actor"],
+                execution_arn=plan["execution_arn"],
+                details={"alias": state},
+            )
+    except BaseException:
+        deployer.switch(lam, serving.function, serving.alias, stable)
+        raise
+    return {"started_at": iso(started), "alias": state}
 
 
 def predictions_since(
@@ -155,19 +142,19 @@ def judge_canary(
     settings: Settings,
     *,
     attempt: int,
-    canary: dict[str, float | None],
+    canary: LambdaTraffic,
     server_errors: float,
     canary_predictions: np.ndarray,
     champion_predictions: np.ndarray,
     expected_psi: float | None = None,
-) -> dict[str, Any]:
+) -> CanaryVerdict:
     """The verdict on measured canary health: ``healthy``, ``unhealthy`` or ``wait`` (bake again).
 
     A check that fails on the evidence there is fails the canary at once, however little traffic it
     saw: an error or a slow answer is evidence. Too little traffic to judge means another bake, up to
     ``canary_max_bakes``; after that ``canary_on_insufficient_traffic`` decides.
     """
-    checks: list[dict[str, Any]] = []
+    checks: list[CanaryCheck] = []
     invocations = float(canary["invocations"] or 0)
     errors = float(canary["errors"] or 0) + server_errors
     if invocations > 0:
@@ -181,8 +168,8 @@ def judge_canary(
                 "detail": f"{errors:g} errors in {invocations:g} requests",
             }
         )
-    if canary.get("p99_ms") is not None:
-        p99 = float(canary["p99_ms"])  # type: ignore[arg-type]
+    if canary["p99_ms"] is not None:
+        p99 = float(canary["p99_ms"])
         checks.append(
             {
                 "check": "p99_ms",
@@ -215,7 +202,7 @@ def judge_canary(
         )
     failed = [c for c in checks if not c["passed"]]
 
-    def describe(check: dict[str, Any]) -> str:
+    def describe(check: CanaryCheck) -> str:
         relation = "<=" if check["value"] <= check["threshold"] else ">"
         text = f"{check['check']} {check['value']:.4g} {relation} {check['threshold']:g}"
         return f"{text} ({check['detail']})" if check.get("detail") else text
@@ -240,9 +227,8 @@ def judge_canary(
             "reason": f"not enough traffic yet ({'; '.join(missing)}): baking again",
             "checks": checks,
         }
-    verdict = "healthy" if settings.canary_on_insufficient_traffic == "promote" else "unhealthy"
     return {
-        "verdict": verdict,
+        "verdict": "healthy" if settings.canary_on_insufficient_traffic == "promote" else "unhealthy",
         "attempt": attempt,
         "reason": (
             f"not enough traffic to judge after {attempt} bake(s): {'; '.join(missing)};"
@@ -254,18 +240,19 @@ def judge_canary(
 
 def check(
     conn: psycopg.Connection[Any],
-    cloudwatch: Any,
+    cloudwatch: CloudWatchClient,
     settings: Settings,
-    state: dict[str, Any],
+    state: PromotionState,
     now: dt.datetime | None = None,
-) -> dict[str, Any]:
+) -> CanaryVerdict:
     """Measure the canary since it started (Lambda metrics, the API's 5xx, logged predictions) and judge."""
     plan, deployment = state["plan"], state["deployment"]
-    attempt = int((state.get("canary") or {}).get("attempt", 0)) + 1
-    started = dt.datetime.fromisoformat(state["canary_started"]["started_at"])
+    previous = state.get("canary")
+    attempt = (int(previous["attempt"]) if previous else 0) + 1
+    started = dt.datetime.fromisoformat(str(state["canary_started"]["started_at"]))
     end = (now or dt.datetime.now(dt.UTC)) + dt.timedelta(seconds=1)
     canary_version = deployment["function_version"]
-    champion_version = plan["champion"]["function_version"]
+    champion_version = _champion(plan)["function_version"]
     canary = lambda_traffic(cloudwatch, plan["function"], plan["alias"], canary_version, started, end)
     champion = lambda_traffic(cloudwatch, plan["function"], plan["alias"], champion_version, started, end)
     server_errors = api_server_errors(
@@ -282,18 +269,27 @@ def check(
     )
     return {
         **verdict,
-        "window": {"start": _iso(started), "end": _iso(end)},
+        "window": {"start": iso(started), "end": iso(end)},
         "traffic": {"canary": {**canary, "server_errors": server_errors}, "champion": champion},
     }
 
 
-def _evaluated_shift(plan: dict[str, Any]) -> float | None:
+def _champion(plan: Plan) -> ServingChampion:
+    """What a canary is compared with (the route is ``canary`` only when a model serves)."""
+    champion = plan["champion"]
+    if champion is None:
+        raise PromotionRefused(f"a canary of version {plan['model_version']} needs a serving champion beside it")
+    return champion
+
+
+def _evaluated_shift(plan: Plan) -> float | None:
     """The shift the training evaluation measured for this very version against this very champion."""
     evaluation = plan.get("evaluation") or {}
     shift = evaluation.get("prediction_shift")
     if not shift or str((evaluation.get("challenger") or {}).get("version")) != str(plan.get("model_version")):
         return None
-    champion = (plan.get("champion") or {}).get("version")  # the model version live traffic is on
+    serving = plan.get("champion")
+    champion = serving["version"] if serving else None  # the model version live traffic is on
     if champion is not None and str(shift.get("champion_version")) != str(champion):
         return None
     return float(shift["psi"])

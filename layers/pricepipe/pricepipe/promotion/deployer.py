@@ -7,24 +7,50 @@ rollback goes back to. The ``live`` alias decides who gets the traffic (``Functi
 ``RoutingConfig.AdditionalVersionWeights`` for a canary). A function version's description names its
 model (:func:`describe`), so the version serving a model can be found again from Lambda alone.
 
-Thin adapter over the Lambda, S3 and SSM clients it is given; every function returns a plain dict the
-promotion state machine can carry. Nothing here touches the registry.
+Thin adapter over the Lambda and S3 clients it is given (:mod:`pricepipe.promotion.ssm` keeps the
+champion's layer in SSM); every function returns a plain dict the promotion state machine can carry.
+Nothing here touches the registry.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from pricepipe import storage
-from pricepipe.errors import PricePipeError
+from pricepipe.errors import DeploymentError
 
 DESCRIPTION_PREFIX = "model "  # + "<model name>@<version>": how a function version names its model
 UPDATE_TIMEOUT_S = 120.0  # Lambda applies a configuration change in seconds; give up well before the task times out
 
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_s3 import S3Client
 
-class DeploymentError(PricePipeError, RuntimeError):
-    """A deployment step that could not be done; nothing it started was left half-applied."""
+
+class AliasState(TypedDict):
+    """Where an alias sends traffic: its version, the canary weights (version -> share), its revision."""
+
+    function_version: str
+    weights: dict[str, float]
+    revision_id: str | None
+
+
+class PublishedVersion(TypedDict):
+    """A function version carrying a model layer."""
+
+    function_version: str
+    function_arn: str
+    layer_arn: str
+    code_sha256: str | None
+    description: str | None
+
+
+class ModelDeployment(PublishedVersion):
+    """The function version serving a model, and whether it already existed."""
+
+    reused: bool
+    layer_version: NotRequired[int]
 
 
 # -- naming ------------------------------------------------------------------------------------------
@@ -54,7 +80,7 @@ def layer_name_of(layer_arn: str) -> str:
 # -- the model layer ---------------------------------------------------------------------------------
 
 
-def read_artifact(s3: Any, uri: str) -> bytes:
+def read_artifact(s3: S3Client, uri: str) -> bytes:
     if not uri.startswith("s3://"):
         raise DeploymentError(f"a serving artifact must be in S3, got {uri}")
     bucket, key = storage.split_uri(uri)
@@ -65,7 +91,13 @@ def read_artifact(s3: Any, uri: str) -> bytes:
 
 
 def publish_model_layer(
-    lam: Any, s3: Any, *, layer_name: str, artifact_uri: str, metadata: dict[str, Any], runtime: str | None
+    lam: LambdaClient,
+    s3: S3Client,
+    *,
+    layer_name: str,
+    artifact_uri: str,
+    metadata: dict[str, Any],
+    runtime: str | None,
 ) -> dict[str, Any]:
     """A new version of the model layer holding the lean artifact at ``artifact_uri``."""
     from pricepipe.serving.model_layer import build_layer_zip
@@ -100,7 +132,7 @@ def with_model_layer(layer_arns: list[str], layer_name: str, layer_arn: str) -> 
     return [*kept, layer_arn]
 
 
-def versions(lam: Any, function: str) -> list[dict[str, Any]]:
+def versions(lam: LambdaClient, function: str) -> list[dict[str, Any]]:
     """Published versions of ``function`` (not $LATEST), newest first."""
     found: list[dict[str, Any]] = []
     for page in lam.get_paginator("list_versions_by_function").paginate(FunctionName=function):
@@ -108,7 +140,9 @@ def versions(lam: Any, function: str) -> list[dict[str, Any]]:
     return sorted(found, key=lambda v: int(v["Version"]), reverse=True)
 
 
-def find_version(lam: Any, function: str, model_name: str, version: str, layer_name: str) -> dict[str, Any] | None:
+def find_version(
+    lam: LambdaClient, function: str, model_name: str, version: str, layer_name: str
+) -> dict[str, Any] | None:
     """The newest function version serving that model (named by its description, carrying a model layer)."""
     wanted = (model_name, version)
     for candidate in versions(lam, function):
@@ -117,7 +151,7 @@ def find_version(lam: Any, function: str, model_name: str, version: str, layer_n
     return None
 
 
-def _wait_until_updated(lam: Any, function: str, timeout_s: float) -> dict[str, Any]:
+def _wait_until_updated(lam: LambdaClient, function: str, timeout_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     delay = 0.25
     while True:
@@ -137,14 +171,14 @@ def _wait_until_updated(lam: Any, function: str, timeout_s: float) -> dict[str, 
 
 
 def publish_function_version(
-    lam: Any,
+    lam: LambdaClient,
     *,
     function: str,
     layer_name: str,
     layer_arn: str,
     description: str,
     timeout_s: float = UPDATE_TIMEOUT_S,
-) -> dict[str, Any]:
+) -> PublishedVersion:
     """Put ``layer_arn`` on $LATEST in place of any model layer, then publish a version of exactly that.
 
     The revision ids make both calls conditional: if someone else changes $LATEST in between (a
@@ -162,7 +196,7 @@ def publish_function_version(
     publish: dict[str, Any] = {"FunctionName": function, "Description": description}
     if updated.get("RevisionId"):
         publish["RevisionId"] = updated["RevisionId"]
-    published = dict(lam.publish_version(**publish))
+    published: dict[str, Any] = dict(lam.publish_version(**publish))
     if model_layer_of(published, layer_name) != layer_arn:
         raise DeploymentError(
             f"{function} version {published.get('Version')} does not carry {layer_arn}: $LATEST changed while"
@@ -178,7 +212,7 @@ def publish_function_version(
 
 
 def reusable_version(
-    lam: Any, function: str, model_name: str, version: str, layer_name: str, latest: dict[str, Any]
+    lam: LambdaClient, function: str, model_name: str, version: str, layer_name: str, latest: dict[str, Any]
 ) -> dict[str, Any] | None:
     """A published version serving that model with the code and other layers $LATEST (``latest``) has.
 
@@ -195,23 +229,25 @@ def reusable_version(
 
 
 def deploy_model(
-    lam: Any,
-    s3: Any,
+    lam: LambdaClient,
+    s3: S3Client,
     *,
     function: str,
     layer_name: str,
     artifact_uri: str,
     metadata: dict[str, Any],
-) -> dict[str, Any]:
+) -> ModelDeployment:
     """A function version serving this model: an existing one with today's code, else a new layer and version."""
     model_name, version = str(metadata["model_name"]), str(metadata["model_version"])
-    latest = dict(lam.get_function_configuration(FunctionName=function))
+    latest: dict[str, Any] = dict(lam.get_function_configuration(FunctionName=function))
     existing = reusable_version(lam, function, model_name, version, layer_name, latest)
     if existing is not None:
+        layer_arn = model_layer_of(existing, layer_name)
+        assert layer_arn is not None  # reusable_version only finds versions carrying a model layer
         return {
             "function_version": str(existing["Version"]),
             "function_arn": existing["FunctionArn"],
-            "layer_arn": model_layer_of(existing, layer_name),
+            "layer_arn": layer_arn,
             "code_sha256": existing.get("CodeSha256"),
             "description": existing.get("Description"),
             "reused": True,
@@ -226,17 +262,26 @@ def deploy_model(
         layer_arn=layer["layer_arn"],
         description=describe(model_name, version),
     )
-    return {**published, "layer_version": layer["layer_version"], "reused": False}
+    return {**published, "layer_version": int(layer["layer_version"]), "reused": False}
 
 
-def version_configuration(lam: Any, function: str, version: str) -> dict[str, Any]:
+def version_configuration(lam: LambdaClient, function: str, version: str) -> dict[str, Any]:
     return dict(lam.get_function_configuration(FunctionName=function, Qualifier=version))
+
+
+def existing_version_configuration(lam: LambdaClient, function: str, version: str) -> dict[str, Any] | None:
+    """The configuration of that function version, or None when it does not exist (deleted, or a
+    restarted local cloud that never had it)."""
+    try:
+        return version_configuration(lam, function, version)
+    except lam.exceptions.ResourceNotFoundException:
+        return None
 
 
 # -- the alias ---------------------------------------------------------------------------------------
 
 
-def alias_state(lam: Any, function: str, alias: str) -> dict[str, Any]:
+def alias_state(lam: LambdaClient, function: str, alias: str) -> AliasState:
     """Where ``alias`` sends traffic: its version, the canary weights, and its revision."""
     described = lam.get_alias(FunctionName=function, Name=alias)
     weights = (described.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
@@ -248,8 +293,8 @@ def alias_state(lam: Any, function: str, alias: str) -> dict[str, Any]:
 
 
 def _update_alias(
-    lam: Any, function: str, alias: str, version: str, weights: dict[str, float], revision_id: str | None
-) -> dict[str, Any]:
+    lam: LambdaClient, function: str, alias: str, version: str, weights: dict[str, float], revision_id: str | None
+) -> AliasState:
     request: dict[str, Any] = {
         "FunctionName": function,
         "Name": alias,
@@ -264,7 +309,7 @@ def _update_alias(
 
 
 def set_canary(
-    lam: Any,
+    lam: LambdaClient,
     function: str,
     alias: str,
     *,
@@ -272,7 +317,7 @@ def set_canary(
     canary_version: str,
     percent: float,
     revision_id: str | None = None,
-) -> dict[str, Any]:
+) -> AliasState:
     """``percent`` of the alias's traffic to ``canary_version``, the rest to ``stable_version``."""
     if not 0 < percent < 100:
         raise DeploymentError(f"a canary takes between 0 and 100 percent of the traffic, got {percent}")
@@ -281,27 +326,11 @@ def set_canary(
     return _update_alias(lam, function, alias, stable_version, {canary_version: round(percent / 100, 4)}, revision_id)
 
 
-def switch(lam: Any, function: str, alias: str, version: str, revision_id: str | None = None) -> dict[str, Any]:
+def switch(lam: LambdaClient, function: str, alias: str, version: str, revision_id: str | None = None) -> AliasState:
     """All of the alias's traffic to ``version`` at once (and no canary split left)."""
     return _update_alias(lam, function, alias, version, {}, revision_id)
 
 
-def restore_alias(lam: Any, function: str, alias: str, snapshot: dict[str, Any]) -> dict[str, Any]:
+def restore_alias(lam: LambdaClient, function: str, alias: str, snapshot: AliasState) -> AliasState:
     """Put the alias back as :func:`alias_state` recorded it."""
     return _update_alias(lam, function, alias, snapshot["function_version"], dict(snapshot.get("weights") or {}), None)
-
-
-# -- what cdk deploy keeps ---------------------------------------------------------------------------
-
-
-def put_model_layer_parameter(ssm: Any, name: str, layer_arn: str) -> dict[str, Any]:
-    """Record the champion's model layer in SSM, where the serving stack reads it on ``cdk deploy``, so a
-    code deploy publishes its new version with the champion's model rather than without one."""
-    put = ssm.put_parameter(
-        Name=name,
-        Value=layer_arn,
-        Type="String",
-        Overwrite=True,
-        Description="Model layer version of the champion (set by the promotion flow)",
-    )
-    return {"parameter": name, "value": layer_arn, "version": put.get("Version")}

@@ -1,0 +1,247 @@
+"""The plan of a promotion: the request checked, the route chosen, the lock taken, the alias snapshotted.
+
+:func:`prepare` is the first step of ``infrastructure/statemachines/promotion.asl.json``; every later
+step reads the plan it returns. The run's ``model_registry.promotions`` row is the lock that keeps two
+promotions from moving the alias at once: :func:`running` finds the holders, :func:`finish` releases
+one, and :func:`clear_stale` releases those whose execution ended without reaching an end state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from psycopg.errors import UniqueViolation
+
+from pricepipe import registry
+from pricepipe.errors import PromotionRefused
+from pricepipe.promotion import deployer
+from pricepipe.promotion.history import iso, model_row, now, record, to_json
+from pricepipe.promotion.stepfunctions import execution_status
+
+if TYPE_CHECKING:
+    import psycopg
+    from mlflow import MlflowClient
+    from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_stepfunctions import SFNClient
+
+    from pricepipe.promotion.deployer import AliasState
+    from pricepipe.promotion.steps import Plan, Route, ServingChampion
+    from pricepipe.settings import Settings
+
+STRATEGIES = ("manual", "auto", "canary", "blue-green")
+
+
+@dataclass(frozen=True)
+class Serving:
+    """What promotion acts on: the serving function, its alias, the model layer and its SSM parameter."""
+
+    function: str
+    alias: str
+    layer_name: str
+    parameter: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Serving:
+        return cls(
+            settings.serving_function,
+            settings.serving_alias,
+            settings.model_layer_name,
+            settings.model_layer_parameter,
+        )
+
+
+# -- the promotion lock --------------------------------------------------------------------------------
+
+
+def running(conn: psycopg.Connection[Any], model_name: str) -> list[tuple[str, str, str | None]]:
+    return [
+        (str(r[0]), str(r[1]), r[2])
+        for r in conn.execute(
+            "SELECT execution_arn, version, function_version FROM model_registry.promotions"
+            " WHERE model_name = %s AND status = 'running'",
+            (model_name,),
+        ).fetchall()
+    ]
+
+
+def finish(
+    conn: psycopg.Connection[Any],
+    execution_arn: str,
+    status: str,
+    outcome: str,
+    approval_status: str | None = None,
+) -> None:
+    with conn.transaction():
+        conn.execute(
+            "UPDATE model_registry.promotions SET status = %s, outcome = %s, finished_at = now(),"
+            " approval_status = COALESCE(%s, approval_status)"
+            " WHERE execution_arn = %s",
+            (status, outcome[:5000], approval_status, execution_arn),
+        )
+
+
+def clear_stale(
+    conn: psycopg.Connection[Any],
+    lam: LambdaClient,
+    sfn: SFNClient,
+    serving: Serving,
+    model_name: str,
+    execution_arn: str,
+) -> None:
+    """Release the lock of promotions whose execution ended without reaching an end state (stopped,
+    timed out, or gone with a restarted local cloud); refuse while another one really runs."""
+    for other_arn, other_version, other_function_version in running(conn, model_name):
+        if other_arn == execution_arn:
+            continue
+        status = execution_status(sfn, other_arn)
+        if status == "RUNNING":
+            raise PromotionRefused(
+                f"the promotion of {model_name} version {other_version} is still running ({other_arn}):"
+                " wait for it to end (or answer it with `pipectl approve` / `pipectl reject`)"
+            )
+        why = f"its execution ended without finishing ({status})"
+        alias = deployer.alias_state(lam, serving.function, serving.alias)
+        if other_function_version and other_function_version in alias["weights"]:
+            # a canary stopped mid-bake keeps its weight: take it back, the primary was never changed
+            deployer.switch(lam, serving.function, serving.alias, alias["function_version"], alias["revision_id"])
+            with conn.transaction():
+                record(
+                    conn,
+                    model_name=model_name,
+                    version=other_version,
+                    action="rolled-back",
+                    reason=f"canary weight removed: {why}",
+                    actor="pipeline",
+                    traffic_percent=0,
+                    function_version=other_function_version,
+                    execution_arn=other_arn,
+                    details={"alias_before": alias},
+                )
+        finish(conn, other_arn, "failed", why)
+
+
+def check_alias_unchanged(current: AliasState, plan: Plan, ours: str) -> None:
+    before = plan["alias_before"]
+    foreign = {v for v in current["weights"] if v != ours}
+    if current["function_version"] not in (before["function_version"], ours) or foreign:
+        raise PromotionRefused(
+            f"alias {plan['alias']} changed while this promotion ran (now {current['function_version']}"
+            f" {current['weights'] or ''}, was {before['function_version']}): not touching it"
+        )
+
+
+# -- prepare ---------------------------------------------------------------------------------------------
+
+
+def prepare(  # noqa: C901, PLR0912, PLR0915 - every refusal a promotion can meet, checked in order before anything changes
+    conn: psycopg.Connection[Any],
+    lam: LambdaClient,
+    sfn: SFNClient,
+    client: MlflowClient,
+    settings: Settings,
+    request: dict[str, Any],
+    execution_arn: str,
+) -> Plan:
+    """Check the request, choose the route, take the promotion lock and snapshot the alias: the plan."""
+    serving = Serving.from_settings(settings)
+    model_name = settings.model_name
+    if request.get("model_version") in (None, ""):
+        raise PromotionRefused("the promotion request names no model_version")
+    version = str(request["model_version"])
+    strategy = str(request.get("strategy") or settings.promotion_strategy)
+    if strategy not in STRATEGIES:
+        raise PromotionRefused(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+    percent = float(request.get("canary_percent") or settings.canary_percent)
+    if not 0 < percent < 100:
+        raise PromotionRefused(f"canary_percent must be between 0 and 100, got {percent}")
+    bake_seconds = int(request.get("bake_seconds") or settings.canary_bake_seconds)
+    if bake_seconds < 1:
+        raise PromotionRefused(f"bake_seconds must be at least 1, got {bake_seconds}")
+    row = model_row(conn, model_name, version)
+    if row is None:
+        raise PromotionRefused(f"{model_name} version {version} is not registered (no model_registry.models row)")
+    if not row["serving_artifact_uri"]:
+        raise PromotionRefused(f"{model_name} version {version} has no serving artifact to deploy")
+
+    clear_stale(conn, lam, sfn, serving, model_name, execution_arn)
+    alias = deployer.alias_state(lam, serving.function, serving.alias)
+    if alias["weights"]:
+        # not ours (no promotion runs): a split someone set by hand; refuse rather than guess
+        raise PromotionRefused(
+            f"alias {serving.alias} of {serving.function} splits traffic {alias['weights']} though no promotion"
+            " runs: set it back to one version first"
+        )
+    primary = deployer.version_configuration(lam, serving.function, alias["function_version"])
+    served = deployer.model_of(primary.get("Description"))
+    champion: ServingChampion | None = None
+    if served is not None and served[0] == model_name:
+        champion = {"version": served[1], "function_version": alias["function_version"]}
+    registered_champion = registry.alias_version(client, model_name, "champion")
+
+    note = ""
+    route: Route
+    if champion is not None and champion["version"] == version:
+        route = "unchanged"
+        note = f"version {version} already serves all of {serving.alias}'s traffic"
+    elif strategy == "manual":
+        route = "approval"
+    elif strategy == "auto":
+        route = "gate"
+    elif strategy == "canary" and champion is not None:
+        route = "canary"
+    else:
+        route = "switch"
+        if strategy == "canary":
+            note = "no model serves yet, so there is nothing to compare a canary with: switching at once"
+
+    reason = str(request.get("reason") or "requested")
+    plan: Plan = {
+        "execution_arn": execution_arn,
+        "model_name": model_name,
+        "model_version": version,
+        "strategy": strategy,
+        "route": route,
+        "reason": reason,
+        "note": note,
+        "actor": str(request.get("actor") or "pipeline"),
+        "canary_percent": percent,
+        "bake_seconds": bake_seconds,
+        "approval_timeout_s": int(settings.manual_approval_timeout_s),
+        "function": serving.function,
+        "alias": serving.alias,
+        "alias_before": alias,
+        "champion": champion,
+        "registered_champion": registered_champion,
+        "stage_before": row["stage"],
+        "evaluation": request.get("evaluation"),
+        "requested_at": iso(now()),
+    }
+    try:
+        with conn.transaction():
+            conn.execute(
+                "INSERT INTO model_registry.promotions (execution_arn, model_name, version, strategy, status, reason,"
+                " plan, outcome, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
+                " CASE WHEN %s = 'running' THEN NULL ELSE now() END)"
+                " ON CONFLICT (execution_arn) DO NOTHING",
+                (
+                    execution_arn,
+                    model_name,
+                    version,
+                    strategy,
+                    "unchanged" if route == "unchanged" else "running",
+                    reason,
+                    to_json(plan),
+                    note or None,
+                    "unchanged" if route == "unchanged" else "running",
+                ),
+            )
+    except UniqueViolation as exc:
+        raise PromotionRefused(f"another promotion of {model_name} started at the same moment: {exc}") from exc
+    if route != "unchanged" and registered_champion != version:
+        try:  # the version being promoted is the challenger while it is tried
+            registry.set_alias(client, conn, model_name, "challenger", version)
+        except BaseException as exc:
+            finish(conn, execution_arn, "failed", f"could not set the challenger alias: {exc}")
+            raise
+    return plan
