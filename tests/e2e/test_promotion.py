@@ -43,6 +43,7 @@ from pricepipe.training import TrainingWindow, load_postgres
 from pricepipe.training.search import SearchSettings
 from pricepipe.training.trainer import TrainingConfig, train
 from tests.conftest import land_and_load
+from tests.e2e.support import SEARCH_GUARD_S
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +79,8 @@ def versions(cloud: LocalCloud, deployed: Resources, contract: Contract) -> dict
     with db.connect(url, autocommit=True) as conn, mock.patch.dict(os.environ, cloud.client_env()):
         land_and_load(conn, cloud.client("s3"), contract, settings, days)
         data = load_postgres(conn, contract, TrainingWindow.ending(days[-1], DAYS))
-        search = SearchSettings(seed=7, time_budget_s=2.0, max_trials=2, max_tree_levels=300)
+        # stops on its 2 trials, never on the clock: the same model on any machine
+        search = SearchSettings(seed=7, time_budget_s=SEARCH_GUARD_S, max_trials=2, max_tree_levels=300)
         outcome = train(data, contract, TrainingConfig(holdout_days=14, validation_days=14, search=search))
         trees = outcome.lean.trees
         absurd = dataclasses.replace(trees, value=trees.value * 10, base_score=trees.base_score * 10)
