@@ -126,7 +126,7 @@ def feature_frame(rows: list[dict[str, Any]], contract: Any) -> pd.DataFrame:
 
 
 def save_mlflow_model(outcome: Any, contract: Any, path: Path) -> None:
-    """The model as the registry logs it (pricepipe.registry._log_model), saved to a folder."""
+    """The model as the registry logs it (pricepipe.training.tracking.log_model), saved to a folder."""
     import lightgbm
     import mlflow.sklearn
     import numpy as np
