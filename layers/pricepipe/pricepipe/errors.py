@@ -46,3 +46,7 @@ class CommandError(PricePipeError):
 
 class DeploymentError(PricePipeError, RuntimeError):
     """A deployment step that could not be done; nothing it started was left half-applied."""
+
+
+class DriftInputError(PricePipeError):
+    """The reference document or the current data cannot be compared (named in the message)."""

@@ -11,8 +11,8 @@ from scipy import stats
 
 from pricepipe.contract import Contract
 from pricepipe.drift.check import OTHER, DriftCheck, DriftReport, DriftThresholds, check_drift, compare_data
-from pricepipe.drift.errors import DriftInputError
 from pricepipe.drift.reference import reference_from_data, reference_statistics
+from pricepipe.errors import DriftInputError
 from pricepipe.features import build_features
 from pricepipe.settings import Settings
 

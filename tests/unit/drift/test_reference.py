@@ -12,7 +12,6 @@ import pytest
 from pricepipe.contract import Contract
 from pricepipe.drift.check import DriftThresholds, check_drift
 from pricepipe.drift.columns import Coded
-from pricepipe.drift.errors import DriftInputError
 from pricepipe.drift.reference import (
     categorical_summary,
     numeric_summary,
@@ -20,6 +19,7 @@ from pricepipe.drift.reference import (
     reference_statistics,
     validate_reference,
 )
+from pricepipe.errors import DriftInputError
 from pricepipe.features import build_features
 from pricepipe.settings import Settings
 

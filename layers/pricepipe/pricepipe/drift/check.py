@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from pricepipe.drift.columns import Coded, as_columns, numeric_column
-from pricepipe.drift.errors import DriftInputError
 from pricepipe.drift.reference import present_rows, reference_from_data, validate_reference
 from pricepipe.drift.stats import chi2_homogeneity, ks_against_sketch, ks_pvalue, psi
+from pricepipe.errors import DriftInputError
 
 if TYPE_CHECKING:
     from pricepipe.settings import Settings

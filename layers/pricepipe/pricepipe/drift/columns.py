@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pricepipe.drift.errors import DriftInputError
+from pricepipe.errors import DriftInputError
 
 
 @dataclass(frozen=True)

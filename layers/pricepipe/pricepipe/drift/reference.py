@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pricepipe.drift.columns import Coded, as_columns, numeric_column
-from pricepipe.drift.errors import DriftInputError
 from pricepipe.drift.stats import SKETCH_POINTS, sorted_quantiles
+from pricepipe.errors import DriftInputError
 
 if TYPE_CHECKING:
     import pandas as pd

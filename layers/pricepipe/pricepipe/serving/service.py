@@ -85,7 +85,7 @@ class InvalidRequest(PricePipeError):
         super().__init__(f"{len(errors)} invalid field(s)")
 
 
-class ExplanationUnavailable(Exception):
+class ExplanationUnavailable(PricePipeError):
     """Explanations were asked of a model whose artifact cannot give them (HTTP 409: the request is
     fine, the deployed model is not one that can answer it; a 5xx would count against the version)."""
 
