@@ -53,12 +53,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         reason: Annotated[str, typer.Option(help="why, for the deployment history")] = "",
     ) -> None:
         """Approve a manual promotion: its version takes all live traffic."""
-        target = resolve_target(target_kind)
-        answer = _run_command(
-            target, {"command": "approve", "model_version": model_version, "actor": _actor(target), "reason": reason}
-        )
-        console.print(f"approved version {model_version}; its promotion goes on ({answer['execution_arn']})")
-        follow_promotion(target, answer["execution_arn"])
+        _answer_approval(resolve_target(target_kind), "approve", model_version, reason)
 
     @app.command()
     def reject(
@@ -67,12 +62,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         reason: Annotated[str, typer.Option(help="why, for the deployment history")] = "",
     ) -> None:
         """Reject a manual promotion: traffic stays as it is; the version is marked rejected."""
-        target = resolve_target(target_kind)
-        answer = _run_command(
-            target, {"command": "reject", "model_version": model_version, "actor": _actor(target), "reason": reason}
-        )
-        console.print(f"rejected version {model_version} ({answer['execution_arn']})")
-        follow_promotion(target, answer["execution_arn"])
+        _answer_approval(resolve_target(target_kind), "reject", model_version, reason)
 
     @app.command()
     def rollback(
@@ -125,6 +115,21 @@ def _command(target: Target, payload: dict[str, Any]) -> Any:
         message = body.get("errorMessage", body) if isinstance(body, dict) else body
         raise CommandFailed(message if kind == "CommandError" else f"{kind}: {message}")
     return body
+
+
+def _answer_approval(target: Target, command: str, model_version: str, reason: str) -> None:
+    """``approve`` or ``reject`` a version's pending manual approval, then follow its promotion."""
+    answer = _run_command(
+        target, {"command": command, "model_version": model_version, "actor": _actor(target), "reason": reason}
+    )
+    arn = answer["execution_arn"]
+    done = (
+        f"approved version {model_version}; its promotion goes on"
+        if command == "approve"
+        else (f"rejected version {model_version}")
+    )
+    console.print(f"{done} ({arn})")
+    follow_promotion(target, arn)
 
 
 def _run_command(target: Target, payload: dict[str, Any]) -> Any:
