@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pricepipe import storage
 from pricepipe.errors import ContractError
 
 if TYPE_CHECKING:
@@ -279,6 +278,8 @@ def load_contract(ref: str, s3_client: S3Client | None = None) -> Contract:
     if ref.startswith("s3://"):
         if s3_client is None:
             raise ContractError(f"contract {ref} is in S3 but no S3 client was given")
+        from pricepipe import storage  # the serving path never reads a contract from S3 at import
+
         try:
             bucket, key = storage.split_uri(ref)
             body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
