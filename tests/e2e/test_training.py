@@ -19,7 +19,6 @@ from tests.e2e.support import SEARCH_GUARD_S, SEARCH_TRIALS, metrics_named
 
 pytestmark = pytest.mark.e2e
 DAYS = 75
-TRIALS = SEARCH_TRIALS
 FAST = {"window_days": 75, "holdout_days": 14, "time_budget_s": SEARCH_GUARD_S}
 
 
@@ -51,7 +50,7 @@ def test_a_first_model_is_trained_registered_and_ready_for_promotion(
     execution = flows.run(target, "training", {**FAST, "reason": "test"})
     assert execution.status == "SUCCEEDED", execution.cause
     search = search_of(target, execution)
-    assert (search["trials"], search["stopped_by"]) == (2 * TRIALS, "trials")
+    assert (search["trials"], search["stopped_by"]) == (2 * SEARCH_TRIALS, "trials")
     evaluation = execution.output["outcome"]["evaluation"]
     assert evaluation["decision"] == "promote" and evaluation["reason"] == "no champion yet"
     assert evaluation["holdout"]["end"] == loaded.isoformat() and evaluation["holdout"]["rows"] > 100

@@ -202,12 +202,17 @@ def publish_function_version(
             f"{function} version {published.get('Version')} does not carry {layer_arn}: $LATEST changed while"
             " it was published; run the promotion again"
         )
+    return _published_version(published, layer_arn)
+
+
+def _published_version(configuration: dict[str, Any], layer_arn: str) -> PublishedVersion:
+    """What a deployment records of a function version's configuration, and the model layer it carries."""
     return {
-        "function_version": str(published["Version"]),
-        "function_arn": published["FunctionArn"],
+        "function_version": str(configuration["Version"]),
+        "function_arn": configuration["FunctionArn"],
         "layer_arn": layer_arn,
-        "code_sha256": published.get("CodeSha256"),
-        "description": published.get("Description"),
+        "code_sha256": configuration.get("CodeSha256"),
+        "description": configuration.get("Description"),
     }
 
 
@@ -244,14 +249,7 @@ def deploy_model(
     if existing is not None:
         layer_arn = model_layer_of(existing, layer_name)
         assert layer_arn is not None  # reusable_version only finds versions carrying a model layer
-        return {
-            "function_version": str(existing["Version"]),
-            "function_arn": existing["FunctionArn"],
-            "layer_arn": layer_arn,
-            "code_sha256": existing.get("CodeSha256"),
-            "description": existing.get("Description"),
-            "reused": True,
-        }
+        return {**_published_version(existing, layer_arn), "reused": True}
     layer = publish_model_layer(
         lam, s3, layer_name=layer_name, artifact_uri=artifact_uri, metadata=metadata, runtime=latest.get("Runtime")
     )

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from pricepipe.errors import PricePipeError
 
 if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
     from mypy_boto3_stepfunctions import SFNClient
 
 # The status of an execution Step Functions no longer knows (a restarted local cloud): it has ended.
@@ -30,11 +31,18 @@ def execution_status(sfn: SFNClient, execution_arn: str) -> str:
         return GONE
 
 
+def _closed(sfn: SFNClient) -> tuple[type[ClientError], ...]:
+    """The errors SendTaskSuccess/SendTaskFailure answer for a task that waits no more (AWS Step
+    Functions API Reference, SendTaskSuccess "Errors"). moto accepts any token, so tests play these
+    back with botocore's Stubber."""
+    return (sfn.exceptions.TaskTimedOut, sfn.exceptions.InvalidToken, sfn.exceptions.TaskDoesNotExist)
+
+
 def send_task_success(sfn: SFNClient, task_token: str, output: dict[str, Any]) -> None:
     """The waiting task succeeds with ``output``; :class:`TaskClosed` if it waits no more."""
     try:
         sfn.send_task_success(taskToken=task_token, output=json.dumps(output))
-    except (sfn.exceptions.TaskTimedOut, sfn.exceptions.InvalidToken, sfn.exceptions.TaskDoesNotExist) as exc:
+    except _closed(sfn) as exc:
         raise TaskClosed(exc.response["Error"]["Code"]) from exc
 
 
@@ -43,5 +51,5 @@ def send_task_failure(sfn: SFNClient, task_token: str, error: str, cause: dict[s
     :class:`TaskClosed` if it waits no more."""
     try:
         sfn.send_task_failure(taskToken=task_token, error=error, cause=json.dumps(cause))
-    except (sfn.exceptions.TaskTimedOut, sfn.exceptions.InvalidToken, sfn.exceptions.TaskDoesNotExist) as exc:
+    except _closed(sfn) as exc:
         raise TaskClosed(exc.response["Error"]["Code"]) from exc
