@@ -210,6 +210,15 @@ def test_a_redelivered_batch_adds_nothing(invoke: Invoke, database_url: str) -> 
     assert len(rows(database_url)) == 2
 
 
+def test_a_key_repeated_within_one_request_keeps_its_first_row(invoke: Invoke, database_url: str) -> None:
+    """The API prices a batch that repeats a key; the store holds one row per request and key."""
+    result = invoke(delivery(api_lines("req-1", ["101", "102", "101"])))
+
+    assert result["inserted"] == 2 and result["duplicates"] == 1
+    landed = {(key, prediction) for _, key, _, _, _, _, prediction, _ in rows(database_url)}
+    assert landed == {("101", 100.0), ("102", 101.0)}
+
+
 def test_lines_that_are_not_predictions_are_ignored(invoke: Invoke, database_url: str) -> None:
     others = [
         "START RequestId: 6f1c Version: 3",

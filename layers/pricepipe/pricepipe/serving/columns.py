@@ -34,6 +34,8 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _FLOAT_LIMIT = 1e300  # beyond this, a JSON number is left to the models to judge
 _DATE_CACHE_LIMIT = 100_000
 _NONE = type(None)
+_INTEGER = frozenset({int})  # exact types: bool is a subclass of int, and no number here
+_NUMBER = frozenset({int, float})
 
 
 @dataclass(frozen=True)
@@ -165,13 +167,17 @@ class ColumnCheck:
     def _numbers(rule: _Rule, values: Sequence[Any]) -> Column | None:
         """A numeric column as a numpy array (what the model reads), its type and range checked."""
         integer = rule.kind == "integer"
+        # the models are strict: a JSON boolean is no number, though the stdlib array would read it
+        # as 1 or 0. The set of the values' types is one C pass (~20 µs a 1,000-row column here).
+        kinds = set(map(type, values))
+        if not kinds <= (_INTEGER if integer else _NUMBER):
+            return ColumnCheck._numbers_with_gaps(rule, values) if rule.nullable and _NONE in kinds else None
         try:
-            # the stdlib array takes exactly what the models take, in one C pass: ints (and bools, 1
-            # and 0, as pydantic's lax mode reads them) for "q"; ints, floats and bools for "d".
-            # Text, None, lists and integers beyond 64 bits raise: the models judge those.
+            # then the stdlib array takes the values in one C pass; integers beyond 64 bits raise
+            # (the models judge those)
             array_ = np.frombuffer(array("q" if integer else "d", values), dtype=np.int64 if integer else np.float64)
-        except (TypeError, OverflowError):
-            return ColumnCheck._numbers_with_gaps(rule, values) if rule.nullable else None
+        except OverflowError:
+            return None
         if len(array_):
             low, high = array_.min(), array_.max()
             if not integer and not (low > -_FLOAT_LIMIT and high < _FLOAT_LIMIT):
@@ -185,7 +191,7 @@ class ColumnCheck:
         """A nullable numeric column holding None: kept as a list, which the model reads with gaps."""
         integer = rule.kind == "integer"
         present = [v for v in values if v is not None]
-        if not set(map(type, present)) <= ({int} if integer else {int, float}):
+        if not set(map(type, present)) <= (_INTEGER if integer else _NUMBER):
             return None
         if present:
             low, high = min(present), max(present)

@@ -7,6 +7,13 @@ column is optional with ``None`` as default and every other column is required. 
 refused (``extra="forbid"``), so a typo is a 422 naming the field rather than a silently missing
 value. A batch is ``{"rows": [row, ...]}``.
 
+Types are strict, as the OpenAPI document states them: a JSON boolean is no number (pydantic's lax
+mode would read ``true`` as 1), a number is no string or category, text is no number (lax mode reads
+``"12"`` as 12), an integer column takes numbers without a fraction (``3`` or ``3.0``, as JSON Schema
+counts integers), and a date or datetime column takes
+text only (lax mode reads a number as a Unix time). A refused value is the same 422 as any other
+type error (``int_type``, ``float_type``, ``string_type``, ``date_type``...).
+
 These models are the definition of valid input: they produce the OpenAPI schema, validate single rows
 and report every error of a bad batch. Large valid batches take a faster columnar path
 (:mod:`pricepipe.serving.columns`) whose acceptance is a strict subset of theirs.
@@ -16,10 +23,12 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
     from pricepipe.contract import Column, Contract
@@ -100,9 +109,39 @@ class ValidationErrorResponse(BaseModel):
     detail: list[FieldError]
 
 
+def _text_only(kind: str) -> Callable[[Any], Any]:
+    """A date or datetime column's input must be JSON text (then parsed as pydantic parses it): the
+    document says ``string``, and lax mode would read a number as a Unix time. Strict mode is no use
+    here, since it wants a ``datetime.date`` object where the parsed JSON holds text."""
+
+    def check(value: Any) -> Any:
+        if type(value) is not str and value is not None:
+            raise PydanticCustomError(f"{kind}_type", f"Input should be a valid {kind}, in ISO 8601 text")
+        return value
+
+    return check
+
+
+def _whole(value: Any) -> Any:
+    """JSON Schema's integer is any number without a fractional part (2020-12, §6.1.1 of its
+    validation vocabulary; OpenAPI 3.1 uses it): ``3.0`` is one, and strict mode alone refuses it."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+_STRICT_TYPES = {
+    "integer": Annotated[int, BeforeValidator(_whole)],
+    "date": Annotated[dt.date, BeforeValidator(_text_only("date"))],
+    "datetime": Annotated[dt.datetime, BeforeValidator(_text_only("datetime"))],
+}
+
+
 def _python_type(column: Column) -> Any:
     if column.allowed:
         return Literal[tuple(column.allowed)]
+    if column.type in _STRICT_TYPES:
+        return _STRICT_TYPES[column.type]
     return _PYTHON_TYPES[column.type]
 
 
@@ -117,6 +156,8 @@ def _field(name: str, column: Column) -> tuple[Any, Any]:
         constraints["max_length"] = column.max_length
     if column.type == "float":
         constraints["allow_inf_nan"] = False  # the ETL refuses them too: a model never saw one
+    if column.type in ("integer", "float", "boolean", "string") and not column.allowed:
+        constraints["strict"] = True  # see the module docstring; a float column still takes integers
     kind = _python_type(column)
     description = column.description or None
     if column.nullable:
@@ -157,6 +198,9 @@ class RequestModels:
         refs = []
         for model in (self.row, self.batch):
             schema = model.model_json_schema(ref_template=REF_TEMPLATE)
+            if model is self.batch:
+                # the size limit, checked before validation (a 413), is still the document's to state
+                schema["properties"]["rows"]["maxItems"] = self.max_batch_rows
             components.update(schema.pop("$defs", {}))
             components[model.__name__] = schema
             refs.append({"$ref": REF_TEMPLATE.format(model=model.__name__)})

@@ -267,31 +267,15 @@ class PredictionService:
             raise InvalidRequest(_errors(exc)) from None
 
     def _keys(self, columns: Mapping[str, Column]) -> list[str]:
-        """Each row's record key; a key repeated within one batch is refused, as the ETL refuses it
-        within one file (the prediction log is keyed on request id and record key)."""
+        """Each row's record key. A key may repeat within a batch (the OpenAPI document cannot state
+        such a rule, and a client may well price one booking under two scenarios): every row is
+        priced and answered, and the prediction log's store, one row per request and record key,
+        keeps the first of them (:mod:`pricepipe.monitoring` inserts with ON CONFLICT DO NOTHING)."""
         texts = [
             list(map(fmt, plain(columns[name]))) if fmt is not None else list(columns[name])
             for name, fmt in zip(self._key, self._key_text, strict=True)
         ]
-        keys = texts[0] if len(texts) == 1 else list(map(KEY_SEPARATOR.join, zip(*texts, strict=True)))
-        if len(set(keys)) == len(keys):
-            return keys
-        first: dict[str, int] = {}
-        errors = []
-        for index, key in enumerate(keys):
-            if key in first:
-                errors.append(
-                    {
-                        "type": "duplicate_key",
-                        "loc": ("rows", index, self._key[0]),
-                        "field": field_path(("rows", index, self._key[0])),
-                        "msg": f"repeats the key {key!r} of rows[{first[key]}]; a batch prices each key once",
-                        "input": key,
-                    }
-                )
-            else:
-                first[key] = index
-        raise InvalidRequest(errors[:MAX_REPORTED_ERRORS])
+        return texts[0] if len(texts) == 1 else list(map(KEY_SEPARATOR.join, zip(*texts, strict=True)))
 
     # -- /health and /model-info -----------------------------------------------------------------
 
