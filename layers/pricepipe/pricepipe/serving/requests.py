@@ -10,9 +10,9 @@ value. A batch is ``{"rows": [row, ...]}``.
 Types are strict, as the OpenAPI document states them: a JSON boolean is no number (pydantic's lax
 mode would read ``true`` as 1), a number is no string or category, text is no number (lax mode reads
 ``"12"`` as 12), an integer column takes numbers without a fraction (``3`` or ``3.0``, as JSON Schema
-counts integers), and a date or datetime column takes
-text only (lax mode reads a number as a Unix time). A refused value is the same 422 as any other
-type error (``int_type``, ``float_type``, ``string_type``, ``date_type``...).
+counts integers), and a date or datetime column takes text only (lax mode reads a number as a Unix
+time). A refused value is the same 422 as any other type error (``int_type``, ``float_type``,
+``string_type``, ``date_type``...).
 
 These models are the definition of valid input: they produce the OpenAPI schema, validate single rows
 and report every error of a bad batch. Large valid batches take a faster columnar path
