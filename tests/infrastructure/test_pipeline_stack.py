@@ -130,6 +130,8 @@ def test_given_a_catalog_function_then_its_role_has_no_managed_policy_and_logs_o
     log_statements = [s for s in statements_of_role(pipeline_resources, role) if "logs:PutLogEvents" in s["Action"]]
     assert [s["Resource"] for s in log_statements] == [{"Fn::GetAtt": [log_group, "Arn"]}]
     assert pipeline_resources[log_group]["Properties"]["RetentionInDays"] == 90
+    # the group `pipectl logs` reads, on AWS as on the local cloud
+    assert pipeline_resources[log_group]["Properties"]["LogGroupName"] == catalog.log_group_name(spec.name)
 
 
 @pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)
