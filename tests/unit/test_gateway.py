@@ -5,10 +5,12 @@ tests/e2e/test_gateway.py and tests/e2e/test_promotion.py.)"""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import socket
 import threading
+from collections.abc import Iterator
 
 import boto3
 import pytest
@@ -123,6 +125,16 @@ def test_an_integration_that_cannot_be_reached_is_a_502() -> None:
 def _over_http(method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, dict]:  # type: ignore[type-arg]
     """(status, content type, JSON body) of one request to a gateway whose integration is unreachable:
     every answer here is the gateway's own."""
+    with _serving_gateway() as gateway:
+        connection = http.client.HTTPConnection(gateway.host, gateway.port, timeout=10)
+        connection.request(method, path, headers=headers or {})
+        answer = connection.getresponse()
+        return answer.status, answer.getheader("Content-Type", ""), json.loads(answer.read())
+
+
+@contextlib.contextmanager
+def _serving_gateway() -> Iterator[Gateway]:
+    """A gateway listening on a free port, in front of a Lambda endpoint nothing listens on."""
     listener = socket.create_server(("127.0.0.1", 0))
     endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
     listener.close()
@@ -130,10 +142,7 @@ def _over_http(method: str, path: str, headers: dict[str, str] | None = None) ->
     gateway.port = 0
     gateway.start()
     try:
-        connection = http.client.HTTPConnection(gateway.host, gateway.port, timeout=10)
-        connection.request(method, path, headers=headers or {})
-        answer = connection.getresponse()
-        return answer.status, answer.getheader("Content-Type", ""), json.loads(answer.read())
+        yield gateway
     finally:
         gateway.stop()
 
@@ -157,18 +166,10 @@ def test_a_request_without_a_key_on_an_existing_route_is_forbidden() -> None:
 
 
 def test_a_malformed_request_is_answered_in_json() -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    listener.close()
-    gateway = _gateway(endpoint, read_timeout=5)
-    gateway.port = 0
-    gateway.start()
-    try:
-        with socket.create_connection((gateway.host, gateway.port), timeout=10) as raw:
-            many = b"".join(b"x-h%d: v\r\n" % i for i in range(101))  # http.server accepts 100 at most
-            raw.sendall(b"GET / HTTP/1.1\r\n" + many + b"\r\n")
-            head, _, body = raw.recv(65536).partition(b"\r\n\r\n")
-    finally:
-        gateway.stop()
+    with _serving_gateway() as gateway, socket.create_connection((gateway.host, gateway.port), timeout=10) as raw:
+        many = b"".join(b"x-h%d: v\r\n" % i for i in range(101))  # http.server accepts 100 at most
+        raw.sendall(b"GET / HTTP/1.1\r\n" + many + b"\r\n")
+        received = b"".join(iter(lambda: raw.recv(65536), b""))  # the server closes after an error
+    head, _, body = received.partition(b"\r\n\r\n")
     assert head.split(b" ")[1] == b"431" and b"application/json" in head
     assert "message" in json.loads(body)
