@@ -417,10 +417,14 @@ def placeholders(spec: StateMachineSpec) -> set[str]:
 
 def render_definition(spec: StateMachineSpec, values: dict[str, str]) -> str:
     """The ASL with every ``${Name}`` replaced: what CDK's definition_substitutions do at deploy."""
-    text = spec.path.read_text(encoding="utf-8")
-    missing = placeholders(spec) - values.keys()
+    return substitute(spec.path.read_text(encoding="utf-8"), values, where=spec.file)
+
+
+def substitute(text: str, values: dict[str, str], *, where: str) -> str:
+    """``text`` (an ASL definition, e.g. the staged copy a template deploys) with every ``${Name}`` replaced."""
+    missing = set(PLACEHOLDER.findall(text)) - values.keys()
     if missing:
-        raise KeyError(f"{spec.file} needs values for {', '.join(sorted(missing))}")
+        raise KeyError(f"{where} needs values for {', '.join(sorted(missing))}")
     rendered = PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
     json.loads(rendered)  # a bad substitution must fail here, not inside the engine
     return rendered
@@ -475,6 +479,13 @@ def function_environment(
 def camel(key: str) -> str:
     """``etl-load`` -> ``EtlLoad``: how a key appears in construct ids and stack output names."""
     return "".join(part.capitalize() for part in key.split("-"))
+
+
+def log_group_name(function_name: str) -> str:
+    """The CloudWatch Logs group a function writes to: the stacks name each function's own group so,
+    the local cloud writes there and ``pipectl logs`` reads it, on both targets. Lambda's default name,
+    so the console's and the CLI's "view logs" find it too."""
+    return f"/aws/lambda/{function_name}"
 
 
 def function_output(spec: FunctionSpec) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import glob
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -63,6 +64,43 @@ Auto = Literal["auto"]
 # twice would break the 250 MB unzipped limit.
 RUNTIME_PROVIDED = ("boto3", "botocore", "s3transfer")
 PANDAS_LAYER_PROVIDED = ("pandas", "numpy", "pyarrow")
+# That managed layer: its version number in each region for one release (versions.json), and pins of
+# what it ships (requirements.txt), from which its size is measured.
+PANDAS_MANAGED_DIR = ROOT / "layers" / "pandas-managed"
+PANDAS_MANAGED_REQUIREMENTS = PANDAS_MANAGED_DIR / "requirements.txt"
+
+
+@dataclass(frozen=True)
+class ManagedPandasLayer:
+    release: str  # the AWS SDK for pandas release the version numbers belong to
+    layer: str  # e.g. AWSSDKPandas-Python312
+    account: str  # AWS's publishing account
+    versions: Mapping[str, int]  # region -> layer version number
+    source: str
+
+    def version_in(self, region: str) -> int:
+        """The layer's version number in ``region``; an unlisted region is an error naming it."""
+        if region not in self.versions:
+            raise ValueError(
+                f"no AWS SDK for pandas {self.release} layer version for region {region!r} in "
+                f"{PANDAS_MANAGED_DIR.relative_to(ROOT)}/versions.json (listed: {', '.join(sorted(self.versions))}): "
+                f"add it from {self.source}, or pass -c pricepipe:pandasLayerArn=<the layer's ARN>"
+            )
+        return self.versions[region]
+
+
+@functools.cache
+def managed_pandas_layer() -> ManagedPandasLayer:
+    data = json.loads((PANDAS_MANAGED_DIR / "versions.json").read_text(encoding="utf-8"))
+    return ManagedPandasLayer(
+        release=str(data["release"]),
+        layer=str(data["layer"]),
+        account=str(data["account"]),
+        versions={str(region): int(version) for region, version in data["versions"].items()},
+        source=str(data["source"]),
+    )
+
+
 _JUNK_DIRS = frozenset({"__pycache__"})
 _JUNK_SUFFIXES = (".pyc", ".pyo")
 _TEST_DIRS = frozenset({"tests"})
@@ -356,6 +394,37 @@ def files_layer_code(name: str, files: Mapping[str, bytes]) -> lambda_.Code:
 
 
 # -- sizes ---------------------------------------------------------------------------------------------
+
+# What AWS's build of the managed layer leaves out of pyarrow: it compiles Arrow with FLIGHT, GANDIVA,
+# ORC, CUDA and HDFS off and SUBSTRAIT at its default, off (aws-sdk-pandas
+# building/lambda/build-lambda-layer.sh); pyarrow's wheel carries them all.
+_PYARROW_LEFT_OUT = frozenset({"flight", "gandiva", "orc", "cuda", "hdfs", "substrait"})
+
+
+def managed_pandas_layer_bytes(cache_root: Path = BUILD_DIR) -> int:
+    """An upper bound of the managed pandas layer's unzipped size, measured: its pins
+    (:data:`PANDAS_MANAGED_REQUIREMENTS`) installed from wheels, then trimmed as AWS's build trims
+    (every shared object stripped, tests and bytecode dropped, boto3/botocore/s3transfer left to the
+    runtime, the pyarrow parts its Arrow build leaves out removed). The wheels' Arrow still carries
+    more (the S3 filesystem, every codec), so AWS's layer is smaller than this."""
+    built = build_requirements_layer(PANDAS_MANAGED_REQUIREMENTS, RUNTIME_PROVIDED, cache_root, bytecode=None)
+    trimmed = built.with_name(f"{built.name}-aws-trimmed")
+    if not (trimmed / "python").is_dir():
+        strip = shutil.which("strip")
+        if strip is None:
+            raise RuntimeError("measuring the managed pandas layer needs `strip` (binutils) on PATH")
+        staging = Path(tempfile.mkdtemp(prefix=".pandas-trim-", dir=cache_root))
+        try:
+            shutil.copytree(built / "python", staging / "python")
+            for path in (staging / "python" / "pyarrow").iterdir():
+                if path.is_file() and _PYARROW_LEFT_OUT.intersection(re.split(r"[._]", path.name)):
+                    path.unlink()
+            shared = [str(p) for p in (staging / "python").rglob("*.so*") if p.is_file() and not p.is_symlink()]
+            subprocess.run([strip, *shared], capture_output=True, check=False)  # as AWS's build: errors ignored
+            _publish(staging, trimmed)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return unzipped_bytes(trimmed / "python")
 
 
 def unzipped_bytes(root: Path, skip_suffixes: Sequence[str] = ()) -> int:

@@ -24,12 +24,6 @@ DEFAULT_API_THROTTLE_BURST = 100
 DEFAULT_API_QUOTA_PER_DAY = 1_000_000
 # An ETL run whose quarantined rows exceed this share of its input raises an alarm.
 DEFAULT_QUARANTINE_ALARM_PERCENT = 5.0
-# Version of AWS's "AWS SDK for pandas" layer for python3.12 x86_64 (pandas, numpy, pyarrow). Layer
-# version numbers differ between regions: look yours up in
-# https://aws-sdk-pandas.readthedocs.io/en/stable/layers.html and pin it with
-# -c pricepipe:pandasLayerVersion=N, or give the whole ARN with -c pricepipe:pandasLayerArn=...
-DEFAULT_PANDAS_LAYER_VERSION = 31
-PANDAS_LAYER_ACCOUNT = "336392948345"  # AWS's publishing account in the commercial regions
 
 _RETENTION = {
     1: logs.RetentionDays.ONE_DAY,
@@ -57,8 +51,9 @@ class DeployConfig:
     stage: str = "prod"
     contract: str = "hotel_rates"  # a bundled contract name, or s3://bucket/key
     etl_schedule: str = DEFAULT_ETL_SCHEDULE
-    pandas_layer_version: int = DEFAULT_PANDAS_LAYER_VERSION
-    pandas_layer_arn: str | None = None  # overrides the version (other partitions, opt-in regions)
+    # AWS's "AWS SDK for pandas" layer: by region from layers/pandas-managed/versions.json unless
+    # given whole (-c pricepipe:pandasLayerArn=..., for a region or partition the table lacks)
+    pandas_layer_arn: str | None = None
     retain_data: bool = True  # RDS deletion protection + snapshot on delete
     db_multi_az: bool = True
     db_instance_type: str = "t4g.small"
@@ -114,12 +109,10 @@ class DeployConfig:
 
         stage = str(get("stage") or cls.stage)
         disposable = stage == "dev"
-        pandas_version = get("pandasLayerVersion")
         return cls(
             stage=stage,
             contract=str(get("contract") or cls.contract),
             etl_schedule=str(get("etlSchedule") or cls.etl_schedule),
-            pandas_layer_version=int(pandas_version) if pandas_version is not None else cls.pandas_layer_version,
             pandas_layer_arn=get("pandasLayerArn"),
             retain_data=_flag(get("retainData"), default=not disposable),
             db_multi_az=_flag(get("dbMultiAz"), default=not disposable),

@@ -261,7 +261,13 @@ class DataStack(Stack):
 
     def _database(self) -> None:
         config = self.config
-        engine = rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_16)
+        # A full minor version, not the major "16" alone: RDS no longer creates new instances on some
+        # 16.x (16.1-16.8 are deprecated for creation in cfn-lint's data, taken from RDS's
+        # DescribeDBEngineVersions; W3691), and a bare major leaves the version to whatever RDS picks.
+        # 16.13 is creatable per that data and the RDS for PostgreSQL release calendar
+        # (https://docs.aws.amazon.com/AmazonRDS/latest/PostgreSQLReleaseNotes/postgresql-release-calendar.html);
+        # auto_minor_version_upgrade below moves it forward in the maintenance window.
+        engine = rds.DatabaseInstanceEngine.postgres(version=rds.PostgresEngineVersion.VER_16_13)
         self.database_security_group = ec2.SecurityGroup(
             self,
             "Database",

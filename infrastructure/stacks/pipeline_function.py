@@ -18,7 +18,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from infrastructure import nag
+from infrastructure import catalog, nag
 from infrastructure.catalog import LAMBDA_RUNTIME, FunctionSpec
 
 RUNTIMES = {"python3.12": lambda_.Runtime.PYTHON_3_12, "python3.13": lambda_.Runtime.PYTHON_3_13}
@@ -54,7 +54,9 @@ class PipelineFunction(Construct):
     ) -> None:
         super().__init__(scope, construct_id)
         self.spec = spec
-        self.log_group = logs.LogGroup(self, "Logs", retention=log_retention)
+        self.log_group = logs.LogGroup(
+            self, "Logs", log_group_name=catalog.log_group_name(spec.name), retention=log_retention
+        )
         self.role = iam.Role(
             self,
             "Role",

@@ -21,7 +21,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Annotations, ArnFormat, CfnOutput, CustomResource, Duration, RemovalPolicy, Stack
+from aws_cdk import (
+    Annotations,
+    ArnFormat,
+    Aws,
+    CfnMapping,
+    CfnOutput,
+    CustomResource,
+    Duration,
+    RemovalPolicy,
+    Stack,
+    Token,
+)
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as events_targets
 from aws_cdk import aws_iam as iam
@@ -44,7 +55,7 @@ from infrastructure.layers import (
 )
 from infrastructure.stacks import layer_names
 from infrastructure.stacks.batch_jobs import BatchJobs
-from infrastructure.stacks.config import PANDAS_LAYER_ACCOUNT, DeployConfig
+from infrastructure.stacks.config import DeployConfig
 from infrastructure.stacks.data_access import attach_data_access, bucket_arn
 from infrastructure.stacks.data_stack import DataStack
 from infrastructure.stacks.model_layer import ModelLayerSeed
@@ -192,14 +203,32 @@ class PipelineStack(Stack):
                 f"No CPython {layers.PYTHON_VERSION} found (set {layers.BYTECODE_PYTHON_ENV}): the layers ship "
                 "sources only, and every cold start compiles the modules it imports.",
             )
-        pandas_arn = self.config.pandas_layer_arn or self.format_arn(
+        self.pandas_layer = lambda_.LayerVersion.from_layer_version_arn(self, "PandasLayer", self._pandas_layer_arn())
+
+    def _pandas_layer_arn(self) -> str:
+        """AWS's AWS SDK for pandas layer in this stack's region, for the release in
+        layers/pandas-managed/versions.json (AWS numbers its versions per region). A concrete region
+        is looked up at synth (an unlisted one fails synth, naming it); an environment-agnostic stack
+        carries the table as a mapping, and CloudFormation refuses a region that is not in it."""
+        if self.config.pandas_layer_arn:
+            return self.config.pandas_layer_arn
+        managed = layers.managed_pandas_layer()
+        if managed.layer != PANDAS_LAYER_NAME:
+            raise ValueError(
+                f"versions.json lists {managed.layer}, but the functions run {PANDAS_LAYER_NAME}'s runtime"
+            )
+        if Token.is_unresolved(self.region):
+            mapping = {region: {"version": str(version)} for region, version in sorted(managed.versions.items())}
+            version = CfnMapping(self, "PandasLayerVersions", mapping=mapping).find_in_map(Aws.REGION, "version")
+        else:
+            version = str(managed.version_in(self.region))
+        return self.format_arn(
             service="lambda",
-            account=PANDAS_LAYER_ACCOUNT,
+            account=managed.account,
             resource="layer",
-            resource_name=f"{PANDAS_LAYER_NAME}:{self.config.pandas_layer_version}",
+            resource_name=f"{managed.layer}:{version}",
             arn_format=ArnFormat.COLON_RESOURCE_NAME,
         )
-        self.pandas_layer = lambda_.LayerVersion.from_layer_version_arn(self, "PandasLayer", pandas_arn)
 
     def _layer(
         self,

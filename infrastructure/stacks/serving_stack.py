@@ -49,6 +49,7 @@ from infrastructure import catalog, nag
 from infrastructure.layers import requirements_layer_code
 from infrastructure.stacks import layer_names
 from infrastructure.stacks.config import DeployConfig
+from infrastructure.stacks.data_access import attach_data_access
 from infrastructure.stacks.data_stack import DataStack
 from infrastructure.stacks.model_layer import embeddable_model_layer_reference, model_layer_reference
 from infrastructure.stacks.pipeline_function import RUNTIMES, PipelineFunction
@@ -192,6 +193,17 @@ class ServingStack(Stack):
                 removal_policy=RemovalPolicy.RETAIN,
             ),
         )
+        # An S3 contract is read at every cold start (pricepipe.contract): the role must reach that object.
+        contract_access = attach_data_access(
+            self.api_function,
+            self.api_function.role,
+            names=data.bucket_names,
+            grants=spec.s3,
+            contract=self.config.contract,
+            who=spec.name,
+        )
+        if contract_access is not None:
+            self.api_function.function.node.add_dependency(contract_access)
         self.version = self.api_function.function.current_version
         self.alias = lambda_.Alias(self, "Live", alias_name=catalog.LIVE_ALIAS, version=self.version)
 

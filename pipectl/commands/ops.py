@@ -120,7 +120,7 @@ def print_logs(target: Target, function: str, minutes: float, limit: int) -> int
         raise typer.BadParameter(f"no function {function!r}; functions: {', '.join(f.key for f in catalog.FUNCTIONS)}")
     logs = target.client("logs")
     since = int((time.time() - minutes * 60) * 1000)
-    group = f"/aws/lambda/{target.functions.get(spec.key, spec.name).split(':')[-1]}"
+    group = catalog.log_group_name(target.functions.get(spec.key, spec.name).split(":")[-1])
     try:
         events = logs.filter_log_events(logGroupName=group, startTime=since, limit=limit)["events"]
     except logs.exceptions.ResourceNotFoundException:
@@ -198,17 +198,64 @@ def _rds_snapshot(target: Target) -> str:
 # -- serving capacity ------------------------------------------------------------------------------
 
 
-def scale_serving(target: Target, containers: int) -> dict[str, Any]:
-    """Provisioned concurrency on the live alias (0 removes it)."""
+# Allocating provisioned concurrency takes minutes on AWS ("it can take a few minutes", Lambda developer
+# guide, provisioned-concurrency.html); the config's Status goes IN_PROGRESS -> READY, or FAILED with a
+# StatusReason (API_GetProvisionedConcurrencyConfig.html).
+PROVISIONING_TIMEOUT_S = 900.0
+PROVISIONING_POLL_S = 5.0
+
+
+class ProvisioningFailed(RuntimeError):
+    """Provisioned concurrency did not become READY: FAILED (with AWS's reason) or still in progress."""
+
+
+def scale_serving(
+    target: Target,
+    containers: int,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    timeout_s: float = PROVISIONING_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Provisioned concurrency on the live alias (0 removes it), returned once it is READY."""
     lam = target.client("lambda")
     function = target.functions.get(catalog.SERVING_FUNCTION, f"{catalog.PROJECT}-{catalog.SERVING_FUNCTION}")
     if containers == 0:
         lam.delete_provisioned_concurrency_config(FunctionName=function, Qualifier=catalog.LIVE_ALIAS)
         return {"Status": "REMOVED"}
-    answer = lam.put_provisioned_concurrency_config(
+    lam.put_provisioned_concurrency_config(
         FunctionName=function, Qualifier=catalog.LIVE_ALIAS, ProvisionedConcurrentExecutions=containers
     )
-    return {k: v for k, v in answer.items() if k != "ResponseMetadata"}
+    return wait_until_provisioned(lam, function, clock=clock, sleep=sleep, timeout_s=timeout_s)
+
+
+def wait_until_provisioned(
+    lam: Any,
+    function: str,
+    *,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+    timeout_s: float,
+    poll_s: float = PROVISIONING_POLL_S,
+) -> dict[str, Any]:
+    """Poll the live alias's provisioned-concurrency config until READY; raise on FAILED or timeout."""
+    deadline = clock() + timeout_s
+    while True:
+        answer = lam.get_provisioned_concurrency_config(FunctionName=function, Qualifier=catalog.LIVE_ALIAS)
+        config = {k: v for k, v in answer.items() if k != "ResponseMetadata"}
+        status = config.get("Status")
+        where = f"provisioned concurrency on {function}:{catalog.LIVE_ALIAS}"
+        if status == "READY":
+            return config
+        if status == "FAILED":
+            raise ProvisioningFailed(f"{where} FAILED: {config.get('StatusReason') or 'no reason given'}")
+        if clock() + poll_s > deadline:
+            raise ProvisioningFailed(
+                f"{where} is still {status} after {timeout_s:g} s "
+                f"({config.get('AllocatedProvisionedConcurrentExecutions', 0)} of "
+                f"{config.get('RequestedProvisionedConcurrentExecutions')} allocated); it may still become ready"
+            )
+        sleep(poll_s)
 
 
 def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
@@ -260,4 +307,8 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         """Provisioned concurrency for the API's live alias."""
         if containers < 0:
             raise typer.BadParameter("containers must be 0 or more")
-        console.print(scale_serving(resolve_target(target_kind), containers))
+        try:
+            console.print(scale_serving(resolve_target(target_kind), containers))
+        except ProvisioningFailed as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc

@@ -216,12 +216,27 @@ def _configure_moto(cloud: LocalCloud) -> None:  # noqa: C901, PLR0915 - each mo
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
-_provisioned: dict[tuple[str, str], dict[str, Any]] = {}  # (function, qualifier) -> config
+_provisioned: dict[tuple[str, str], dict[str, Any]] = {}  # (function, qualifier) -> config (READY)
+# Polls of a config that still answer IN_PROGRESS: AWS allocates in the background (minutes), so a
+# caller must wait for READY; the local cloud makes it wait one poll, so tests prove the wait.
+_pending_polls: dict[tuple[str, str], int] = {}
+IN_PROGRESS_POLLS = 1
+
+
+def _in_progress(config: dict[str, Any]) -> dict[str, Any]:
+    """A config as AWS shows it while allocating: requested, nothing available yet."""
+    return {
+        **config,
+        "AvailableProvisionedConcurrentExecutions": 0,
+        "AllocatedProvisionedConcurrentExecutions": 0,
+        "Status": "IN_PROGRESS",
+    }
 
 
 def _route_provisioned_concurrency() -> None:
     """moto has no provisioned-concurrency API: answer Put/Get/Delete ProvisionedConcurrencyConfig
-    and keep that many containers of each version the qualifier routes to initialised."""
+    and keep that many containers of each version the qualifier routes to initialised. A new config
+    is IN_PROGRESS for the PUT's answer and :data:`IN_PROGRESS_POLLS` GETs, then READY."""
     import datetime as dt
 
     from moto.awslambda import urls
@@ -245,9 +260,13 @@ def _route_provisioned_concurrency() -> None:
                     {**json_headers, "x-amzn-errortype": "ProvisionedConcurrencyConfigNotFoundException"},
                     json.dumps(error),
                 )
+            if _pending_polls.get(key, 0) > 0:
+                _pending_polls[key] -= 1
+                return 200, json_headers, json.dumps(_in_progress(_provisioned[key]))
             return 200, json_headers, json.dumps(_provisioned[key])
         if request.method == "DELETE":
             _provisioned.pop(key, None)
+            _pending_polls.pop(key, None)
             return 204, json_headers, ""
         active = _active
         if active is None:
@@ -269,7 +288,8 @@ def _route_provisioned_concurrency() -> None:
             "Status": "READY",
             "LastModified": dt.datetime.now(dt.UTC).isoformat(),
         }
-        return 202, json_headers, json.dumps(_provisioned[key])
+        _pending_polls[key] = IN_PROGRESS_POLLS
+        return 202, json_headers, json.dumps(_in_progress(_provisioned[key]))
 
     urls.url_paths[pattern] = handle
 

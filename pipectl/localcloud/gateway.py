@@ -2,6 +2,8 @@
 
 What it does as a REST API with a Lambda proxy integration, an API key and a usage plan would:
 
+- answers a method or path the serving stack's API does not have (TRACE, POST /docs, ...) with 403
+  ``Missing Authentication Token`` in JSON, as a REST API does, before looking at the key;
 - requires the ``x-api-key`` header to hold an enabled API key of the cloud (403 ``Forbidden``), except
   for ``GET /docs`` and ``GET /openapi.json`` (and Swagger UI's OAuth redirect), so the docs page
   opens in a browser; the serving stack leaves the same methods open;
@@ -38,6 +40,15 @@ if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
 
 PUBLIC_ROUTES = {("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/docs/oauth2-redirect")}
+# The serving stack's methods: ANY on / and on /{proxy+}, and GET alone on each public doc path (an
+# explicit resource is matched before the greedy proxy). ANY stands for these seven methods (API
+# Gateway developer guide, "Set up a method": ANY is DELETE, GET, HEAD, OPTIONS, PATCH, POST or PUT).
+ANY_METHODS = frozenset({"DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"})
+_PUBLIC_PATHS = {path for _, path in PUBLIC_ROUTES}
+# What a REST API answers for a method or resource it does not have, whatever the API key: 403
+# {"message": "Missing Authentication Token"} (gateway response MISSING_AUTHENTICATION_TOKEN;
+# https://repost.aws/knowledge-center/api-gateway-authentication-token-errors).
+MISSING_ROUTE = "Missing Authentication Token"
 INTEGRATION_TIMEOUT_S = 29.0  # API Gateway's default integration timeout
 STAGE = "local"
 
@@ -181,17 +192,29 @@ class Gateway:
                 self._buckets[key] = TokenBucket(self.rate, self.burst, self.clock)
             return self._buckets[key]
 
+    def _refusal(
+        self, method: str, path: str, api_key: str | None, request_id: str, fields: dict[str, Any]
+    ) -> Answer | None:
+        """The gateway's own answer before any integration, in API Gateway's order: no such method,
+        no valid API key, throttled; None to go on."""
+        if not has_method(method, path):
+            return _message(403, MISSING_ROUTE, request_id, {**fields, "error": "no such method or resource"})
+        public = (method, path) in PUBLIC_ROUTES
+        if not public and (not api_key or api_key not in self.api_keys()):
+            return _message(403, "Forbidden", request_id, {**fields, "error": "missing or unknown API key"})
+        if not self._bucket(api_key or "anonymous").take():
+            return _message(429, "Too Many Requests", request_id, {**fields, "error": "throttled"})
+        return None
+
     def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, source_ip: str) -> Answer:
         """The answer to one request, with its access log fields."""
         request_id = str(uuid.uuid4())
         path = urlsplit(target).path or "/"
         api_key = next((v for k, v in headers if k.lower() == "x-api-key"), None)
-        public = (method, path) in PUBLIC_ROUTES
         fields: dict[str, Any] = {"requestId": request_id, "ip": source_ip, "httpMethod": method, "path": path}
-        if not public and (not api_key or api_key not in self.api_keys()):
-            return _message(403, "Forbidden", request_id, {**fields, "error": "missing or unknown API key"})
-        if not self._bucket(api_key or "anonymous").take():
-            return _message(429, "Too Many Requests", request_id, {**fields, "error": "throttled"})
+        refused = self._refusal(method, path, api_key, request_id, fields)
+        if refused is not None:
+            return refused
         event = proxy_event(method, target, headers, body, source_ip=source_ip, api_key=api_key, request_id=request_id)
         began = time.perf_counter()
         try:
@@ -226,6 +249,11 @@ class Gateway:
         return Answer(status, out_headers, content, fields)
 
 
+def has_method(method: str, path: str) -> bool:
+    """Whether the serving stack's API has ``method`` on ``path`` (see :data:`ANY_METHODS`)."""
+    return method == "GET" if path in _PUBLIC_PATHS else method in ANY_METHODS
+
+
 @dataclass
 class Answer:
     status: int
@@ -238,7 +266,8 @@ def _message(status: int, message: str, request_id: str, log: dict[str, Any]) ->
     """An answer of the gateway's own, in API Gateway's shape: ``{"message": ...}``."""
     headers = [("Content-Type", "application/json"), ("x-amzn-RequestId", request_id)]
     if status == 403:
-        headers.append(("x-amzn-ErrorType", "ForbiddenException"))
+        kind = "MissingAuthenticationTokenException" if message == MISSING_ROUTE else "ForbiddenException"
+        headers.append(("x-amzn-ErrorType", kind))
     return Answer(status, headers, json.dumps({"message": message}).encode(), log)
 
 
@@ -246,6 +275,9 @@ def _handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "pricepipe-local-gateway"
+        # The server's own errors (a malformed request line, say) in API Gateway's shape, not HTML.
+        error_content_type = "application/json"
+        error_message_format = '{"message": "%(message)s"}'
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
@@ -271,7 +303,12 @@ def _handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
                 }
                 gateway.access_log(json.dumps(fields))
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+        def __getattr__(self, name: str) -> Any:
+            """Every method reaches :meth:`Gateway.handle` (TRACE, CONNECT, made-up ones: its 403), never
+            http.server's HTML 501 page."""
+            if name.startswith("do_"):
+                return self._serve
+            raise AttributeError(name)
 
         def log_message(self, format: str, *args: Any) -> None:
             """Silenced: the access log above is the gateway's log."""

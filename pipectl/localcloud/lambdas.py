@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from infrastructure import catalog
+
 WORKER_MODULE = "pipectl.localcloud.lambda_worker"
 _SCRUBBED_PREFIXES = ("PRICEPIPE_", "AWS_", "POWERTOOLS_", "MOTO_", "DATABASE_URL", "MLFLOW_")
 
@@ -243,7 +245,7 @@ class LambdaRuntime:
                 "AWS_LAMBDA_FUNCTION_NAME": fn.function_name,
                 "AWS_LAMBDA_FUNCTION_VERSION": str(fn.version),
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(fn.memory_size),
-                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.function_name}",
+                "AWS_LAMBDA_LOG_GROUP_NAME": catalog.log_group_name(fn.function_name),
                 "AWS_LAMBDA_LOG_STREAM_NAME": f"local/{fn.version}/{uuid.uuid4().hex[:8]}",
                 "AWS_EXECUTION_ENV": f"AWS_Lambda_{fn.run_time or 'python3.12'}",
                 "_LOCAL_LAMBDA_ARN": fn.function_arn,
@@ -270,7 +272,7 @@ class LambdaRuntime:
     def _output(self, function_name: str, stream: str, lines: list[str]) -> None:
         self._log(function_name).write(("\n".join(lines) + "\n").encode())
         if self.cloudwatch is not None:
-            self.cloudwatch(f"/aws/lambda/{function_name}", stream, lines)
+            self.cloudwatch(catalog.log_group_name(function_name), stream, lines)
 
     def _log(self, function_name: str) -> IO[bytes]:
         with self._lock:

@@ -165,7 +165,7 @@ def _serving(cloud: LocalCloud, resources: Resources, api_key: str | None) -> st
     api = catalog.function(catalog.SERVING_FUNCTION)
     first = lam.publish_version(FunctionName=api.name, Description="no model deployed yet")["Version"]
     lam.create_alias(FunctionName=api.name, Name=catalog.LIVE_ALIAS, FunctionVersion=first)
-    group = f"/aws/lambda/{api.name}"
+    group = catalog.log_group_name(api.name)
     logs.create_log_group(logGroupName=group)
     logs.put_subscription_filter(
         logGroupName=group,

@@ -71,9 +71,14 @@ def test_restoring_a_missing_file_is_refused(target: Target, tmp_path: Path) -> 
         ops.restore_database(target, tmp_path / "nope.dump")
 
 
-def test_scale_serving_sets_provisioned_concurrency_on_live_and_zero_removes_it(target: Target) -> None:
-    answer = ops.scale_serving(target, 2)
+def test_scale_serving_waits_until_provisioned_concurrency_on_live_is_ready_and_zero_removes_it(
+    target: Target,
+) -> None:
+    slept: list[float] = []
+    # the local cloud answers IN_PROGRESS first, as AWS does while it allocates
+    answer = ops.scale_serving(target, 2, sleep=slept.append)
     assert answer["Status"] == "READY" and answer["AllocatedProvisionedConcurrentExecutions"] == 2
+    assert slept == [ops.PROVISIONING_POLL_S], "it polled again after IN_PROGRESS instead of returning"
     lam = target.client("lambda")
     config = lam.get_provisioned_concurrency_config(FunctionName="pricepipe-api", Qualifier="live")
     assert config["RequestedProvisionedConcurrentExecutions"] == 2

@@ -26,10 +26,15 @@ Resources = dict[str, dict[str, Any]]
 MB = 2**20
 LAMBDA_LIMIT_MB = 250  # code + layers, unzipped, for every function
 SERVING_BUDGET_MB = 100  # DESIGN §5: the serving function's code + layers
-# Not measurable here (AWS publishes it): the AWS SDK for pandas layer for python3.12 x86_64. Its
-# maintainers reported 154 MiB for Python 3.9; this leaves room for growth. Check a new pin with
-# `aws lambda get-layer-version-by-arn` (CodeSize is zipped) and the unzipped download.
-PANDAS_LAYER_MB = 170
+
+
+# The AWS SDK for pandas layer counts as measured from a build of its pins, trimmed as AWS trims it:
+# an upper bound of AWS's layer (layers.managed_pandas_layer_bytes).
+@functools.cache
+def pandas_layer_mb() -> float:
+    return layers.managed_pandas_layer_bytes() / MB
+
+
 # A model layer version holds the lean artifact (~0.1 MB for the demo model; pricepipe.settings
 # max_tree_levels bounds it) and its metadata: what the no-model layer is replaced by.
 MODEL_LAYER_ALLOWANCE_MB = 5
@@ -52,7 +57,7 @@ class Deployed:
         own = _unzipped_bytes(self.code) + sum(_unzipped_bytes(p) for p in self.layers)
         return (
             own / MB
-            + (PANDAS_LAYER_MB if self.managed_pandas else 0)
+            + (pandas_layer_mb() if self.managed_pandas else 0)
             + (MODEL_LAYER_ALLOWANCE_MB if self.model_from_parameter else 0)
         )
 
@@ -109,7 +114,7 @@ def test_given_a_function_then_its_code_and_layers_unzipped_fit_lambdas_250_mb(
     function = deployed[spec.key]
     size = function.size_mb()
     assert size <= LAMBDA_LIMIT_MB, (
-        f"{spec.name}: {size:.1f} MB (managed pandas layer counted as {PANDAS_LAYER_MB} MB)"
+        f"{spec.name}: {size:.1f} MB (managed pandas layer counted as {pandas_layer_mb():.1f} MB)"
         if function.managed_pandas
         else f"{spec.name}: {size:.1f} MB"
     )

@@ -12,7 +12,7 @@ from aws_cdk.assertions import Capture, Match, Template
 
 from infrastructure import catalog
 from infrastructure.catalog import Grant
-from infrastructure.stacks.config import DEFAULT_DRIFT_SCHEDULE, DEFAULT_ETL_SCHEDULE, DEFAULT_PANDAS_LAYER_VERSION
+from infrastructure.stacks.config import DEFAULT_DRIFT_SCHEDULE, DEFAULT_ETL_SCHEDULE
 from infrastructure.stacks.data_access import s3_statements
 from infrastructure.stacks.data_stack import BucketNames
 from infrastructure.stacks.pipeline_stack import distributed_map_labels, migrations_fingerprint, task_resources
@@ -104,7 +104,9 @@ def test_given_a_pipeline_function_then_its_layers_are_numpy_dependencies_mlflow
     if spec.needs_data_layer:
         # later layers win where paths collide: the managed layer first, so our pinned packages win
         assert len(managed) == 1
-        assert f":336392948345:layer:AWSSDKPandas-Python312:{DEFAULT_PANDAS_LAYER_VERSION}" in managed[0]
+        # the version of the region deployed to, from the table's mapping (AWS numbers it per region)
+        assert ':336392948345:layer:AWSSDKPandas-Python312:"' in managed[0]
+        assert '{"Fn::FindInMap": ["PandasLayerVersions", {"Ref": "AWS::Region"}, "version"]}' in managed[0]
         assert json.dumps(layers[0]) == managed[0]
         assert own == expected
     else:
@@ -130,6 +132,8 @@ def test_given_a_catalog_function_then_its_role_has_no_managed_policy_and_logs_o
     log_statements = [s for s in statements_of_role(pipeline_resources, role) if "logs:PutLogEvents" in s["Action"]]
     assert [s["Resource"] for s in log_statements] == [{"Fn::GetAtt": [log_group, "Arn"]}]
     assert pipeline_resources[log_group]["Properties"]["RetentionInDays"] == 90
+    # the group `pipectl logs` reads, on AWS as on the local cloud
+    assert pipeline_resources[log_group]["Properties"]["LogGroupName"] == catalog.log_group_name(spec.name)
 
 
 @pytest.mark.parametrize("spec", catalog.FUNCTIONS, ids=lambda s: s.key)

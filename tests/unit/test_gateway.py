@@ -5,10 +5,15 @@ tests/e2e/test_gateway.py and tests/e2e/test_promotion.py.)"""
 from __future__ import annotations
 
 import base64
+import contextlib
+import http.client
+import json
 import socket
 import threading
+from collections.abc import Iterator
 
 import boto3
+import pytest
 from botocore.config import Config
 from mangum.handlers.api_gateway import APIGateway
 
@@ -115,3 +120,56 @@ def test_an_integration_that_cannot_be_reached_is_a_502() -> None:
     listener.close()  # nothing listens there now: the connection is refused
     answer = _gateway(endpoint, read_timeout=5).handle("GET", "/health", [("x-api-key", "k")], b"", "127.0.0.1")
     assert answer.status == 502 and b"Internal server error" in answer.body
+
+
+def _over_http(method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, dict]:  # type: ignore[type-arg]
+    """(status, content type, JSON body) of one request to a gateway whose integration is unreachable:
+    every answer here is the gateway's own."""
+    with _serving_gateway() as gateway:
+        connection = http.client.HTTPConnection(gateway.host, gateway.port, timeout=10)
+        connection.request(method, path, headers=headers or {})
+        answer = connection.getresponse()
+        return answer.status, answer.getheader("Content-Type", ""), json.loads(answer.read())
+
+
+@contextlib.contextmanager
+def _serving_gateway() -> Iterator[Gateway]:
+    """A gateway listening on a free port, in front of a Lambda endpoint nothing listens on."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    endpoint = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    listener.close()
+    gateway = _gateway(endpoint, read_timeout=5)
+    gateway.port = 0
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "BREW"])
+def test_a_method_the_api_does_not_have_is_api_gateways_json_403_not_an_html_501(method: str) -> None:
+    assert _over_http(method, "/predict", {"x-api-key": "k"}) == (
+        403,
+        "application/json",
+        {"message": "Missing Authentication Token"},
+    )
+
+
+def test_a_method_a_doc_path_does_not_have_is_a_missing_route_even_with_a_key() -> None:
+    # /docs is its own resource with GET only: POST does not fall through to /{proxy+}
+    assert _over_http("POST", "/docs", {"x-api-key": "k"})[::2] == (403, {"message": "Missing Authentication Token"})
+
+
+def test_a_request_without_a_key_on_an_existing_route_is_forbidden() -> None:
+    assert _over_http("POST", "/predict")[::2] == (403, {"message": "Forbidden"})
+
+
+def test_a_malformed_request_is_answered_in_json() -> None:
+    with _serving_gateway() as gateway, socket.create_connection((gateway.host, gateway.port), timeout=10) as raw:
+        many = b"".join(b"x-h%d: v\r\n" % i for i in range(101))  # http.server accepts 100 at most
+        raw.sendall(b"GET / HTTP/1.1\r\n" + many + b"\r\n")
+        received = b"".join(iter(lambda: raw.recv(65536), b""))  # the server closes after an error
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"431" and b"application/json" in head
+    assert "message" in json.loads(body)
