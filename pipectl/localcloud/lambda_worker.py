@@ -16,6 +16,8 @@ import traceback
 import uuid
 from typing import Any
 
+END_MARKER = "END RequestId: "  # as Lambda's runtime writes it after each invocation
+
 
 class Context:
     """The attributes of the Lambda context object that handlers and Powertools read."""
@@ -69,8 +71,10 @@ def main() -> None:
             text = json.dumps(answer, default=str)
         except Exception as exc:  # noqa: BLE001 - an unhandled error is the invocation's result
             text = json.dumps({"error": _error(exc)})
-        sys.stdout.flush()
         sys.stderr.flush()
+        # Lambda's runtime ends each invocation's log with this line; the local runtime waits for it
+        # to be shipped before answering, so an invocation's output is in CloudWatch when it returns
+        print(f"{END_MARKER}{context.aws_request_id}", flush=True)
         answers.write(text + "\n")
 
 

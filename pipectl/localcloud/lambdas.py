@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from infrastructure import catalog
+from pipectl.localcloud.lambda_worker import END_MARKER
 
 WORKER_MODULE = "pipectl.localcloud.lambda_worker"
+OUTPUT_GRACE_S = 5.0  # longest wait for an invocation's output after its answer (a worker that died sends none)
 _SCRUBBED_PREFIXES = ("PRICEPIPE_", "AWS_", "POWERTOOLS_", "MOTO_", "DATABASE_URL", "MLFLOW_")
 
 
@@ -65,7 +67,9 @@ class Container:
         )
         os.close(write_fd)
         self._answers = os.fdopen(read_fd, "r")
-        threading.Thread(target=_ship_output, args=(self.process, on_output), daemon=True).start()
+        self._shipped = threading.Condition()
+        self._ended: set[str] = set()  # request ids whose END line has been shipped
+        threading.Thread(target=_ship_output, args=(self.process, on_output, self._end), daemon=True).start()
         self._read(timeout=max(60.0, timeout_s))  # "ready": the init phase ran
 
     def invoke(self, event: Any, request_id: str) -> Any:
@@ -73,6 +77,9 @@ class Container:
         self.process.stdin.write(json.dumps({"event": event, "request_id": request_id}) + "\n")
         self.process.stdin.flush()
         answer = self._read(timeout=self.timeout_s)
+        with self._shipped:  # the invocation's output reaches the logs before its answer returns
+            self._shipped.wait_for(lambda: request_id in self._ended or not self.alive, timeout=OUTPUT_GRACE_S)
+            self._ended.discard(request_id)
         if "error" in answer:
             raise InvocationError(answer["error"])
         return answer["result"]
@@ -91,6 +98,11 @@ class Container:
                 {"errorType": "Runtime.ExitError", "errorMessage": f"Runtime exited with error: exit status {code}"}
             )
         return dict(json.loads(line))
+
+    def _end(self, request_id: str) -> None:
+        with self._shipped:
+            self._ended.add(request_id)
+            self._shipped.notify_all()
 
     @property
     def alive(self) -> bool:
@@ -299,8 +311,11 @@ class LambdaRuntime:
         self._logs.clear()
 
 
-def _ship_output(process: subprocess.Popen[str], on_output: Callable[[list[str]], None]) -> None:
-    """Forward a worker's output lines in small batches (Lambda's log agent does the same).
+def _ship_output(
+    process: subprocess.Popen[str], on_output: Callable[[list[str]], None], on_end: Callable[[str], None]
+) -> None:
+    """Forward a worker's output lines in small batches (Lambda's log agent does the same); an
+    invocation's END line ships its batch at once and is reported to ``on_end``.
 
     Reads the pipe's raw bytes: ``select`` sees only the pipe, so lines a text reader had already
     buffered would wait there, unshipped, until the worker printed again.
@@ -317,11 +332,16 @@ def _ship_output(process: subprocess.Popen[str], on_output: Callable[[list[str]]
                 break
             *lines, pending = (pending + chunk).split(b"\n")
             batch.extend(line.decode("utf-8", "replace") for line in lines)
-            if len(batch) < 200:
+            ended = [line.removeprefix(END_MARKER) for line in batch if line.startswith(END_MARKER)]
+            if len(batch) < 200 and not ended:
                 continue
+        else:
+            ended = []
         if batch:
             on_output(batch)
             batch = []
+        for request_id in ended:
+            on_end(request_id)
     if pending:
         batch.append(pending.decode("utf-8", "replace"))
     if batch:
