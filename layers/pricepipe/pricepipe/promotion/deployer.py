@@ -225,12 +225,17 @@ def reusable_version(
     from older function code is not reused for a promotion, since promoting must not roll code back.
     """
     found = find_version(lam, function, model_name, version, layer_name)
-    if found is None:
-        return None
-    same_code = found.get("CodeSha256") == latest.get("CodeSha256")
-    others = [arn for arn in _layer_arns(latest) if layer_name_of(arn) != layer_name]
-    same_layers = [arn for arn in _layer_arns(found) if layer_name_of(arn) != layer_name] == others
-    return found if same_code and same_layers else None
+    return found if found is not None and same_build(found, latest, layer_name) else None
+
+
+def same_build(configuration: dict[str, Any], latest: dict[str, Any], layer_name: str) -> bool:
+    """Whether a version has the code and the layers other than the model's that ``latest`` ($LATEST) has:
+    what a ``cdk deploy`` changes, so False means a deploy since that version was published."""
+
+    def others(of: dict[str, Any]) -> list[str]:
+        return [arn for arn in _layer_arns(of) if layer_name_of(arn) != layer_name]
+
+    return configuration.get("CodeSha256") == latest.get("CodeSha256") and others(configuration) == others(latest)
 
 
 def deploy_model(
@@ -242,7 +247,9 @@ def deploy_model(
     artifact_uri: str,
     metadata: dict[str, Any],
 ) -> ModelDeployment:
-    """A function version serving this model: an existing one with today's code, else a new layer and version."""
+    """A function version serving this model: an existing one with today's code and layers, else a new
+    version of $LATEST carrying the model's layer (published once per model: the layer an earlier version
+    of that model carries is attached again)."""
     model_name, version = str(metadata["model_name"]), str(metadata["model_version"])
     latest: dict[str, Any] = dict(lam.get_function_configuration(FunctionName=function))
     existing = reusable_version(lam, function, model_name, version, layer_name, latest)
@@ -250,17 +257,22 @@ def deploy_model(
         layer_arn = model_layer_of(existing, layer_name)
         assert layer_arn is not None  # reusable_version only finds versions carrying a model layer
         return {**_published_version(existing, layer_arn), "reused": True}
-    layer = publish_model_layer(
-        lam, s3, layer_name=layer_name, artifact_uri=artifact_uri, metadata=metadata, runtime=latest.get("Runtime")
-    )
+    # new code for a model served before (a code rollout, or a promotion after a deploy): its layer again
+    earlier = find_version(lam, function, model_name, version, layer_name)
+    layer_arn = model_layer_of(earlier, layer_name) if earlier is not None else None
+    layer_version = None
+    if layer_arn is None:
+        layer = publish_model_layer(
+            lam, s3, layer_name=layer_name, artifact_uri=artifact_uri, metadata=metadata, runtime=latest.get("Runtime")
+        )
+        layer_arn, layer_version = str(layer["layer_arn"]), int(layer["layer_version"])
     published = publish_function_version(
-        lam,
-        function=function,
-        layer_name=layer_name,
-        layer_arn=layer["layer_arn"],
-        description=describe(model_name, version),
+        lam, function=function, layer_name=layer_name, layer_arn=layer_arn, description=describe(model_name, version)
     )
-    return {**published, "layer_version": int(layer["layer_version"]), "reused": False}
+    deployed: ModelDeployment = {**published, "reused": False}
+    if layer_version is not None:
+        deployed["layer_version"] = layer_version
+    return deployed
 
 
 def version_configuration(lam: LambdaClient, function: str, version: str) -> dict[str, Any]:
