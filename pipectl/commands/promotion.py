@@ -231,8 +231,14 @@ def follow_promotion(target: Target, arn: str, on_bake: Traffic | None = None) -
             on_bake.stop()
     output = execution.output if isinstance(execution.output, dict) else {}
     plan = output.get("plan") or {}
+    try:
+        rows = [r for r in _command(target, {"command": "history", "limit": 50}) if r.get("execution_arn") == arn]
+    except CommandFailed as exc:
+        console.print(f"[red]could not read the deployment history: {exc}[/red]")
+        rows = []
     if execution.status == "RUNNING":
-        version = _execution_input(target, arn).get("model_version")
+        # a code rollout's request names no version: its history rows do (the champion's)
+        version = _execution_input(target, arn).get("model_version") or next((r["version"] for r in rows), None)
         console.print(
             f"promotion waits for approval: [bold]pipectl approve {version}[/bold] or"
             f" [bold]pipectl reject {version} --reason ...[/bold]"
@@ -250,11 +256,6 @@ def follow_promotion(target: Target, arn: str, on_bake: Traffic | None = None) -
                 "a canary is judged on live traffic: send some while it bakes (`pipectl predict` in a loop),"
                 " or promote with --strategy blue-green"
             )
-    try:
-        rows = [r for r in _command(target, {"command": "history", "limit": 50}) if r.get("execution_arn") == arn]
-    except CommandFailed as exc:
-        console.print(f"[red]could not read the deployment history: {exc}[/red]")
-        rows = []
     if rows:
         _print_deployments(list(reversed(rows)), "what this promotion changed")
     return execution

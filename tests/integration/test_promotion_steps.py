@@ -184,6 +184,13 @@ def test_a_version_published_before_a_code_deploy_is_no_longer_the_functions_bui
     assert not deployer.same_build(published, deployed, MODEL_LAYER)
 
 
+def test_a_version_published_before_a_configuration_deploy_is_no_longer_the_functions_build(lam: Any) -> None:
+    published = deployer.version_configuration(lam, FUNCTION, serving_version(lam, MODEL, "2"))
+    lam.update_function_configuration(FunctionName=FUNCTION, Environment={"Variables": {"PRICEPIPE_STAGE": "prod"}})
+    deployed = dict(lam.get_function_configuration(FunctionName=FUNCTION))
+    assert not deployer.same_build(published, deployed, MODEL_LAYER)
+
+
 def test_new_code_for_a_model_served_before_carries_that_models_layer_again(lam: Any) -> None:
     first = deployer.version_configuration(lam, FUNCTION, serving_version(lam, MODEL, "2"))
     layer = deployer.model_layer_of(first, MODEL_LAYER)

@@ -182,7 +182,9 @@ def publish_function_version(
     """Put ``layer_arn`` on $LATEST in place of any model layer, then publish a version of exactly that.
 
     The revision ids make both calls conditional: if someone else changes $LATEST in between (a
-    ``cdk deploy``, another promotion), Lambda refuses instead of publishing a mix of the two.
+    ``cdk deploy``, another promotion), Lambda refuses instead of publishing a mix of the two (AWS
+    Lambda API Reference, UpdateFunctionConfiguration and PublishVersion: ``RevisionId`` "only update
+    the function if the revision ID matches"; a mismatch is PreconditionFailedException).
     """
     current = dict(lam.get_function_configuration(FunctionName=function))
     if current.get("LastUpdateStatus") == "InProgress":
@@ -228,14 +230,20 @@ def reusable_version(
     return found if found is not None and same_build(found, latest, layer_name) else None
 
 
+# What a version freezes of $LATEST besides its layers (GetFunctionConfiguration's fields), and a
+# ``cdk deploy`` may change: the code, and the configuration the function runs with.
+BUILD_FIELDS = ("CodeSha256", "Handler", "Runtime", "MemorySize", "Timeout", "Environment")
+
+
 def same_build(configuration: dict[str, Any], latest: dict[str, Any], layer_name: str) -> bool:
-    """Whether a version has the code and the layers other than the model's that ``latest`` ($LATEST) has:
-    what a ``cdk deploy`` changes, so False means a deploy since that version was published."""
+    """Whether a version has the code, configuration and layers other than the model's that ``latest``
+    ($LATEST) has: what a ``cdk deploy`` changes, so False means a deploy since it was published."""
 
-    def others(of: dict[str, Any]) -> list[str]:
-        return [arn for arn in _layer_arns(of) if layer_name_of(arn) != layer_name]
+    def build(of: dict[str, Any]) -> tuple[Any, ...]:
+        others = [arn for arn in _layer_arns(of) if layer_name_of(arn) != layer_name]
+        return (*(of.get(name) for name in BUILD_FIELDS), others)
 
-    return configuration.get("CodeSha256") == latest.get("CodeSha256") and others(configuration) == others(latest)
+    return build(configuration) == build(latest)
 
 
 def deploy_model(
