@@ -4,6 +4,7 @@
 step reads the plan it returns. The run's ``model_registry.promotions`` row is the lock that keeps two
 promotions from moving the alias at once: :func:`running` finds the holders, :func:`finish` releases
 one, and :func:`clear_stale` releases those whose execution ended without reaching an end state.
+A code rollout (``kind: code``) takes the same lock, so it never runs beside a promotion.
 """
 
 from __future__ import annotations
