@@ -438,6 +438,15 @@ def test_a_code_deploy_reaches_live_traffic_by_a_canary_with_the_champions_model
         assert served_model(target, target_version) == versions["good_again"]
         actions = [(r["action"], r["execution_arn"]) for r in deployments(target) if r["action"] == "promoted"]
         assert actions[-2:] == [("promoted", rollout.arn), ("promoted", promoted.arn)]
+
+        # WHEN the code is deployed again (back to the API's own) and rolled out blue-green
+        assert redeploy(lam) == [catalog.SERVING_FUNCTION]
+        back = flows.run(target, "promotion", {"kind": "code", "strategy": "blue-green", "reason": "test"})
+        # THEN the new champion serves on it: a deploy after any promotion, and a promotion after any deploy
+        assert back.status == "SUCCEEDED", back.cause
+        serving = deployer.version_configuration(lam, API, alias(target)["function_version"])
+        assert serving["CodeSha256"] == old_code and served_model(target, serving["Version"]) == versions["good_again"]
+        assert build_header(gateway, deployed.api_key) is None
     finally:
         redeploy(lam)  # the module's other tests run the API's own code
 
