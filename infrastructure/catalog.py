@@ -85,9 +85,13 @@ class StateMachineSpec:
 
 # -- serving ---------------------------------------------------------------------------------------
 SERVING_FUNCTION = "api"  # the catalog key of the function behind API Gateway
-LIVE_ALIAS = "live"  # API Gateway invokes this alias; canary and blue-green move its weights
+LIVE_ALIAS = "live"  # API Gateway invokes this alias; only the promotion flow moves it (serving_stack.py)
+# The description of the version the alias starts on, published with the function: not of
+# pricepipe.promotion.deployer's "model <name>@<version>" form, so it reads as a version serving no model.
+BOOTSTRAP_VERSION_DESCRIPTION = f"{PROJECT}: no model deployed yet (bootstrap version, published with the function)"
 MODEL_LAYER = f"{PROJECT}-model"  # layer versions carrying a lean model (pricepipe.serving.model_layer)
-MODEL_LAYER_PARAMETER = f"/{PROJECT}/serving/model-layer-arn"  # SSM: the champion's model layer, for cdk deploy
+# SSM: the champion's model layer, as the promotion flow last recorded it (no template reads it)
+MODEL_LAYER_PARAMETER = f"/{PROJECT}/serving/model-layer-arn"
 PREDICTION_LOG_MARKER = "prediction_log"  # the API's log message for predictions; the subscription's filter
 # The subscription filter's pattern: the marker as a quoted term, as FilterPattern.all_terms writes it.
 PREDICTION_LOG_FILTER = f'"{PREDICTION_LOG_MARKER}"'

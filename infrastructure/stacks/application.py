@@ -1,9 +1,9 @@
 """The CDK app: the stacks, tags and the cdk-nag checks, built the same way by ``app.py`` and tests.
 
 Deployed in this order (``cdk deploy --all``): data (network, buckets, database) -> pipeline (layers,
-functions, jobs, state machines, the model-layer parameter) -> serving (the API, its alias and
-canary) -> monitoring (alarms to an SNS topic, the dashboard). Monitoring names what it watches and
-references nothing, so it can also be deployed on its own.
+functions, jobs, state machines, the model-layer parameter) -> serving (the API, its live alias,
+which only the promotion flow moves) -> monitoring (alarms to an SNS topic, the dashboard).
+Monitoring names what it watches and references nothing, so it can also be deployed on its own.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def build_app(*, outdir: str | None = None, context: Mapping[str, Any] | None = 
         SERVING_STACK,
         stack_name=SERVING_STACK,
         description=(
-            "PricePipe: the prediction API (FastAPI on Lambda) behind API Gateway, its live alias with CodeDeploy "
-            "canaries, and the prediction log"
+            "PricePipe: the prediction API (FastAPI on Lambda) behind API Gateway, its live alias (moved by the "
+            "promotion flow only), and the prediction log"
         ),
         env=env,
         data=data,

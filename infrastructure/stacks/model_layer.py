@@ -1,27 +1,22 @@
-"""How ``cdk deploy`` finds the model the serving function must carry: an SSM parameter it never overwrites.
+"""The SSM parameter recording the champion's model layer, created once with a "no model" layer version.
 
 The model reaches the serving function as a layer version published by the promotion flow
-(:mod:`pricepipe.serving.model_layer`); each function version pins one. The promotion flow records
-the champion's layer version ARN in the SSM parameter ``catalog.MODEL_LAYER_PARAMETER``
-(``pricepipe.promotion.deployer.put_model_layer_parameter``), and the serving stack puts that parameter into
-the function's ``Layers`` as a CloudFormation dynamic reference (``{{resolve:ssm:...}}``), so a code
-deploy publishes a version with the champion's model, not without one.
+(:mod:`pricepipe.serving.model_layer`), which attaches it to the function version it publishes; each
+function version pins one. The flow also records the champion's layer version ARN in the SSM
+parameter ``catalog.MODEL_LAYER_PARAMETER`` (``pricepipe.promotion.ssm``), for operators and tools:
+no template reads it, so no deploy depends on it being current (the serving stack's docstring says
+why a dynamic reference would be the wrong source).
 
-CloudFormation resolves ``ssm`` dynamic references when it creates a change set, before any
-resource of that stack exists. So the parameter cannot be created by the stack that reads it: this
-module's :class:`ModelLayerSeed` lives in the pipeline stack, deployed before the serving stack, and
-creates the parameter only if it is absent (``PutParameter`` with ``Overwrite: false`` on create, no
-call on update), pointing at a "no model" layer version: ``python/pricepipe_model/__init__.py``
-without ``model.npz``, with which the API answers 503 "no model deployed yet". Later deploys never
-touch the parameter, so ``cdk deploy`` keeps the champion the promotion flow put there.
-
-That layer version is retained when replaced or when the stack is deleted: the parameter may still
-name it, and a dynamic reference to a deleted layer version would fail the next serving deploy.
+:class:`ModelLayerSeed` creates the parameter only if it is absent (``PutParameter`` with
+``Overwrite: false`` on create, no call on update), pointing at a "no model" layer version:
+``python/pricepipe_model/__init__.py`` without ``model.npz``, with which the API answers 503 "no
+model deployed yet". Later deploys never touch the parameter. That layer version is retained when
+replaced or when the stack is deleted: the parameter may still name it.
 """
 
 from __future__ import annotations
 
-from aws_cdk import CfnDynamicReference, CfnDynamicReferenceService, Fn, RemovalPolicy, Stack
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
@@ -43,18 +38,6 @@ NO_MODEL_FILES = {
         b' (pricepipe.serving.model_layer)."""\n'
     )
 }
-
-
-def model_layer_reference() -> str:
-    """The champion's model layer ARN as CloudFormation resolves it at deploy time."""
-    return CfnDynamicReference(CfnDynamicReferenceService.SSM, catalog.MODEL_LAYER_PARAMETER).to_string()
-
-
-def embeddable_model_layer_reference() -> str:
-    """The same reference for a place where it ends up inside a longer string (a custom resource's
-    JSON-encoded SDK call): an ``Fn::Sub``, which CloudFormation evaluates before it resolves the
-    reference, so template validation does not read the rest of the JSON as part of the reference."""
-    return Fn.sub("{{resolve:ssm:${Name}}}", {"Name": catalog.MODEL_LAYER_PARAMETER})
 
 
 def model_layer_parameter_arn(stack: Stack) -> str:

@@ -50,7 +50,6 @@ class PipelineFunction(Construct):
         vpc: ec2.IVpc | None = None,
         vpc_subnets: ec2.SubnetSelection | None = None,
         security_groups: Sequence[ec2.ISecurityGroup] = (),
-        current_version_options: lambda_.VersionOptions | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.spec = spec
@@ -97,7 +96,6 @@ class PipelineFunction(Construct):
             vpc=vpc,
             vpc_subnets=vpc_subnets if vpc is not None else None,
             security_groups=list(security_groups) if vpc is not None else None,
-            current_version_options=current_version_options,
         )
         # Active tracing is set on the L1 because the L2 ``tracing`` prop would add its X-Ray
         # statement to the role's default policy, next to the scoped grants (see module docstring).

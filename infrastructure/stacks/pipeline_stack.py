@@ -1,13 +1,13 @@
 """The pipeline: layers, the catalog's functions and jobs, the database migrations and the state machines.
 
-Reads top to bottom like the flow: code and layers -> the model-layer parameter the serving stack
-reads -> functions with their data grants (and, for the promotion steps, their access to the serving
-function) -> container jobs on AWS Batch -> schema migration on deploy -> state machines from their
-ASL files -> what starts them (daily schedules and new objects in the landing bucket).
+Reads top to bottom like the flow: code and layers -> the model-layer parameter (the promotion
+flow's record of the champion's layer) -> functions with their data grants (and, for the promotion
+steps, their access to the serving function) -> container jobs on AWS Batch -> schema migration on
+deploy -> state machines from their ASL files -> what starts them (daily schedules and new objects in
+the landing bucket).
 
-The serving function itself (``catalog.SERVING_FUNCTION``) is deployed by the serving stack: its
-layers include a dynamic reference to the model-layer parameter, which must exist before that
-stack's change set is created (see :mod:`infrastructure.stacks.model_layer`).
+The serving function itself (``catalog.SERVING_FUNCTION``) is deployed by the serving stack; its
+model layer is the promotion flow's to attach (see :mod:`infrastructure.stacks.serving_stack`).
 
 The Batch jobs live in this stack, next to the state machines that submit them: a job definition is
 immutable, so a change replaces it, and CloudFormation deregisters the old revision only in the

@@ -1,32 +1,37 @@
-"""Serving: the prediction API behind API Gateway, its live alias, code canaries and the prediction log.
+"""Serving: the prediction API behind API Gateway, its live alias and the prediction log.
 
-Reads top to bottom like a request: layers (dependencies, the shared package, the model) -> the
-function, a version and the ``live`` alias -> CodeDeploy, which moves the alias to a new code
-version by a canary and rolls back on alarms -> API Gateway (API keys, usage plan, throttling,
-access logs) -> the prediction log, from the function's log group to the prediction-writer.
+Reads top to bottom like a request: layers (dependencies, the shared package) -> the function, its
+bootstrap version and the ``live`` alias -> API Gateway (API keys, usage plan, throttling, access
+logs) -> the prediction log, from the function's log group to the prediction-writer.
 
-A stack of its own, after the pipeline stack, for one hard reason and one soft one:
+A stack of its own, after the pipeline stack: the serving path changes on its own rhythm and its
+blast radius is the public API, apart from the batch flows. Everything the pipeline stack's promotion
+functions need of this stack is named, not referenced (function ``pricepipe-api``, alias ``live``,
+layers by :mod:`~infrastructure.stacks.layer_names`), so there is no dependency back onto the
+pipeline stack.
 
-- the function's model layer is a CloudFormation dynamic reference to the SSM parameter
-  ``catalog.MODEL_LAYER_PARAMETER``, which CloudFormation resolves when it creates the change set;
-  the parameter is created (once, if absent) by the pipeline stack, so it exists by then
-  (:mod:`infrastructure.stacks.model_layer`);
-- the serving path changes on its own rhythm (code canaries) and its blast radius is the public
-  API, apart from the batch flows.
+**One owner of the live alias: the promotion state machine.** ``cdk deploy`` changes the function's
+code and configuration ($LATEST) and never moves traffic: the template's alias is created once,
+on a bootstrap version published with the function (no model: the API answers 503 "no model
+deployed yet"), and its properties never change afterwards. CloudFormation updates a resource only
+when its properties in the submitted template differ from the stack's current template ("Update
+behaviors of stack resources", AWS CloudFormation User Guide), so a deploy leaves the alias where
+the promotion flow put it; :data:`LIVE_ALIAS_PROPERTIES` pins them and the infrastructure tests keep
+them pinned (changing them would let CloudFormation set ``FunctionVersion`` back to the bootstrap
+version and drop the routing weights, AWS::Lambda::Alias's update behaviour for both being "No
+interruption": an in-place UpdateAlias). The model is not in the template either: the promotion flow
+puts the champion's model layer on $LATEST and publishes the version itself
+(``pricepipe.promotion.deployer.publish_function_version``, UpdateFunctionConfiguration then
+PublishVersion), describing it ``model <name>@<version>``, so which model a version carries never
+rests on a value CloudFormation resolved at deploy time.
 
-Everything the pipeline stack's promotion functions need of this stack is named, not referenced
-(function ``pricepipe-api``, alias ``live``, layers by :mod:`~infrastructure.stacks.layer_names`),
-so there is no dependency back onto the pipeline stack.
-
-**Two ways the live alias moves, and who owns each.** A *code* change goes through ``cdk deploy``:
-CloudFormation publishes a version of the new code carrying the champion's model layer (the SSM
-parameter) and CodeDeploy shifts the alias to it: 10 % for 5 minutes, then all, rolled back
-automatically on the alarms below. A *model* change goes through the promotion flow (manual, auto,
-canary or blue-green), which publishes versions and moves the alias itself. ``cdk deploy`` sets the
-alias to the stack's version whenever that version changes, whatever the promotion flow did since
-the last deploy; since that version carries the champion's model, the end state is right, but do not
-deploy code while a promotion runs (CodeDeploy refuses an alias that carries canary weights, and a
-promotion that finds the alias changed stops).
+New code reaches live traffic by a **code rollout** started after the deploy (``pipectl rollout``):
+an execution of the same promotion state machine with ``kind: code``, which publishes today's code
+with the champion's model and canaries it against the serving version, with the same health checks
+and ``model_registry.deployments`` rows as a model promotion. A rollout (or promotion) while another
+one runs is refused, naming the running one (the ``model_registry.promotions`` lock). A deploy while
+a canary bakes moves nothing: versions are immutable, and a promotion step publishing at that moment
+is refused by Lambda's revision check instead of publishing a mix of the two.
 """
 
 from __future__ import annotations
@@ -34,15 +39,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_cdk import ArnFormat, CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, CfnOutput, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigw
-from aws_cdk import aws_cloudwatch as cloudwatch
-from aws_cdk import aws_codedeploy as codedeploy
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_logs_destinations as log_destinations
-from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from infrastructure import catalog, nag
@@ -51,7 +52,6 @@ from infrastructure.stacks import layer_names
 from infrastructure.stacks.config import DeployConfig
 from infrastructure.stacks.data_access import attach_data_access
 from infrastructure.stacks.data_stack import DataStack
-from infrastructure.stacks.model_layer import embeddable_model_layer_reference, model_layer_reference
 from infrastructure.stacks.pipeline_function import RUNTIMES, PipelineFunction
 from infrastructure.stacks.pipeline_stack import REQUIREMENTS_DIR, PipelineStack, function_code
 
@@ -62,9 +62,9 @@ API_STAGE = "v1"  # the stage: the URL prefix and the Stage dimension
 # header): FastAPI's Swagger page, the OpenAPI document it loads, and its OAuth2 redirect page.
 # They describe the API and run nothing; the stage's throttling still applies to them.
 PUBLIC_DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
-# CodeDeploy's alarms, judged per minute while a code canary bakes (CANARY_10_PERCENT_5_MINUTES).
-ROLLBACK_ERRORS_PER_MINUTE = 5  # function errors, or 5xx answers of the API
-ROLLBACK_P99_MS = 1000  # the live alias's p99 Duration (warm requests take well under a millisecond)
+# Everything the template ever says about the live alias, fixed for the stack's life (see the module
+# docstring): the promotion flow owns FunctionVersion and RoutingConfig after creation.
+LIVE_ALIAS_PROPERTIES = ("FunctionName", "FunctionVersion", "Name")
 ACCESS_LOG_FIELDS = {
     "requestId": "$context.requestId",
     "extendedRequestId": "$context.extendedRequestId",
@@ -87,7 +87,7 @@ ACCESS_LOG_FIELDS = {
 
 
 class ServingStack(Stack):
-    """The API function (no VPC: it needs no database), its alias and canary, API Gateway, prediction log."""
+    """The API function (no VPC: it needs no database), its live alias, API Gateway, prediction log."""
 
     def __init__(
         self,
@@ -104,7 +104,6 @@ class ServingStack(Stack):
         self.spec = catalog.function(catalog.SERVING_FUNCTION)
         self._layers(pipeline)
         self._function(data)
-        self._code_deploys()
         self._api()
         self._prediction_log()
         CfnOutput(self, catalog.function_output(self.spec), value=self.api_function.function.function_name)
@@ -120,7 +119,8 @@ class ServingStack(Stack):
     # -- layers ------------------------------------------------------------------------------------
 
     def _layers(self, pipeline: PipelineStack) -> None:
-        """Dependencies (no pandas, pyarrow, psycopg or MLflow: DESIGN §5), the shared package, the model."""
+        """Dependencies (no pandas, pyarrow, psycopg or MLflow: DESIGN §5) and the shared package; the model
+        layer is the promotion flow's to attach (layer_names.SERVING_FUNCTION_LAYERS lists all three)."""
         self.serving_layer = lambda_.LayerVersion(
             self,
             "ServingLayer",
@@ -131,44 +131,10 @@ class ServingStack(Stack):
             description=f"Dependencies of the prediction API ({SERVING_REQUIREMENTS.name})",
         )
         self.package_layer = pipeline.package_layer
-        # The champion's model, as the SSM parameter names it when this stack is deployed.
-        self.model_layer_arn = model_layer_reference()
-        self.model_layer = lambda_.LayerVersion.from_layer_version_arn(self, "ModelLayer", self.model_layer_arn)
 
     # -- function, version, alias ------------------------------------------------------------------
 
     def _function(self, data: DataStack) -> None:
-        # Each published version is described as its model layer is ("model <name>@<version>", or "no
-        # model"): the promotion flow finds the model a version serves by that description
-        # (pricepipe.promotion.deployer.model_of), and the layer behind the parameter is known only at deploy time.
-        custom_resource_logs = logs.LogGroup(self, "CustomResourceLogs", retention=self.config.log_retention)
-        custom_resource_role = iam.Role(
-            self,
-            "CustomResourceRole",
-            assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Reads the description of the model layer version the serving function carries",
-        )
-        custom_resource_logs.grant_write(custom_resource_role)
-        layer_description = cr.AwsCustomResource(
-            self,
-            "ModelLayerDescription",
-            resource_type="Custom::PricePipeModelLayerDescription",
-            on_update=cr.AwsSdkCall(
-                service="Lambda",
-                action="getLayerVersionByArn",
-                parameters={"Arn": embeddable_model_layer_reference()},
-                physical_resource_id=cr.PhysicalResourceId.of(catalog.MODEL_LAYER_PARAMETER),
-                output_paths=["Description"],
-            ),
-            policy=cr.AwsCustomResourcePolicy.from_statements(
-                [iam.PolicyStatement(actions=["lambda:GetLayerVersion"], resources=[self._model_layer_versions()])]
-            ),
-            role=custom_resource_role,
-            log_group=custom_resource_logs,
-            install_latest_aws_sdk=False,
-        )
-        self._acknowledge_model_layer_versions(layer_description)
-
         spec = self.spec
         environment = catalog.function_environment(
             spec,
@@ -184,14 +150,9 @@ class ServingStack(Stack):
             catalog.camel(spec.key),
             spec=spec,
             code=function_code(spec),
-            layers=[self.serving_layer, self.package_layer, self.model_layer],
+            layers=[self.serving_layer, self.package_layer],
             environment=environment,
             log_retention=self.config.log_retention,
-            current_version_options=lambda_.VersionOptions(
-                description=layer_description.get_response_field("Description"),
-                # Promotions route traffic to older versions and roll back to them: keep them all.
-                removal_policy=RemovalPolicy.RETAIN,
-            ),
         )
         # An S3 contract is read at every cold start (pricepipe.contract): the role must reach that object.
         contract_access = attach_data_access(
@@ -204,89 +165,15 @@ class ServingStack(Stack):
         )
         if contract_access is not None:
             self.api_function.function.node.add_dependency(contract_access)
-        self.version = self.api_function.function.current_version
-        self.alias = lambda_.Alias(self, "Live", alias_name=catalog.LIVE_ALIAS, version=self.version)
-
-    def _model_layer_versions(self) -> str:
-        return self.format_arn(
-            service="lambda",
-            resource="layer",
-            resource_name=f"{layer_names.MODEL}:*",
-            arn_format=ArnFormat.COLON_RESOURCE_NAME,
-        )
-
-    def _acknowledge_model_layer_versions(self, resource: cr.AwsCustomResource) -> None:
-        nag.acknowledge(
-            resource,
-            "IAM5",
-            "Reads the description of whichever model layer version the SSM parameter names at deploy time; "
-            f"versions are numbered when the promotion flow publishes them, so it is {layer_names.MODEL}'s versions.",
-            finding=nag.resource_finding(self, self._model_layer_versions()),
-        )
-
-    # -- code deploys ------------------------------------------------------------------------------
-
-    def _code_deploys(self) -> None:
-        """CodeDeploy moves the alias to a new code version: 10 % for 5 minutes, rolled back on alarm."""
-        minute = Duration.minutes(1)
-        errors = cloudwatch.Alarm(
+        # Published once, when the stack is created, and never replaced: its properties never change
+        # (an AWS::Lambda::Version is replaced, i.e. published anew, only when they do).
+        self.bootstrap_version = lambda_.Version(
             self,
-            "LiveAliasErrorsAlarm",
-            alarm_description=f"Code canary: function errors behind {catalog.LIVE_ALIAS} (CodeDeploy rolls back)",
-            metric=self.alias.metric_errors(period=minute, statistic="Sum"),
-            threshold=ROLLBACK_ERRORS_PER_MINUTE,
-            evaluation_periods=2,
-            datapoints_to_alarm=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+            "BootstrapVersion",
+            lambda_=self.api_function.function,
+            description=catalog.BOOTSTRAP_VERSION_DESCRIPTION,
         )
-        latency = cloudwatch.Alarm(
-            self,
-            "LiveAliasLatencyAlarm",
-            alarm_description=f"Code canary: p99 Duration of {catalog.LIVE_ALIAS} (CodeDeploy rolls back)",
-            metric=self.alias.metric_duration(period=minute, statistic="p99"),
-            threshold=ROLLBACK_P99_MS,
-            evaluation_periods=3,
-            datapoints_to_alarm=2,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        server_errors = cloudwatch.Alarm(
-            self,
-            "ApiServerErrorsAlarm",
-            alarm_description="Code canary: 5xx answers of the API (CodeDeploy rolls back)",
-            metric=cloudwatch.Metric(
-                namespace="AWS/ApiGateway",
-                metric_name="5XXError",
-                dimensions_map={"ApiName": API_NAME, "Stage": API_STAGE},
-                period=minute,
-                statistic="Sum",
-            ),
-            threshold=ROLLBACK_ERRORS_PER_MINUTE,
-            evaluation_periods=2,
-            datapoints_to_alarm=1,
-            comparison_operator=cloudwatch.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
-            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
-        )
-        self.rollback_alarms = [server_errors, errors, latency]
-        self.deployment_group = codedeploy.LambdaDeploymentGroup(
-            self,
-            "CodeCanary",
-            alias=self.alias,
-            deployment_config=codedeploy.LambdaDeploymentConfig.CANARY_10_PERCENT_5_MINUTES,
-            alarms=self.rollback_alarms,
-            auto_rollback=codedeploy.AutoRollbackConfig(
-                failed_deployment=True, stopped_deployment=True, deployment_in_alarm=True
-            ),
-        )
-        role = self.deployment_group.role
-        nag.acknowledge(
-            role,
-            "IAM4",
-            "AWSCodeDeployRoleForLambdaLimited is AWS's policy for CodeDeploy's Lambda deployments: it may "
-            "update aliases, invoke hook functions named CodeDeployHook_*, and read alarms; nothing else.",
-            finding="Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSCodeDeployRoleForLambdaLimited",
-        )
+        self.alias = lambda_.Alias(self, "Live", alias_name=catalog.LIVE_ALIAS, version=self.bootstrap_version)
 
     # -- API Gateway -------------------------------------------------------------------------------
 

@@ -24,13 +24,15 @@ def up(
     contract: Annotated[str, typer.Option(envvar="PRICEPIPE_CONTRACT")] = "hotel_rates",
     timeout: float = 120.0,
 ) -> None:
-    """Start the local cloud in the background (no-op when it already runs)."""
+    """Start the local cloud in the background; when it already runs, deploy changed function code to it
+    (the local ``cdk deploy``: $LATEST only; ``pipectl rollout`` then takes new serving code live)."""
     try:
         target = local_target(state_dir)
-        console.print(f"local cloud already running at {target.endpoint}")
-        return
     except TargetUnavailable:
         pass
+    else:
+        _redeploy(target)
+        return
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "localcloud.log"
     with log_path.open("ab") as log:
@@ -63,6 +65,19 @@ def up(
             console.print(f"[red]the local cloud did not come up within {timeout:.0f} s; see {log_path}[/red]")
             raise typer.Exit(1)
     console.print(f"local cloud up at [bold]{target.endpoint}[/bold] (state in {state_dir}, log {log_path})")
+
+
+def _redeploy(target: Target) -> None:
+    from pipectl.localcloud.provision import redeploy
+
+    updated = redeploy(target.client("lambda"))
+    console.print(f"local cloud already running at {target.endpoint}")
+    if not updated:
+        console.print("no function's code changed: nothing deployed")
+        return
+    console.print(f"deployed new code to $LATEST of: {', '.join(updated)} (no alias moved)")
+    if catalog.SERVING_FUNCTION in updated:
+        console.print("the serving function changed: `pipectl rollout` takes its new code to live traffic by a canary")
 
 
 def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:  # noqa: C901 - typer commands are registered as closures in one function

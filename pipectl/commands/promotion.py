@@ -1,4 +1,9 @@
-"""``pipectl promote | approve | reject | rollback | deployments``: who serves live traffic, and why."""
+"""``pipectl promote | rollout | approve | reject | rollback | deployments``: who serves live traffic, and why.
+
+``promote`` and ``rollout`` start the same promotion state machine, the one owner of the live alias:
+``promote`` a new model on the serving function's current code, ``rollout`` (after a deploy) the
+function's current code with the champion's model.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,12 @@ from pipectl.commands.serving import post_predict
 from pipectl.target import Target
 
 PROMOTION_COMMAND = "promotion-command"
+CanaryPercentOption = Annotated[float | None, typer.Option(help="canary's share of live traffic, percent")]
+BakeSecondsOption = Annotated[int | None, typer.Option(help="canary's bake before its health check")]
 
 
 def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
-    """Add ``promote``, ``approve``, ``reject``, ``rollback`` and ``deployments`` to the CLI."""
+    """Add ``promote``, ``rollout``, ``approve``, ``reject``, ``rollback`` and ``deployments`` to the CLI."""
 
     @app.command()
     def promote(
@@ -30,21 +37,29 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         strategy: Annotated[
             str | None, typer.Option(help="manual | auto | canary | blue-green (default: the pipeline's setting)")
         ] = None,
-        canary_percent: Annotated[float | None, typer.Option(help="canary's share of live traffic, percent")] = None,
-        bake_seconds: Annotated[int | None, typer.Option(help="canary's bake before its health check")] = None,
+        canary_percent: CanaryPercentOption = None,
+        bake_seconds: BakeSecondsOption = None,
         reason: Annotated[str, typer.Option(help="why, for the deployment history")] = "pipectl promote",
     ) -> None:
         """Start the promotion state machine for a registered version and follow it."""
         target = resolve_target(target_kind)
         request: dict[str, Any] = {"model_version": model_version, "reason": reason, "actor": _actor(target)}
-        for key, value in (("strategy", strategy), ("canary_percent", canary_percent), ("bake_seconds", bake_seconds)):
-            if value is not None:
-                request[key] = value
-        arn = flows.start(target, "promotion", request)
-        console.print(f"promotion started: {arn}")
-        execution = follow_promotion(target, arn)
-        if execution.status not in ("SUCCEEDED", "RUNNING"):
-            raise typer.Exit(1)
+        _start_and_follow(target, request, strategy=strategy, canary_percent=canary_percent, bake_seconds=bake_seconds)
+
+    @app.command()
+    def rollout(
+        target_kind: TargetOption = "local",
+        strategy: Annotated[
+            str | None, typer.Option(help="canary (default) | blue-green | manual: how the new code meets live traffic")
+        ] = None,
+        canary_percent: CanaryPercentOption = None,
+        bake_seconds: BakeSecondsOption = None,
+        reason: Annotated[str, typer.Option(help="why, for the deployment history")] = "pipectl rollout",
+    ) -> None:
+        """After a deploy: the serving function's new code with the champion's model, through the promotion flow."""
+        target = resolve_target(target_kind)
+        request: dict[str, Any] = {"kind": "code", "reason": reason, "actor": _actor(target)}
+        _start_and_follow(target, request, strategy=strategy, canary_percent=canary_percent, bake_seconds=bake_seconds)
 
     @app.command()
     def approve(
@@ -95,6 +110,16 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
 
 class CommandFailed(Exception):
     """A promotion command the pipeline refused; the message says why."""
+
+
+def _start_and_follow(target: Target, request: dict[str, Any], **options: Any) -> None:
+    """Start the promotion state machine with ``request`` and the options given, and follow it."""
+    request = request | {key: value for key, value in options.items() if value is not None}
+    arn = flows.start(target, "promotion", request)
+    console.print(f"{'code rollout' if request.get('kind') == 'code' else 'promotion'} started: {arn}")
+    execution = follow_promotion(target, arn)
+    if execution.status not in ("SUCCEEDED", "RUNNING"):
+        raise typer.Exit(1)
 
 
 def _actor(target: Target) -> str:
@@ -206,8 +231,14 @@ def follow_promotion(target: Target, arn: str, on_bake: Traffic | None = None) -
             on_bake.stop()
     output = execution.output if isinstance(execution.output, dict) else {}
     plan = output.get("plan") or {}
+    try:
+        rows = [r for r in _command(target, {"command": "history", "limit": 50}) if r.get("execution_arn") == arn]
+    except CommandFailed as exc:
+        console.print(f"[red]could not read the deployment history: {exc}[/red]")
+        rows = []
     if execution.status == "RUNNING":
-        version = _execution_input(target, arn).get("model_version")
+        # a code rollout's request names no version: its history rows do (the champion's)
+        version = _execution_input(target, arn).get("model_version") or next((r["version"] for r in rows), None)
         console.print(
             f"promotion waits for approval: [bold]pipectl approve {version}[/bold] or"
             f" [bold]pipectl reject {version} --reason ...[/bold]"
@@ -225,11 +256,6 @@ def follow_promotion(target: Target, arn: str, on_bake: Traffic | None = None) -
                 "a canary is judged on live traffic: send some while it bakes (`pipectl predict` in a loop),"
                 " or promote with --strategy blue-green"
             )
-    try:
-        rows = [r for r in _command(target, {"command": "history", "limit": 50}) if r.get("execution_arn") == arn]
-    except CommandFailed as exc:
-        console.print(f"[red]could not read the deployment history: {exc}[/red]")
-        rows = []
     if rows:
         _print_deployments(list(reversed(rows)), "what this promotion changed")
     return execution

@@ -61,8 +61,8 @@ def deploy(cloud: LocalCloud, state_dir: Path, contract: str) -> Resources:
 
 
 def restore_serving(cloud: LocalCloud, resources: Resources) -> dict[str, Any] | None:
-    """The champion back on the ``live`` alias, as ``cdk deploy`` keeps it through the model layer
-    parameter; returns what was deployed (None: no champion yet)."""
+    """The champion back on the ``live`` alias of a fresh local cloud (its Lambda versions died with the
+    previous run); returns what was deployed (None: no champion yet)."""
     from pricepipe import db, promotion
     from pricepipe.settings import Settings
 

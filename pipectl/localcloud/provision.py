@@ -7,15 +7,21 @@ from the same ASL files with local ARNs substituted.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infrastructure import catalog
 from pipectl.localcloud.cloud import ACCOUNT, REGION, LocalCloud
+
+if TYPE_CHECKING:
+    from mypy_boto3_lambda import LambdaClient
 
 ROLE_NAME = "pricepipe-local-execution"
 SECRET_NAME = "pricepipe/database"  # noqa: S105 - a name, not a password
@@ -59,6 +65,27 @@ def zip_folder(folder: Path) -> bytes:
                 info.external_attr = 0o644 << 16
                 archive.writestr(info, path.read_bytes())
     return buffer.getvalue()
+
+
+def code_sha256(package: bytes) -> str:
+    """A code package's CodeSha256 as Lambda reports it: the base64 of its SHA-256."""
+    return base64.b64encode(hashlib.sha256(package).digest()).decode()
+
+
+def redeploy(lam: LambdaClient, code_dirs: Mapping[str, Path] | None = None) -> list[str]:
+    """What ``cdk deploy`` does to a running deployment's functions: every function whose code package
+    changed gets the new package on $LATEST (UpdateFunctionCode), nothing is published and no alias
+    moves; a code rollout (``pipectl rollout``) takes new serving code to live traffic. Returns the keys
+    of the functions updated. ``code_dirs`` replaces the code folder of some functions (by key)."""
+    updated = []
+    packages: dict[Path, bytes] = {}
+    for spec in catalog.FUNCTIONS:
+        folder = (code_dirs or {}).get(spec.key, spec.code_dir)
+        package = packages.setdefault(folder, zip_folder(folder))
+        if lam.get_function_configuration(FunctionName=spec.name)["CodeSha256"] != code_sha256(package):
+            lam.update_function_code(FunctionName=spec.name, ZipFile=package)
+            updated.append(spec.key)
+    return updated
 
 
 def provision(
@@ -154,8 +181,9 @@ def provision(
 def _serving(cloud: LocalCloud, resources: Resources, api_key: str | None) -> str:
     """What the serving stack deploys around the API function; returns the API key's value.
 
-    - version 1 without a model and the ``live`` alias on it: the API answers 503 "no model deployed
-      yet" until the first promotion publishes a version carrying a model layer;
+    - the bootstrap version (1, without a model) and the ``live`` alias on it, as the template creates
+      them: the API answers 503 "no model deployed yet" until the first promotion publishes a version
+      carrying a model layer, and from then on only the promotion flow moves the alias;
     - the API's log group and its subscription delivering prediction log lines to the prediction
       writer (the local cloud runs the delivery, see ``cloud.py``);
     - an API key (``api_key``'s value, else a generated one), which the local gateway requires as
@@ -163,7 +191,7 @@ def _serving(cloud: LocalCloud, resources: Resources, api_key: str | None) -> st
     """
     lam, logs = cloud.client("lambda"), cloud.client("logs")
     api = catalog.function(catalog.SERVING_FUNCTION)
-    first = lam.publish_version(FunctionName=api.name, Description="no model deployed yet")["Version"]
+    first = lam.publish_version(FunctionName=api.name, Description=catalog.BOOTSTRAP_VERSION_DESCRIPTION)["Version"]
     lam.create_alias(FunctionName=api.name, Name=catalog.LIVE_ALIAS, FunctionVersion=first)
     group = catalog.log_group_name(api.name)
     logs.create_log_group(logGroupName=group)

@@ -63,6 +63,9 @@ def test_s3_survives_a_restart_of_the_local_cloud(pipectl) -> None:  # type: ign
     assert "local cloud stopped" in down.stdout
     assert pipectl("local", "status").returncode == 2  # not running: says so, exits non-zero
     assert pipectl("local", "up").returncode == 0
+    # up on a running cloud is the local `cdk deploy`: with no function's code changed, it deploys nothing
+    again = pipectl("local", "up")
+    assert again.returncode == 0 and "nothing deployed" in again.stdout, again.stdout + again.stderr
     etl = pipectl("etl")
     assert etl.returncode == 0, etl.stdout + etl.stderr
     assert "bookings-20160704.csv" in etl.stdout

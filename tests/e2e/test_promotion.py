@@ -15,11 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -32,7 +34,7 @@ from pipectl.commands.promotion import CommandFailed, _command
 from pipectl.localcloud import LocalCloud
 from pipectl.localcloud.daemon import run_migrations
 from pipectl.localcloud.gateway import Gateway, moto_api_keys
-from pipectl.localcloud.provision import Resources, provision
+from pipectl.localcloud.provision import Resources, provision, redeploy
 from pipectl.target import Target
 from pricepipe import db, registry
 from pricepipe.contract import Contract
@@ -199,14 +201,18 @@ def _a_model_serves(target: Target, versions: dict[str, str]) -> None:
     champion_serves(target, versions["good"])
 
 
-def run_with_traffic(target: Target, gateway: Gateway, key: str, version: str, **options: Any) -> flows.Execution:
-    """A canary promotion with CANARY_REQUESTS 20-row batches sent through the gateway once it started."""
+def run_with_traffic(
+    target: Target, gateway: Gateway, key: str, version: str | None, **options: Any
+) -> flows.Execution:
+    """A canary promotion (or, with ``version`` None and ``kind="code"``, a code rollout) with
+    CANARY_REQUESTS 20-row batches sent through the gateway once it started."""
     statuses: list[int] = []
 
     def client(seeds: range) -> None:
         statuses.extend(http(gateway, "POST", "/predict", {"rows": rows(20, seed)}, key)[0] for seed in seeds)
 
-    arn = flows.start(target, "promotion", {"model_version": version, "reason": "test", **options})
+    request = {"reason": "test", **options} | ({"model_version": version} if version else {})
+    arn = flows.start(target, "promotion", request)
     flows.wait(target, arn, timeout_s=120, stop_at=("Bake", "CheckCanary"))
     clients = [
         threading.Thread(target=client, args=(range(first, CANARY_REQUESTS, 2),), daemon=True) for first in (0, 1)
@@ -342,6 +348,107 @@ def test_a_good_canary_reaches_all_traffic_and_becomes_champion(
     history = deployments(target, execution.arn)
     assert [r["action"] for r in history] == ["deployed", "canary-started", "promoted"]
     assert history[-1]["traffic_percent"] == 100 and history[-1]["reason"].startswith("canary healthy")
+
+
+# -- the deployment lifecycle: promotions and code deploys, one owner of the alias ---------------------------
+
+# New API code, as a developer's change would be: the same app, answering one header more.
+CHANGED_API_CODE = """
+
+_released_handler = handler
+
+
+def handler(event, context):  # a code change: every answer says which build served it
+    answer = _released_handler(event, context)
+    answer.setdefault("headers", {})["x-pricepipe-build"] = "lifecycle-2"
+    return answer
+"""
+
+
+def changed_api_code(folder: Path) -> Path:
+    """A copy of the API function's code folder with CHANGED_API_CODE appended to its handler module."""
+    spec = catalog.function(catalog.SERVING_FUNCTION)
+    copy = shutil.copytree(spec.code_dir, folder / "api", ignore=shutil.ignore_patterns("__pycache__"))
+    module = copy / f"{spec.handler.rpartition('.')[0]}.py"
+    module.write_text(module.read_text() + CHANGED_API_CODE)
+    return copy
+
+
+def build_header(gateway: Gateway, key: str) -> str | None:
+    request = urllib.request.Request(gateway.url + "/model-info", headers={"x-api-key": key})
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        return answer.headers.get("x-pricepipe-build")
+
+
+def test_a_code_deploy_reaches_live_traffic_by_a_canary_with_the_champions_model_between_promotions(
+    target: Target, versions: dict[str, str], gateway: Gateway, deployed: Resources, tmp_path: Path
+) -> None:
+    lam = target.client("lambda")
+    # GIVEN a promoted model serves all traffic
+    champion_serves(target, versions["good"])
+    before = alias(target)
+    old_code = deployer.version_configuration(lam, API, before["function_version"])["CodeSha256"]
+    try:
+        # WHEN the API's code changes and is deployed (`pipectl local up` on a running cloud)
+        assert redeploy(lam, {catalog.SERVING_FUNCTION: changed_api_code(tmp_path)}) == [catalog.SERVING_FUNCTION]
+        new_code = lam.get_function_configuration(FunctionName=API)["CodeSha256"]
+        # THEN the deploy changed $LATEST only: live traffic stays where the promotion put it
+        assert new_code != old_code
+        assert alias(target) | {"revision_id": None} == before | {"revision_id": None}
+        assert build_header(gateway, deployed.api_key) is None
+
+        # WHEN a code rollout starts while a promotion waits for approval, THEN it is refused, naming it
+        waiting = wait_for_approval(target, versions["spare"])
+        refused = flows.run(target, "promotion", {"kind": "code", "reason": "test"})
+        assert (refused.status, refused.error) == ("FAILED", "PromotionRefused"), refused.cause
+        assert waiting in (refused.cause or "") and "still running" in (refused.cause or "")
+        _command(target, {"command": "reject", "model_version": versions["spare"], "actor": "test", "reason": "no"})
+        assert flows.wait(target, waiting, timeout_s=60).status == "SUCCEEDED"
+        assert alias(target) | {"revision_id": None} == before | {"revision_id": None}
+
+        # WHEN the code rollout runs alone, as a canary while clients send requests
+        rollout = run_with_traffic(
+            target, gateway, deployed.api_key, None, kind="code", canary_percent=30, bake_seconds=BAKE_SECONDS
+        )
+        # THEN the new code serves all traffic with the champion's model, after a healthy canary
+        assert rollout.status == "SUCCEEDED", rollout.cause
+        assert rollout.output["canary"]["verdict"] == "healthy"
+        now = alias(target)
+        serving = deployer.version_configuration(lam, API, now["function_version"])
+        assert now["weights"] == {} and now["function_version"] != before["function_version"]
+        assert serving["CodeSha256"] == new_code
+        assert served_model(target, now["function_version"]) == versions["good"]
+        assert mlflow_aliases(target)["champion"] == versions["good"]
+        assert build_header(gateway, deployed.api_key) == "lifecycle-2"
+        history = deployments(target, rollout.arn)
+        assert [r["action"] for r in history] == ["deployed", "canary-started", "promoted"]
+        assert all(r["reason"].startswith("code rollout: ") for r in history)
+        assert {r["version"] for r in history} == {versions["good"]}
+        # AND a second rollout with nothing new deployed has nothing to do
+        again = flows.run(target, "promotion", {"kind": "code", "reason": "test"})
+        assert again.status == "SUCCEEDED" and again.output["plan"]["route"] == "unchanged", again.cause
+
+        # WHEN another model is promoted after the code deploy
+        promoted = promote(target, versions["good_again"], strategy="blue-green")
+        # THEN it serves on the new code, and both steps are in the history
+        assert promoted.status == "SUCCEEDED", promoted.cause
+        target_version = promoted.output["deployment"]["function_version"]
+        assert alias(target)["function_version"] == target_version
+        assert deployer.version_configuration(lam, API, target_version)["CodeSha256"] == new_code
+        assert served_model(target, target_version) == versions["good_again"]
+        actions = [(r["action"], r["execution_arn"]) for r in deployments(target) if r["action"] == "promoted"]
+        assert actions[-2:] == [("promoted", rollout.arn), ("promoted", promoted.arn)]
+
+        # WHEN the code is deployed again (back to the API's own) and rolled out blue-green
+        assert redeploy(lam) == [catalog.SERVING_FUNCTION]
+        back = flows.run(target, "promotion", {"kind": "code", "strategy": "blue-green", "reason": "test"})
+        # THEN the new champion serves on it: a deploy after any promotion, and a promotion after any deploy
+        assert back.status == "SUCCEEDED", back.cause
+        serving = deployer.version_configuration(lam, API, alias(target)["function_version"])
+        assert serving["CodeSha256"] == old_code and served_model(target, serving["Version"]) == versions["good_again"]
+        assert build_header(gateway, deployed.api_key) is None
+    finally:
+        redeploy(lam)  # the module's other tests run the API's own code
 
 
 # -- manual approval, and the metric gate ----------------------------------------------------------------

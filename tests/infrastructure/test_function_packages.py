@@ -51,14 +51,14 @@ class Deployed:
     code: Path
     layers: tuple[Path, ...]  # our layers' python/ folders, in extraction order
     managed_pandas: bool
-    model_from_parameter: bool
+    carries_model: bool
 
     def size_mb(self) -> float:
         own = _unzipped_bytes(self.code) + sum(_unzipped_bytes(p) for p in self.layers)
         return (
             own / MB
             + (pandas_layer_mb() if self.managed_pandas else 0)
-            + (MODEL_LAYER_ALLOWANCE_MB if self.model_from_parameter else 0)
+            + (MODEL_LAYER_ALLOWANCE_MB if self.carries_model else 0)
         )
 
 
@@ -88,12 +88,9 @@ def deployed(synthesized: Synthesized) -> dict[str, Deployed]:
             spec = next((f for f in catalog.FUNCTIONS if props.get("FunctionName") == f.name), None)
             if resource["Type"] != "AWS::Lambda::Function" or spec is None:
                 continue
-            dirs, managed, model = [], False, False
+            dirs, managed = [], False
             for layer in props["Layers"]:
-                if isinstance(layer, str) and layer.startswith("{{resolve:ssm:"):
-                    model = True
-                    dirs.append(_asset(synthesized, no_model, "Content") / "python")
-                elif "Ref" in layer:
+                if "Ref" in layer:
                     dirs.append(_asset(synthesized, resources[layer["Ref"]], "Content") / "python")
                 elif "Fn::GetStackOutput" in layer:
                     reference = layer["Fn::GetStackOutput"]
@@ -102,6 +99,10 @@ def deployed(synthesized: Synthesized) -> dict[str, Deployed]:
                     dirs.append(_asset(synthesized, producer["Resources"][logical_id], "Content") / "python")
                 else:
                     managed = True
+            # the promotion flow attaches the serving function's model layer last (deployer.with_model_layer)
+            model = spec.key == catalog.SERVING_FUNCTION
+            if model:
+                dirs.append(_asset(synthesized, no_model, "Content") / "python")
             found[spec.key] = Deployed(spec, _asset(synthesized, resource, "Code"), tuple(dirs), managed, model)
     assert set(found) == {f.key for f in catalog.FUNCTIONS}
     return found
@@ -125,7 +126,7 @@ def test_given_the_serving_function_then_its_code_and_layers_stay_within_the_100
 ) -> None:
     api = deployed[catalog.SERVING_FUNCTION]
     assert not api.managed_pandas
-    assert api.model_from_parameter
+    assert api.carries_model
     size = api.size_mb()
     assert size <= SERVING_BUDGET_MB, f"{api.spec.name}: {size:.1f} MB with a {MODEL_LAYER_ALLOWANCE_MB} MB model"
 

@@ -150,17 +150,15 @@ def test_given_the_serving_function_then_its_layers_are_the_ones_promotion_deplo
     ]
     names = []
     for layer in function["Properties"]["Layers"]:
-        if isinstance(layer, str):
-            assert layer == f"{{{{resolve:ssm:{catalog.MODEL_LAYER_PARAMETER}}}}}"
-            names.append(layer_names.MODEL)  # whatever version the parameter names: always the model layer's
-        elif "Ref" in layer:
+        if "Ref" in layer:
             names.append(serving_resources[layer["Ref"]]["Properties"]["LayerName"])
         else:
             reference = layer["Fn::GetStackOutput"]
             producer = synthesized.raw_template(reference["StackName"])
             logical_id = producer["Outputs"][reference["OutputName"]]["Value"]["Ref"]
             names.append(producer["Resources"][logical_id]["Properties"]["LayerName"])
-    assert names == list(layer_names.SERVING_FUNCTION_LAYERS)
+    # the model layer comes last, attached by promotion-deploy (deployer.with_model_layer)
+    assert [*names, layer_names.MODEL] == list(layer_names.SERVING_FUNCTION_LAYERS)
 
 
 def test_given_the_settings_then_promotion_acts_on_the_names_the_stacks_deploy() -> None:

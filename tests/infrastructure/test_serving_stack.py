@@ -1,4 +1,4 @@
-"""ServingStack: the API function, its live alias and code canary, API Gateway, and the prediction log."""
+"""ServingStack: the API function, its live alias (the promotion flow's), API Gateway, and the prediction log."""
 
 from __future__ import annotations
 
@@ -18,7 +18,12 @@ from infrastructure.stacks.config import (
     DEFAULT_API_THROTTLE_RATE,
 )
 from infrastructure.stacks.model_layer import NO_MODEL_DESCRIPTION, NO_MODEL_FILES
-from infrastructure.stacks.serving_stack import API_NAME, API_STAGE, PUBLIC_DOC_PATHS
+from infrastructure.stacks.serving_stack import (
+    API_NAME,
+    API_STAGE,
+    LIVE_ALIAS_PROPERTIES,
+    PUBLIC_DOC_PATHS,
+)
 from tests.infrastructure.support import as_list, of_type, statements_of_role
 
 if TYPE_CHECKING:
@@ -28,7 +33,6 @@ pytestmark = pytest.mark.infra
 
 Resources = dict[str, dict[str, Any]]
 API = catalog.function(catalog.SERVING_FUNCTION)
-MODEL_LAYER_REFERENCE = f"{{{{resolve:ssm:{catalog.MODEL_LAYER_PARAMETER}}}}}"
 
 
 def _one(resources: Resources, kind: str) -> tuple[str, dict[str, Any]]:
@@ -75,11 +79,12 @@ def test_given_the_api_function_then_it_runs_outside_the_vpc_traced_with_the_cat
     assert "PRICEPIPE_DATABASE_SECRET_ARN" not in props["Environment"]["Variables"]
 
 
-def test_given_the_api_function_then_its_layers_are_the_serving_layer_the_package_and_the_model_from_ssm_last(
+def test_given_the_api_function_then_its_layers_are_the_serving_layer_and_the_package_and_no_model(
     serving_resources: Resources, synthesized: Synthesized
 ) -> None:
+    """The model layer is the promotion flow's to attach: nothing the template resolves decides it."""
     _, function = _api_function(serving_resources)
-    serving, package, model = function["Properties"]["Layers"]
+    serving, package = function["Properties"]["Layers"]
     assert serving_resources[serving["Ref"]]["Properties"]["LayerName"] == "pricepipe-serving"
     reference = package["Fn::GetStackOutput"]
     assert reference["StackName"] == PIPELINE_STACK
@@ -87,68 +92,50 @@ def test_given_the_api_function_then_its_layers_are_the_serving_layer_the_packag
     layer = pipeline["Outputs"][reference["OutputName"]]["Value"]["Ref"]
     assert pipeline["Resources"][layer]["Properties"]["LayerName"] == "pricepipe-package"
     assert pipeline["Resources"][layer]["DeletionPolicy"] == "Retain", "the serving stack may still name it"
-    # resolved by CloudFormation at deploy time: whatever model the promotion flow made champion
-    assert model == MODEL_LAYER_REFERENCE
     assert not [
         r for r in of_type(serving_resources, "AWS::Lambda::LayerVersion").values() if "pandas" in json.dumps(r)
     ]
 
 
-def test_given_the_api_function_then_each_version_is_described_as_its_model_layer_is(
+def test_given_the_serving_template_then_nothing_in_it_resolves_the_model_at_deploy_time(
     serving_resources: Resources,
 ) -> None:
-    """pricepipe.promotion.deployer.model_of reads a version's model from its description."""
+    text = json.dumps(serving_resources)
+    assert "{{resolve:" not in text, "no dynamic reference: CloudFormation does not re-read one by itself"
+    assert catalog.MODEL_LAYER_PARAMETER not in text
+    assert not [n for n, r in serving_resources.items() if r["Type"].startswith("Custom::")]
+
+
+def test_given_the_api_function_then_its_one_version_is_a_bootstrap_serving_no_model(
+    serving_resources: Resources,
+) -> None:
+    """Published once with the function; deployer.model_of reads its description as no model."""
+    from pricepipe.promotion import deployer
+
     (version,) = of_type(serving_resources, "AWS::Lambda::Version").values()
-    assert version["DeletionPolicy"] == "Retain", "promotions route to, and roll back to, older versions"
-    description = version["Properties"]["Description"]["Fn::GetAtt"]
-    assert description[1] == "Description"
-    reader = serving_resources[description[0]]
-    assert reader["Type"] == "Custom::PricePipeModelLayerDescription"
-    call = json.dumps(reader["Properties"]["Create"])
-    assert "getLayerVersionByArn" in call
-    assert "{{resolve:ssm:${Name}}}" in call
-    assert catalog.MODEL_LAYER_PARAMETER in call
-    assert reader["Properties"]["Update"] == reader["Properties"]["Create"], "read again whenever it changes"
+    function, _ = _api_function(serving_resources)
+    description = catalog.BOOTSTRAP_VERSION_DESCRIPTION
+    assert version["Properties"] == {"FunctionName": {"Ref": function}, "Description": description}
+    assert deployer.model_of(description) is None
 
 
-def test_given_the_api_function_then_the_live_alias_points_at_the_stacks_version(serving_resources: Resources) -> None:
+def test_given_the_live_alias_then_the_template_never_moves_it_after_creating_it(
+    serving_resources: Resources,
+) -> None:
+    """CloudFormation updates a resource only when its template properties change: these are fixed
+    for the stack's life, so a deploy leaves FunctionVersion and the weights to the promotion flow."""
     _, alias = _one(serving_resources, "AWS::Lambda::Alias")
     version, _ = _one(serving_resources, "AWS::Lambda::Version")
-    assert alias["Properties"]["Name"] == catalog.LIVE_ALIAS
-    assert alias["Properties"]["FunctionVersion"] == {"Fn::GetAtt": [version, "Version"]}
-    assert "CodeDeployLambdaAliasUpdate" in alias["UpdatePolicy"], "a code deploy moves it through CodeDeploy"
-
-
-# -- code canary -------------------------------------------------------------------------------------
-
-
-def test_given_a_code_deploy_then_codedeploy_shifts_10_percent_for_5_minutes_and_rolls_back_on_alarm(
-    serving_resources: Resources,
-) -> None:
-    name, group = _one(serving_resources, "AWS::CodeDeploy::DeploymentGroup")
-    props = group["Properties"]
-    assert props["DeploymentConfigName"] == "CodeDeployDefault.LambdaCanary10Percent5Minutes"
-    assert props["AutoRollbackConfiguration"]["Enabled"] is True
-    assert "DEPLOYMENT_STOP_ON_ALARM" in props["AutoRollbackConfiguration"]["Events"]
-    assert props["AlarmConfiguration"]["Enabled"] is True
-    alarms = {a["Name"]["Ref"] for a in props["AlarmConfiguration"]["Alarms"]}
-    by_metric = {serving_resources[a]["Properties"]["MetricName"]: serving_resources[a]["Properties"] for a in alarms}
-    assert set(by_metric) == {"5XXError", "Errors", "Duration"}
-    assert by_metric["5XXError"]["Dimensions"] == [
-        {"Name": "ApiName", "Value": API_NAME},
-        {"Name": "Stage", "Value": API_STAGE},
-    ]
     function, _ = _api_function(serving_resources)
-    for metric in ("Errors", "Duration"):
-        dimensions = {d["Name"]: d["Value"] for d in by_metric[metric]["Dimensions"]}
-        assert dimensions == {
-            "FunctionName": {"Ref": function},
-            "Resource": {"Fn::Join": ["", [{"Ref": function}, f":{catalog.LIVE_ALIAS}"]]},
-        }, "the alias, not the whole function"
-    assert by_metric["Errors"]["Statistic"] == "Sum"
-    assert by_metric["Duration"]["ExtendedStatistic"] == "p99"
-    (alias_resource,) = of_type(serving_resources, "AWS::Lambda::Alias").values()
-    assert alias_resource["UpdatePolicy"]["CodeDeployLambdaAliasUpdate"]["DeploymentGroupName"] == {"Ref": name}
+    assert alias["Properties"] == {
+        "FunctionName": {"Ref": function},
+        "FunctionVersion": {"Fn::GetAtt": [version, "Version"]},
+        "Name": catalog.LIVE_ALIAS,
+    }
+    assert tuple(sorted(alias["Properties"])) == LIVE_ALIAS_PROPERTIES
+    assert "UpdatePolicy" not in alias, "no CodeDeploy: it would be a second owner of the alias"
+    assert not of_type(serving_resources, "AWS::CodeDeploy::DeploymentGroup")
+    assert not of_type(serving_resources, "AWS::CodeDeploy::Application")
 
 
 # -- API Gateway -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from pricepipe.errors import CommandError, DeploymentError, PricePipeError, Prom
 from pricepipe.promotion import abandon, deployer, gate, history, plan
 from pricepipe.promotion.steps import Plan, PromotionState
 from pricepipe.settings import Settings
-from tests.integration.aws_lambda import ALIAS, FUNCTION, REGION, serving_version
+from tests.integration.aws_lambda import ALIAS, FUNCTION, MODEL_LAYER, REGION, _zip, serving_version
 
 MODEL = "price-model"
 EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:pricepipe-promotion:run-1"
@@ -50,6 +50,7 @@ def _status(conn: psycopg.Connection[Any], execution_arn: str) -> tuple[str, str
 def _plan(alias_before: deployer.AliasState, version: str = "2", **changes: Any) -> Plan:
     planned: Plan = {
         "execution_arn": EXECUTION,
+        "kind": "model",
         "model_name": MODEL,
         "model_version": version,
         "strategy": "blue-green",
@@ -169,6 +170,60 @@ def test_the_alias_moving_under_a_promotion_is_refused() -> None:
     moved: deployer.AliasState = {"function_version": "5", "weights": {}, "revision_id": None}
     with pytest.raises(PromotionRefused, match="changed while this promotion ran"):
         plan.check_alias_unchanged(moved, _plan(NO_ALIAS), ours="3")
+
+
+# -- code rollouts: today's code with the champion's model --------------------------------------------------
+
+
+def test_a_version_published_before_a_code_deploy_is_no_longer_the_functions_build(lam: Any) -> None:
+    published = deployer.version_configuration(lam, FUNCTION, serving_version(lam, MODEL, "2"))
+    latest = dict(lam.get_function_configuration(FunctionName=FUNCTION))
+    assert deployer.same_build(published, latest, MODEL_LAYER), "the model layer is not part of the build"
+    lam.update_function_code(FunctionName=FUNCTION, ZipFile=_zip("app.py", "def handler(e, c):\n    return 2\n"))
+    deployed = dict(lam.get_function_configuration(FunctionName=FUNCTION))
+    assert not deployer.same_build(published, deployed, MODEL_LAYER)
+
+
+def test_a_version_published_before_a_configuration_deploy_is_no_longer_the_functions_build(lam: Any) -> None:
+    published = deployer.version_configuration(lam, FUNCTION, serving_version(lam, MODEL, "2"))
+    lam.update_function_configuration(FunctionName=FUNCTION, Environment={"Variables": {"PRICEPIPE_STAGE": "prod"}})
+    deployed = dict(lam.get_function_configuration(FunctionName=FUNCTION))
+    assert not deployer.same_build(published, deployed, MODEL_LAYER)
+
+
+def test_new_code_for_a_model_served_before_carries_that_models_layer_again(lam: Any) -> None:
+    first = deployer.version_configuration(lam, FUNCTION, serving_version(lam, MODEL, "2"))
+    layer = deployer.model_layer_of(first, MODEL_LAYER)
+    lam.update_function_code(FunctionName=FUNCTION, ZipFile=_zip("app.py", "def handler(e, c):\n    return 2\n"))
+    s3 = boto3.client("s3", region_name=REGION)
+    metadata = {"model_name": MODEL, "model_version": "2"}
+    # the artifact is never read: the layer exists, so no new one is built
+    deployed = deployer.deploy_model(
+        lam, s3, function=FUNCTION, layer_name=MODEL_LAYER, artifact_uri="s3://absent/model.npz", metadata=metadata
+    )
+    assert deployed["function_version"] != first["Version"] and deployed["reused"] is False
+    assert deployed["layer_arn"] == layer and "layer_version" not in deployed
+    assert deployed["code_sha256"] != first["CodeSha256"]
+    assert deployed["description"] == deployer.describe(MODEL, "2")
+
+
+def test_a_code_rollout_keeps_the_champions_model_and_says_so_when_asked_otherwise() -> None:
+    assert plan._code_rollout({}, MODEL, "4") == ("4", "canary")
+    assert plan._code_rollout({"model_version": "4", "strategy": "blue-green"}, MODEL, "4") == ("4", "blue-green")
+    with pytest.raises(PromotionRefused, match="has no champion yet: promote a model first"):
+        plan._code_rollout({}, MODEL, None)
+    with pytest.raises(PromotionRefused, match=r"keeps the champion's model \(price-model version 4\), not version 5"):
+        plan._code_rollout({"model_version": "5"}, MODEL, "4")
+    with pytest.raises(PromotionRefused, match="metric gate"):
+        plan._code_rollout({"strategy": "auto"}, MODEL, "4")
+
+
+def test_a_rollout_of_what_already_serves_has_nothing_to_do_and_a_canary_needs_a_champion() -> None:
+    champion = {"version": "4", "function_version": "7"}
+    assert plan._route("canary", champion, True, ALIAS, "4")[0] == "unchanged"  # type: ignore[arg-type]
+    assert plan._route("canary", champion, False, ALIAS, "4") == ("canary", "")  # type: ignore[arg-type]
+    route, note = plan._route("canary", None, False, ALIAS, "4")
+    assert route == "switch" and "nothing to compare a canary with" in note
 
 
 # -- the metric gate ----------------------------------------------------------------------------------------

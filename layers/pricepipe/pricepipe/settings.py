@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     serving_function: str = "pricepipe-api"
     serving_alias: str = "live"
     model_layer_name: str = "pricepipe-model"
-    model_layer_parameter: str = "/pricepipe/serving/model-layer-arn"  # SSM: the champion's layer for cdk deploy
+    model_layer_parameter: str = "/pricepipe/serving/model-layer-arn"  # SSM: the champion's layer, a record
     # API Gateway throttling (stage and usage plan) and the local gateway's token bucket: steady
     # requests per second, and how many may arrive at once above it.
     api_throttle_rate: float = Field(default=50.0, gt=0)

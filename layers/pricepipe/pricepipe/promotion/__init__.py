@@ -1,5 +1,10 @@
 """Promotion: how a registered model version comes to serve the ``live`` alias, and how it leaves.
 
+The state machine is the one owner of the alias (``cdk deploy`` never moves it): a model promotion
+(``kind: model``, the default) serves a new model on the function's current code; a **code rollout**
+(``kind: code``, started after a deploy by ``pipectl rollout``) serves the function's current code
+with the champion's model, through the same steps, checks and history rows.
+
 The steps of ``infrastructure/statemachines/promotion.asl.json`` and the operator's commands
 (``pipectl approve | reject | rollback | deployments``), as plain functions over a database
 connection, an MLflow client and AWS clients passed in. Strategies:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pricepipe import registry
 from pricepipe.promotion import deployer
-from pricepipe.promotion.history import record
+from pricepipe.promotion.history import reason_for, record
 from pricepipe.promotion.plan import Serving, finish
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def abandon(
             strategy=plan["strategy"],
             traffic_percent=0,
             function_version=ours,
-            reason=reason,
+            reason=reason_for(plan, reason),
             actor=actor,
             execution_arn=plan["execution_arn"],
             details={"alias_before": current, "alias_after": restored, "canary": state.get("canary")},

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from pricepipe.errors import PromotionRefused
 from pricepipe.promotion import deployer
 from pricepipe.promotion.cloudwatch import LambdaTraffic, api_server_errors, lambda_traffic
-from pricepipe.promotion.history import iso, now, record
+from pricepipe.promotion.history import iso, now, reason_for, record
 from pricepipe.promotion.plan import Serving, check_alias_unchanged
 from pricepipe.serving.prediction_log import API_SERVER_ERRORS
 
@@ -89,9 +89,10 @@ def start_canary(
                 strategy=plan["strategy"],
                 traffic_percent=float(plan["canary_percent"]),
                 function_version=canary,
-                reason=(
+                reason=reason_for(
+                    plan,
                     f"{plan['canary_percent']:g}% of {serving.alias} to version {canary}, the rest to {stable}"
-                    f" (champion {champion['version']}); health check after {plan['bake_seconds']} s"
+                    f" (champion {champion['version']}); health check after {plan['bake_seconds']} s",
                 ),
                 actor=plan["actor"],
                 execution_arn=plan["execution_arn"],

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pricepipe.errors import PromotionRefused
 from pricepipe.promotion import deployer
-from pricepipe.promotion.history import iso, model_row, now, record
+from pricepipe.promotion.history import iso, model_row, now, reason_for, record
 from pricepipe.promotion.plan import Serving
 
 if TYPE_CHECKING:
@@ -75,12 +75,13 @@ def deploy(
             strategy=plan["strategy"],
             traffic_percent=0,
             function_version=deployment["function_version"],
-            reason=(
+            reason=reason_for(
+                plan,
                 f"{serving.function} version {deployment['function_version']} serves {model_name}@{version}"
-                f" ({'reused' if deployment.get('reused') else 'published'}); no traffic yet"
+                f" ({'reused' if deployment.get('reused') else 'published'}); no traffic yet",
             ),
             actor=plan["actor"],
             execution_arn=plan["execution_arn"],
-            details={"layer_arn": deployment.get("layer_arn")},
+            details={"layer_arn": deployment.get("layer_arn"), "code_sha256": deployment.get("code_sha256")},
         )
     return {**deployment, "deployed_at": iso(now())}

@@ -182,7 +182,9 @@ def publish_function_version(
     """Put ``layer_arn`` on $LATEST in place of any model layer, then publish a version of exactly that.
 
     The revision ids make both calls conditional: if someone else changes $LATEST in between (a
-    ``cdk deploy``, another promotion), Lambda refuses instead of publishing a mix of the two.
+    ``cdk deploy``, another promotion), Lambda refuses instead of publishing a mix of the two (AWS
+    Lambda API Reference, UpdateFunctionConfiguration and PublishVersion: ``RevisionId`` "only update
+    the function if the revision ID matches"; a mismatch is PreconditionFailedException).
     """
     current = dict(lam.get_function_configuration(FunctionName=function))
     if current.get("LastUpdateStatus") == "InProgress":
@@ -225,12 +227,23 @@ def reusable_version(
     from older function code is not reused for a promotion, since promoting must not roll code back.
     """
     found = find_version(lam, function, model_name, version, layer_name)
-    if found is None:
-        return None
-    same_code = found.get("CodeSha256") == latest.get("CodeSha256")
-    others = [arn for arn in _layer_arns(latest) if layer_name_of(arn) != layer_name]
-    same_layers = [arn for arn in _layer_arns(found) if layer_name_of(arn) != layer_name] == others
-    return found if same_code and same_layers else None
+    return found if found is not None and same_build(found, latest, layer_name) else None
+
+
+# What a version freezes of $LATEST besides its layers (GetFunctionConfiguration's fields), and a
+# ``cdk deploy`` may change: the code, and the configuration the function runs with.
+BUILD_FIELDS = ("CodeSha256", "Handler", "Runtime", "MemorySize", "Timeout", "Environment")
+
+
+def same_build(configuration: dict[str, Any], latest: dict[str, Any], layer_name: str) -> bool:
+    """Whether a version has the code, configuration and layers other than the model's that ``latest``
+    ($LATEST) has: what a ``cdk deploy`` changes, so False means a deploy since it was published."""
+
+    def build(of: dict[str, Any]) -> tuple[Any, ...]:
+        others = [arn for arn in _layer_arns(of) if layer_name_of(arn) != layer_name]
+        return (*(of.get(name) for name in BUILD_FIELDS), others)
+
+    return build(configuration) == build(latest)
 
 
 def deploy_model(
@@ -242,7 +255,9 @@ def deploy_model(
     artifact_uri: str,
     metadata: dict[str, Any],
 ) -> ModelDeployment:
-    """A function version serving this model: an existing one with today's code, else a new layer and version."""
+    """A function version serving this model: an existing one with today's code and layers, else a new
+    version of $LATEST carrying the model's layer (published once per model: the layer an earlier version
+    of that model carries is attached again)."""
     model_name, version = str(metadata["model_name"]), str(metadata["model_version"])
     latest: dict[str, Any] = dict(lam.get_function_configuration(FunctionName=function))
     existing = reusable_version(lam, function, model_name, version, layer_name, latest)
@@ -250,17 +265,22 @@ def deploy_model(
         layer_arn = model_layer_of(existing, layer_name)
         assert layer_arn is not None  # reusable_version only finds versions carrying a model layer
         return {**_published_version(existing, layer_arn), "reused": True}
-    layer = publish_model_layer(
-        lam, s3, layer_name=layer_name, artifact_uri=artifact_uri, metadata=metadata, runtime=latest.get("Runtime")
-    )
+    # new code for a model served before (a code rollout, or a promotion after a deploy): its layer again
+    earlier = find_version(lam, function, model_name, version, layer_name)
+    layer_arn = model_layer_of(earlier, layer_name) if earlier is not None else None
+    layer_version = None
+    if layer_arn is None:
+        layer = publish_model_layer(
+            lam, s3, layer_name=layer_name, artifact_uri=artifact_uri, metadata=metadata, runtime=latest.get("Runtime")
+        )
+        layer_arn, layer_version = str(layer["layer_arn"]), int(layer["layer_version"])
     published = publish_function_version(
-        lam,
-        function=function,
-        layer_name=layer_name,
-        layer_arn=layer["layer_arn"],
-        description=describe(model_name, version),
+        lam, function=function, layer_name=layer_name, layer_arn=layer_arn, description=describe(model_name, version)
     )
-    return {**published, "layer_version": int(layer["layer_version"]), "reused": False}
+    deployed: ModelDeployment = {**published, "reused": False}
+    if layer_version is not None:
+        deployed["layer_version"] = layer_version
+    return deployed
 
 
 def version_configuration(lam: LambdaClient, function: str, version: str) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from pricepipe import registry
 from pricepipe.promotion import deployer
 from pricepipe.promotion import ssm as ssm_parameters
-from pricepipe.promotion.history import aliases, record, restore_aliases
+from pricepipe.promotion.history import aliases, reason_for, record, restore_aliases
 from pricepipe.promotion.plan import Serving, check_alias_unchanged, finish
 
 if TYPE_CHECKING:
@@ -60,9 +60,12 @@ def finalize(
     switched = deployer.switch(lam, serving.function, serving.alias, target, before["revision_id"])
     try:
         ssm_parameters.put_model_layer_parameter(ssm, serving.parameter, deployment["layer_arn"])
-        promoted = registry.promote(client, conn, model_name, version)
         serving_before = plan["champion"]
-        previous = promoted["previous"] or (serving_before["version"] if serving_before else None)
+        if plan.get("kind") == "code":  # the champion's model on new code: the registry has nothing to change
+            previous = serving_before["version"] if serving_before else None
+        else:
+            promoted = registry.promote(client, conn, model_name, version)
+            previous = promoted["previous"] or (serving_before["version"] if serving_before else None)
         with conn.transaction():
             record(
                 conn,
@@ -73,7 +76,7 @@ def finalize(
                 strategy=plan["strategy"],
                 traffic_percent=100,
                 function_version=target,
-                reason=reason,
+                reason=reason_for(plan, reason),
                 actor=actor,
                 execution_arn=plan["execution_arn"],
                 details={
@@ -84,7 +87,7 @@ def finalize(
                     "approval": state.get("approval"),
                 },
             )
-        finish(conn, plan["execution_arn"], "promoted", reason)
+        finish(conn, plan["execution_arn"], "promoted", reason_for(plan, reason))
     except BaseException:
         deployer.restore_alias(lam, serving.function, serving.alias, before)
         ssm_parameters.restore(ssm, serving.parameter, parameter_before)

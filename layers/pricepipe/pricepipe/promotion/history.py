@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     import psycopg
     from mlflow import MlflowClient
 
+    from pricepipe.promotion.steps import Plan
+
 
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -29,6 +31,14 @@ def iso(moment: dt.datetime | None) -> str | None:
 def to_json(value: Any) -> str:
     """JSON for a jsonb column: NaN and infinities (which PostgreSQL refuses) become null."""
     return json.dumps(registry.json_safe(value), default=str)
+
+
+CODE_ROLLOUT = "code rollout"  # how a code rollout's history rows begin their reason
+
+
+def reason_for(plan: Plan, reason: str) -> str:
+    """A step's reason as its history row gives it: a code rollout's say so (its model is unchanged)."""
+    return f"{CODE_ROLLOUT}: {reason}" if plan.get("kind") == "code" else reason
 
 
 def model_row(conn: psycopg.Connection[Any], model_name: str, version: str) -> dict[str, Any] | None:

@@ -4,6 +4,7 @@
 step reads the plan it returns. The run's ``model_registry.promotions`` row is the lock that keeps two
 promotions from moving the alias at once: :func:`running` finds the holders, :func:`finish` releases
 one, and :func:`clear_stale` releases those whose execution ended without reaching an end state.
+A code rollout (``kind: code``) takes the same lock, so it never runs beside a promotion.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from pricepipe.settings import Settings
 
 STRATEGIES = ("manual", "auto", "canary", "blue-green")
+KINDS = ("model", "code")  # a new model on today's code, or today's code with the champion's model
+CODE_ROLLOUT_STRATEGY = "canary"  # a code rollout's default: new code meets live traffic a share at a time
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,43 @@ def clear_stale(
         finish(conn, other_arn, "failed", why)
 
 
+def _code_rollout(request: dict[str, Any], model_name: str, champion: str | None) -> tuple[str, str]:
+    """(model version, strategy) of a code rollout: the function's current code with the champion's model."""
+    if champion is None:
+        raise PromotionRefused(
+            f"a code rollout serves the new code with the champion's model, and {model_name} has no champion yet:"
+            " promote a model first (its promotion publishes the current code too)"
+        )
+    asked = request.get("model_version")
+    if asked not in (None, "") and str(asked) != champion:
+        raise PromotionRefused(
+            f"a code rollout keeps the champion's model ({model_name} version {champion}), not version {asked}:"
+            " promote that version instead"
+        )
+    strategy = str(request.get("strategy") or CODE_ROLLOUT_STRATEGY)
+    if strategy == "auto":
+        raise PromotionRefused(
+            "a code rollout keeps the champion's model, so the metric gate (auto) has no other model to judge:"
+            " use canary, blue-green or manual"
+        )
+    return champion, strategy
+
+
+def _route(
+    strategy: str, champion: ServingChampion | None, serves_it: bool, alias: str, version: str
+) -> tuple[Route, str]:
+    """The route through the state machine, and a note when it is not the strategy's own."""
+    if serves_it:
+        return "unchanged", f"version {version} already serves all of {alias}'s traffic"
+    if strategy == "manual":
+        return "approval", ""
+    if strategy == "auto":
+        return "gate", ""
+    if strategy == "canary" and champion is None:
+        return "switch", "no model serves yet, so there is nothing to compare a canary with: switching at once"
+    return ("canary" if strategy == "canary" else "switch"), ""
+
+
 def check_alias_unchanged(current: AliasState, plan: Plan, ours: str) -> None:
     before = plan["alias_before"]
     foreign = {v for v in current["weights"] if v != ours}
@@ -146,10 +186,17 @@ def prepare(  # noqa: C901, PLR0912, PLR0915 - every refusal a promotion can mee
     """Check the request, choose the route, take the promotion lock and snapshot the alias: the plan."""
     serving = Serving.from_settings(settings)
     model_name = settings.model_name
-    if request.get("model_version") in (None, ""):
+    kind = str(request.get("kind") or "model")
+    registered_champion = registry.alias_version(client, model_name, "champion")
+    if kind == "code":
+        version, strategy = _code_rollout(request, model_name, registered_champion)
+    elif kind != "model":
+        raise PromotionRefused(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    elif request.get("model_version") in (None, ""):
         raise PromotionRefused("the promotion request names no model_version")
-    version = str(request["model_version"])
-    strategy = str(request.get("strategy") or settings.promotion_strategy)
+    else:
+        version = str(request["model_version"])
+        strategy = str(request.get("strategy") or settings.promotion_strategy)
     if strategy not in STRATEGIES:
         raise PromotionRefused(f"strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
     percent = float(request.get("canary_percent") or settings.canary_percent)
@@ -177,27 +224,18 @@ def prepare(  # noqa: C901, PLR0912, PLR0915 - every refusal a promotion can mee
     champion: ServingChampion | None = None
     if served is not None and served[0] == model_name:
         champion = {"version": served[1], "function_version": alias["function_version"]}
-    registered_champion = registry.alias_version(client, model_name, "champion")
 
-    note = ""
-    route: Route
-    if champion is not None and champion["version"] == version:
-        route = "unchanged"
-        note = f"version {version} already serves all of {serving.alias}'s traffic"
-    elif strategy == "manual":
-        route = "approval"
-    elif strategy == "auto":
-        route = "gate"
-    elif strategy == "canary" and champion is not None:
-        route = "canary"
-    else:
-        route = "switch"
-        if strategy == "canary":
-            note = "no model serves yet, so there is nothing to compare a canary with: switching at once"
+    serves_it = champion is not None and champion["version"] == version
+    if kind == "code" and serves_it:
+        # the champion's model already serves: a rollout has nothing to do unless a deploy changed the code
+        latest = dict(lam.get_function_configuration(FunctionName=serving.function))
+        serves_it = deployer.same_build(primary, latest, serving.layer_name)
+    route, note = _route(strategy, champion, serves_it, serving.alias, version)
 
     reason = str(request.get("reason") or "requested")
     plan: Plan = {
         "execution_arn": execution_arn,
+        "kind": "code" if kind == "code" else "model",
         "model_name": model_name,
         "model_version": version,
         "strategy": strategy,

@@ -123,8 +123,9 @@ def rollback(
 def restore_champion(
     conn: psycopg.Connection[Any], lam: LambdaClient, s3: S3Client, ssm: SSMClient, settings: Settings, actor: str
 ) -> dict[str, Any] | None:
-    """Serve the registry's champion again when the alias serves no model (what ``cdk deploy`` does
-    with the SSM parameter; a restarted local cloud needs it because its Lambda versions are gone)."""
+    """Serve the registry's champion again when the alias serves no model: a restarted local cloud
+    needs it because its Lambda versions are gone (on AWS a code rollout after re-creating the serving
+    stack does the same through the promotion flow)."""
     serving = Serving.from_settings(settings)
     alias = deployer.alias_state(lam, serving.function, serving.alias)
     primary = deployer.version_configuration(lam, serving.function, alias["function_version"])

@@ -1,5 +1,7 @@
-"""SSM adapter: the parameter naming the champion's model layer, which the serving stack reads on
-``cdk deploy``, so a code deploy publishes its new version with the champion's model."""
+"""SSM adapter: the parameter recording the champion's model layer, for operators and tools.
+
+Nothing in the deploy path reads it: which model a function version carries is decided by the
+promotion flow when it publishes the version (:mod:`pricepipe.promotion.deployer`)."""
 
 from __future__ import annotations
 

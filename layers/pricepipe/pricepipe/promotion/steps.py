@@ -13,6 +13,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 from pricepipe.promotion.deployer import AliasState, ModelDeployment
 
+Kind = Literal["model", "code"]  # a model promotion, or a code rollout (today's code, the champion's model)
 Route = Literal["unchanged", "approval", "gate", "canary", "switch"]
 Outcome = Literal["rolled-back", "rejected", "expired", "failed"]
 
@@ -28,6 +29,7 @@ class Plan(TypedDict):
     """What :func:`pricepipe.promotion.plan.prepare` decided; every later step reads it (``$.plan``)."""
 
     execution_arn: str
+    kind: Kind
     model_name: str
     model_version: str
     strategy: str
