@@ -39,6 +39,8 @@ from pricepipe.training.search import (
     choose_baseline,
     search,
     single_threaded,
+    to_price,
+    to_target,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +49,9 @@ if TYPE_CHECKING:
     from pricepipe.contract import Contract
     from pricepipe.lean_model import FeatureEncoding
 
-PARITY_TOLERANCE = 1e-6  # largest |lean - original| prediction accepted at export
+# largest |lean - original| output accepted at export, in the trees' own scale (for a log model the
+# log price: the prices then agree within a relative 1e-6)
+PARITY_TOLERANCE = 1e-6
 
 
 class ExportError(PricePipeError, RuntimeError):
@@ -78,6 +82,8 @@ class TrainingConfig:
             "max_tree_levels": self.search.max_tree_levels,
             "early_stopping_rounds": self.search.early_stopping_rounds,
             "families": ",".join(self.search.families),
+            "sampler": self.search.sampler,
+            "target_transforms": ",".join(self.search.transforms),
             "refit_full_window": self.refit_full_window,
         }
 
@@ -91,8 +97,9 @@ class Candidate:
     n_trees: int
     validation_rmse: float
     holdout: dict[str, float]
-    predictions: np.ndarray
+    predictions: np.ndarray  # prices
     model: Any = field(repr=False)
+    target_transform: str = "identity"  # what the model was trained on (search.TARGET_TRANSFORMS)
 
 
 @dataclass
@@ -167,16 +174,18 @@ class TrainingOutcome:
             "holdout_start": window["holdout_start"],
             "rows": self.data.rows,
             "model_family": self.chosen,
+            "target_transform": self.model.target_transform,
             "n_trees": self.model.n_trees,
             **{f"model.{k}": v for k, v in self.model.params.items()},
             "baseline.group_by": self.baseline.params["group_by"],
         }
 
 
-def _export(family: Any, model: Any, encoding: FeatureEncoding, x: np.ndarray, expected: np.ndarray) -> LeanModel:
-    """The lean artifact of ``model``, refused unless it reproduces the model's predictions on ``x``."""
-    lean = LeanModel(family.export(model, encoding), encoding)
-    gap = float(np.max(np.abs(lean.predict_matrix(x) - expected)))
+def _export(family: Any, model: Any, encoding: FeatureEncoding, x: np.ndarray, transform: str) -> LeanModel:
+    """The lean artifact of ``model`` (trained on ``transform`` of the price), refused unless it
+    reproduces the model's output on ``x`` in the trees' own scale (the log price for a log model)."""
+    lean = LeanModel(family.export(model, encoding), encoding, {"target_transform": transform})
+    gap = float(np.max(np.abs(lean.output_matrix(x) - family.predict(model, x))))
     if not gap < PARITY_TOLERANCE:
         raise ExportError(f"the lean artifact differs from the {family.name} model by up to {gap:.3g}")
     return lean
@@ -228,9 +237,12 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
     candidates = {}
     for name, trial in result.best.items():
         family = FAMILIES[name]
+        transform = trial.target_transform
         with single_threaded():
-            model = family.fit(trial.params, trial.n_trees, x_train, y_train, categorical, config.search.seed)
-            predictions = family.predict(model, x_holdout)
+            model = family.fit(
+                trial.params, trial.n_trees, x_train, to_target(transform, y_train), categorical, config.search.seed
+            )
+            predictions = to_price(transform, family.predict(model, x_holdout))
         candidates[name] = Candidate(
             name,
             trial.params,
@@ -239,6 +251,7 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
             regression_metrics(y_holdout, predictions),
             predictions,
             model,
+            transform,
         )
     chosen = result.chosen.family
 
@@ -257,7 +270,8 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
 
     winner = candidates[chosen]
     family = FAMILIES[chosen]
-    evaluation_lean = _export(family, winner.model, encoding, x_holdout, winner.predictions)
+    transform = winner.target_transform
+    evaluation_lean = _export(family, winner.model, encoding, x_holdout, transform)
     if config.refit_full_window:
         everything = data.frame
         served_encoding = fit_encoding(everything, contract)
@@ -266,12 +280,11 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
                 winner.params,
                 winner.n_trees,
                 encode(everything, served_encoding),
-                everything[target].to_numpy(dtype=np.float64),
+                to_target(transform, everything[target].to_numpy(dtype=np.float64)),
                 [served_encoding.index[name] for name in contract.categorical_features],
                 config.search.seed,
             )
-        x_check = encode(holdout, served_encoding)
-        lean = _export(family, served_model, served_encoding, x_check, family.predict(served_model, x_check))
+        lean = _export(family, served_model, served_encoding, encode(holdout, served_encoding), transform)
         reference_rows = everything
     else:
         served_model, served_encoding, lean, reference_rows = winner.model, encoding, evaluation_lean, train_part
@@ -307,6 +320,7 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
         "contract": {"name": contract.name, "version": contract.version},
         "target": target,
         "model_family": chosen,
+        "target_transform": transform,
         "params": winner.params,
         "n_trees": winner.n_trees,
         "metrics": winner.holdout,
