@@ -97,7 +97,7 @@ def test_unknown_fields_are_refused_rather_than_ignored() -> None:
 
 
 def test_missing_or_unknown_contracts_name_what_exists(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ContractError, match="no bundled contract named 'nope'; bundled: hotel_rates"):
+    with pytest.raises(ContractError, match="no bundled contract named 'nope'; bundled: ames, hotel_rates"):
         load_contract("nope")
     with pytest.raises(ContractError, match="does not exist"):
         load_contract(str(tmp_path / "missing.yaml"))

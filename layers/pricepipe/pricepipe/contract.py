@@ -32,7 +32,8 @@ ColumnType = Literal["integer", "float", "boolean", "string", "category", "date"
 DatePart = Literal["year", "month", "day_of_week", "day_of_year", "week_of_year", "is_weekend"]
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-RESERVED_COLUMNS = frozenset({"_ingest_id", "_loaded_at", "_reasons", "_source_key"})
+RESERVED_COLUMNS = frozenset({"_ingest_id", "_loaded_at", "_load_date", "_reasons", "_source_key"})
+LOAD_DATE_PARTITION = "_load_date"  # the lake's partition key for a contract without an event time
 REASONS_COLUMN = "_reasons"
 
 _TRUE = ("true", "t", "yes", "y", "1")
@@ -147,6 +148,12 @@ class Contract(BaseModel):
     def input_columns(self) -> tuple[str, ...]:
         """Columns a caller supplies to get a prediction: everything but the target."""
         return tuple(c for c in self.columns if c != self.target)
+
+    @property
+    def lake_partition(self) -> str:
+        """The Parquet lake's partition key (``dataset=<name>/<key>=YYYY-MM-DD/``): the event time's
+        date, or without one the load date (the ETL writes it, training reads it)."""
+        return self.event_time or LOAD_DATE_PARTITION
 
     @cached_property
     def date_part_columns(self) -> tuple[str, ...]:

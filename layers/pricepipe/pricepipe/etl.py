@@ -160,11 +160,14 @@ def _load(
         return _reject(conn, s3, contract, ref, execution, data, started, quarantine_key, str(exc))
 
     checked = validate(frame, contract)
-    ingest_id = conn.execute(
+    # The load date is the transaction's day (UTC): finished_at below is the same now(), so the
+    # lake's load-date partition and the database's window agree (pricepipe.training.data).
+    ingest_id, load_date = conn.execute(
         "INSERT INTO price_data.ingestion_ledger (run_id, dataset, source_bucket, source_key, source_etag,"
-        " source_size, status, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'loaded', %s) RETURNING id",
+        " source_size, status, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'loaded', %s)"
+        " RETURNING id, (now() AT TIME ZONE 'UTC')::date",
         (execution, contract.name, ref.bucket, ref.key, ref.etag, ref.size, started),
-    ).fetchone()[0]  # type: ignore[index]
+    ).fetchone()  # type: ignore[misc]
 
     good = checked.good
     is_new = _not_yet_stored(conn, contract, good)
@@ -174,7 +177,7 @@ def _load(
     # The lake write (client CPU and S3) overlaps the COPYs (database-bound); both finish before
     # the commit, and a lake failure rolls the database back.
     with ThreadPoolExecutor(max_workers=1) as background:  # leaving the block waits for the lake
-        lake = background.submit(write_lake, s3, settings, contract, features, ref, written)
+        lake = background.submit(write_lake, s3, settings, contract, features, ref, written, load_date)
         copy_frame(conn, "price_data.raw_data", new, _raw_schema(contract), lineage)
         copy_frame(conn, "price_data.processed_features", features, _processed_schema(contract), lineage)
         lake_keys = lake.result()
@@ -352,9 +355,12 @@ def write_lake(
     features: pd.DataFrame,
     ref: ObjectRef,
     written: list[str] | None = None,
+    load_date: dt.date | None = None,
 ) -> list[str]:
-    """Write features as Parquet, one object per event date; keys are fixed by the source file, so a
-    retried load overwrites rather than duplicates. Each key is appended to ``written`` once put."""
+    """Write features as Parquet, one object per event date (without an event time, one object in the
+    partition of ``load_date``, the load's day; default today, UTC); keys are fixed by the source
+    file, so a retried load overwrites rather than duplicates. Each key is appended to ``written``
+    once put."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -366,7 +372,8 @@ def write_lake(
     schema = contract.arrow_schema(contract.feature_table_columns)
     table = pa.Table.from_pandas(features, schema=schema, preserve_index=False)
     if contract.event_time is None:
-        parts = [(f"ingest_date={dt.date.today().isoformat()}", table)]
+        day = load_date or dt.datetime.now(dt.UTC).date()
+        parts = [(f"{contract.lake_partition}={day.isoformat()}", table)]
     else:
         # one sort, then zero-copy slices per day: a file may span hundreds of days
         table = table.take(pc.sort_indices(pc.cast(table[contract.event_time], pa.date32())))

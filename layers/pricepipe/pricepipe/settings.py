@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     training_window_days: int = Field(default=365, ge=2)  # days of data up to the latest event date
     holdout_days: int = Field(default=28, ge=1)  # most recent days, scored once, never trained on
     validation_days: int | None = Field(default=None, ge=1)  # search's validation days; None: holdout_days
+    # A contract without an event time holds out and validates on shares of its keys, by a seeded
+    # hash (pricepipe.training.data.split); their sum must stay below 1 (the job refuses it otherwise).
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    validation_fraction: float | None = Field(default=None, gt=0, lt=1)  # None: holdout_fraction
     time_budget_s: float = Field(default=300.0, gt=0)  # hyperparameter search wall clock
     search_max_trials: int = Field(default=20, ge=1)  # per model family; bounds the search when time does not
     max_tree_levels: int = Field(default=800, ge=1)  # trees x depth per model: the lean evaluator's cost
