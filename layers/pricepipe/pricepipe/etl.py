@@ -5,7 +5,9 @@ COPY new good rows into ``price_data.raw_data`` and their features into
 ``price_data.processed_features``, write the features to the Parquet lake, and record it all in the
 ingestion ledger, in one transaction. Every row that comes in is loaded, quarantined, or counted as
 a duplicate (a key already stored); the ledger's CHECK constraint holds the sum. A file already
-taken is skipped, so landing the same file twice adds nothing.
+taken is skipped, so landing the same file twice adds nothing. Files come from the contract's own
+landing folder (``landing/<contract>/``, :meth:`Settings.contract_landing_prefix`) and bad ones go to
+its quarantine folder; a file anywhere else is refused, never loaded with the wrong contract.
 
 ``execution`` is the ETL state machine's execution name, as in the other flows; the ingestion
 ledger keeps it in its ``run_id`` column.
@@ -26,6 +28,7 @@ from psycopg import sql
 from pricepipe import storage
 from pricepipe.contract import Contract, read_csv, validate
 from pricepipe.db import copy_frame, transient_errors
+from pricepipe.errors import ContractError
 from pricepipe.features import build_features
 from pricepipe.storage import ObjectChanged, ObjectRef
 
@@ -68,16 +71,26 @@ class FileResult:
 
 
 def discover(
-    s3: S3Client, conn: psycopg.Connection[Any], settings: Settings, prefix: str | None, execution: str
+    s3: S3Client,
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    contract: Contract,
+    prefix: str | None,
+    execution: str,
 ) -> dict[str, Any]:
     """List landing files under ``prefix`` not yet taken, and write them as the run's manifest.
 
-    The manifest (a JSON array in the artifacts bucket) is what the Distributed Map reads, so a run
-    can hold more files than a state's payload could.
+    ``prefix`` lies in the contract's landing folder (default: all of it); a prefix above it (such
+    as the whole landing root) is narrowed to it, one elsewhere (another contract's folder, the
+    quarantine) is refused. The manifest (a JSON array in the artifacts bucket) is what the
+    Distributed Map reads, so a run can hold more files than a state's payload could.
     """
-    prefix = prefix or settings.landing_prefix
-    if not prefix.startswith(settings.landing_prefix):
-        raise ValueError(f"prefix {prefix!r} is outside the landing area {settings.landing_prefix!r}")
+    area = settings.contract_landing_prefix(contract.name)
+    prefix = prefix or area
+    if area.startswith(prefix):
+        prefix = area
+    elif not prefix.startswith(area):
+        raise ValueError(f"prefix {prefix!r} is outside the landing folder {area!r} of contract {contract.name!r}")
     listed = list(storage.list_objects(s3, settings.landing_bucket, prefix))
     with transient_errors():
         taken = {
@@ -113,12 +126,14 @@ def load_file(
 ) -> FileResult:
     """Validate, quarantine and load one landing file in one transaction (see module docstring).
 
-    Raises :class:`~pricepipe.errors.TransientError` for failures worth retrying; any failure rolls
-    the whole file back and records a ``failed`` ledger row.
+    Raises :class:`~pricepipe.errors.TransientError` for failures worth retrying, and
+    :class:`~pricepipe.errors.ContractError` for a file outside the contract's landing folder; any
+    failure rolls the whole file back and records a ``failed`` ledger row.
     """
     started = dt.datetime.now(dt.UTC)
     written: list[str] = []  # lake objects of this attempt: removed again if it does not commit
     try:
+        quarantine_key_of(settings, contract, ref.key)  # another contract's file is refused unread
         with transient_errors(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (FILE_LOCK_NAMESPACE, ref.key))
             taken = conn.execute(
@@ -150,8 +165,7 @@ def _load(
     started: dt.datetime,
     written: list[str],
 ) -> FileResult:
-    relative = ref.key.removeprefix(settings.landing_prefix)
-    quarantine_key = f"{settings.quarantine_prefix}{relative}"
+    quarantine_key = quarantine_key_of(settings, contract, ref.key)
     if not ref.key.endswith(CSV_SUFFIXES):
         return _reject(conn, s3, contract, ref, execution, data, started, quarantine_key, "not a .csv file")
     try:
@@ -215,6 +229,19 @@ def _load(
         ),
     )
     return result
+
+
+def quarantine_key_of(settings: Settings, contract: Contract, key: str) -> str:
+    """Where a landing file's rejected rows (or the whole file) go: the same path under the contract's
+    quarantine folder. A key outside the contract's landing folder is refused with a
+    :class:`ContractError`: it belongs to another dataset (or none), whose contract this is not."""
+    area = settings.contract_landing_prefix(contract.name)
+    if not key.startswith(area):
+        raise ContractError(
+            f"{key} is not under {area}, the landing folder of contract {contract.name!r} that this ETL"
+            f" loads with: land {contract.name} files under {area}, another dataset's in its own deployment"
+        )
+    return settings.contract_quarantine_prefix(contract.name) + key.removeprefix(area)
 
 
 def _decompress(key: str, data: bytes) -> bytes:
