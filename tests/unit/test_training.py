@@ -23,7 +23,7 @@ from pricepipe.training import (
     time_split,
     train,
 )
-from pricepipe.training.data import encode, event_dates
+from pricepipe.training.data import encode, event_dates, in_holdout, split
 from pricepipe.training.search import (
     FAMILIES,
     TPE_STARTUP_TRIALS,
@@ -71,6 +71,18 @@ def test_a_fractional_holdout_cuts_between_days(features: pd.DataFrame, contract
 def test_a_holdout_of_no_days_is_refused(features: pd.DataFrame, contract: Contract) -> None:
     with pytest.raises(TrainingDataError, match="at least one day"):
         time_split(features, contract, days=0)
+
+
+def test_with_an_event_time_the_one_split_is_by_time(features: pd.DataFrame, contract: Contract) -> None:
+    parts = split(features, contract, holdout_days=14, validation_days=7, holdout_fraction=0.2, seed=1)
+
+    days = pd.to_datetime(features[contract.event_time])
+    assert parts.rule == "time"
+    assert pd.to_datetime(parts.holdout[contract.event_time]).min() == days.max() - pd.Timedelta(days=13)
+    assert pd.to_datetime(parts.validation[contract.event_time]).min() == days.max() - pd.Timedelta(days=20)
+    assert pd.to_datetime(parts.fit[contract.event_time]).max() < days.max() - pd.Timedelta(days=20)
+    with pytest.raises(ValueError, match="has an event time"):
+        in_holdout(features, contract, fraction=0.2, seed=1)
 
 
 def test_a_window_is_counted_in_days_with_both_ends() -> None:

@@ -15,6 +15,10 @@ it is what the champion comparison scores on the holdout. The *served* model is 
 refit on the whole window (``refit_full_window``, the default): prices drift, and leaving the most
 recent weeks out of the model that serves cost 2.6 RMSE on the DESIGN §3 split (see
 ``benchmarks/bench_train``). With the refit off, one model is both.
+
+A contract without an event time is split by a seeded hash of the key instead
+(:func:`pricepipe.training.data.split`), and serves the evaluation model: refit on its holdout
+keys, the champion would later be compared with challengers on rows it was trained on.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import numpy as np
 from pricepipe.drift.reference import reference_statistics
 from pricepipe.errors import PricePipeError
 from pricepipe.lean_model import LeanModel
-from pricepipe.training.data import TrainingData, TrainingDataError, encode, event_dates, fit_encoding, time_split
+from pricepipe.training.data import TrainingData, TrainingDataError, covered_dates, encode, fit_encoding, split
 from pricepipe.training.metrics import regression_metrics
 from pricepipe.training.search import (
     FAMILIES,
@@ -62,6 +66,8 @@ class ExportError(PricePipeError, RuntimeError):
 class TrainingConfig:
     holdout_days: int = 28
     validation_days: int | None = None  # None: as many as the holdout
+    holdout_fraction: float = 0.2  # without an event time: the share of keys held out (by seeded hash)
+    validation_fraction: float | None = None  # without an event time: the share validating; None: as the holdout
     search: SearchSettings = field(default_factory=SearchSettings)
     min_train_rows: int = 200
     min_holdout_rows: int = 30
@@ -76,6 +82,8 @@ class TrainingConfig:
         return {
             "holdout_days": self.holdout_days,
             "validation_days": self.effective_validation_days,
+            "holdout_fraction": self.holdout_fraction,
+            "validation_fraction": self.validation_fraction or self.holdout_fraction,
             "seed": self.search.seed,
             "time_budget_s": self.search.time_budget_s,
             "max_trials": self.search.max_trials,
@@ -131,21 +139,32 @@ class TrainingOutcome:
         """The chosen model's holdout metrics."""
         return self.model.holdout
 
+    @property
+    def refits_full_window(self) -> bool:
+        """Whether the served model is refit on the whole window (never without an event time)."""
+        return self.config.refit_full_window and self.contract.event_time is not None
+
     def data_window(self) -> dict[str, Any]:
-        train_dates = event_dates(self.train, self.contract)
-        holdout_dates = event_dates(self.holdout, self.contract)
+        """The window, and the dates each part covers: event dates, or without an event time the
+        load dates of the whole window (its key-hash holdout is spread over all of it)."""
+        train_start, train_end = covered_dates(self.train, self.contract, self.data.window)
+        holdout_start, holdout_end = covered_dates(self.holdout, self.contract, self.data.window)
+        keyed = self.contract.event_time is None
         return {
             **self.data.window.to_dict(),
+            "dates": "load" if keyed else "event",
             "source": self.data.source,
             "rows": self.data.rows,
             "days_with_data": self.data.lineage.get("days_with_data"),
+            "split": "key_hash" if keyed else "time",
+            **({"holdout_fraction": self.config.holdout_fraction, "seed": self.config.search.seed} if keyed else {}),
             "train_rows": len(self.train),
-            "train_start": train_dates.min().date().isoformat(),
-            "train_end": train_dates.max().date().isoformat(),
+            "train_start": train_start,
+            "train_end": train_end,
             "holdout_rows": len(self.holdout),
-            "holdout_start": holdout_dates.min().date().isoformat(),
-            "holdout_end": holdout_dates.max().date().isoformat(),
-            "served_model_trained_on": "window" if self.config.refit_full_window else "train",
+            "holdout_start": holdout_start,
+            "holdout_end": holdout_end,
+            "served_model_trained_on": "window" if self.refits_full_window else "train",
         }
 
     def all_metrics(self) -> dict[str, float]:
@@ -205,17 +224,25 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
             f"no {contract.name} rows between {window.start} and {window.end} in the {data.source}: "
             "load data with the ETL first, or choose another window"
         )
-    train_part, holdout = time_split(data.frame, contract, days=config.holdout_days)
-    _check_rows(
-        holdout, config.min_holdout_rows, f"the holdout (last {config.holdout_days} days)", "widen --holdout-days"
+    parts = split(
+        data.frame,
+        contract,
+        holdout_days=config.holdout_days,
+        validation_days=config.validation_days,
+        holdout_fraction=config.holdout_fraction,
+        validation_fraction=config.validation_fraction,
+        seed=config.search.seed,
     )
+    train_part, holdout, fit_part, validation = parts.train, parts.holdout, parts.fit, parts.validation
+    keyed = parts.rule == "key_hash"
+    more = "load more rows, or raise the fractions"
+    _check_rows(holdout, config.min_holdout_rows, parts.holdout_is, more if keyed else "widen --holdout-days")
     _check_rows(train_part, config.min_train_rows, "the train part", "widen --window-days")
-    fit_part, validation = time_split(train_part, contract, days=config.effective_validation_days)
     _check_rows(
         validation,
         config.min_holdout_rows,
-        f"the validation days (last {config.effective_validation_days} before the holdout)",
-        "widen the window or the validation days",
+        parts.validation_is,
+        more if keyed else "widen the window or the validation days",
     )
     _check_rows(fit_part, config.min_train_rows // 2, "the fit part (train before validation)", "widen --window-days")
 
@@ -272,7 +299,7 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
     family = FAMILIES[chosen]
     transform = winner.target_transform
     evaluation_lean = _export(family, winner.model, encoding, x_holdout, transform)
-    if config.refit_full_window:
+    if config.refit_full_window and not keyed:
         everything = data.frame
         served_encoding = fit_encoding(everything, contract)
         with single_threaded():
