@@ -40,6 +40,7 @@ from pricepipe.training.search import (
     GroupMedian,
     SearchResult,
     SearchSettings,
+    Trial,
     choose_baseline,
     search,
     single_threaded,
@@ -210,6 +211,33 @@ def _export(family: Any, model: Any, encoding: FeatureEncoding, x: np.ndarray, t
     return lean
 
 
+def _refit(
+    trial: Trial,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_holdout: np.ndarray,
+    y_holdout: np.ndarray,
+    categorical: list[int],
+    seed: int,
+) -> Candidate:
+    """A family's best trial refit on the train part (prices, trained on the trial's transform) and
+    scored in price on the holdout."""
+    family, transform = FAMILIES[trial.family], trial.target_transform
+    with single_threaded():
+        model = family.fit(trial.params, trial.n_trees, x_train, to_target(transform, y_train), categorical, seed)
+        predictions = to_price(transform, family.predict(model, x_holdout))
+    return Candidate(
+        trial.family,
+        trial.params,
+        trial.n_trees,
+        trial.validation_rmse,
+        regression_metrics(y_holdout, predictions),
+        predictions,
+        model,
+        transform,
+    )
+
+
 def _check_rows(frame: pd.DataFrame, minimum: int, what: str, hint: str) -> None:
     if len(frame) < minimum:
         raise TrainingDataError(f"{what} has {len(frame)} rows, fewer than the {minimum} needed: {hint}")
@@ -261,25 +289,10 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
     encoding = fit_encoding(train_part, contract)
     x_train, y_train = encode(train_part, encoding), train_part[target].to_numpy(dtype=np.float64)
     x_holdout, y_holdout = encode(holdout, encoding), holdout[target].to_numpy(dtype=np.float64)
-    candidates = {}
-    for name, trial in result.best.items():
-        family = FAMILIES[name]
-        transform = trial.target_transform
-        with single_threaded():
-            model = family.fit(
-                trial.params, trial.n_trees, x_train, to_target(transform, y_train), categorical, config.search.seed
-            )
-            predictions = to_price(transform, family.predict(model, x_holdout))
-        candidates[name] = Candidate(
-            name,
-            trial.params,
-            trial.n_trees,
-            trial.validation_rmse,
-            regression_metrics(y_holdout, predictions),
-            predictions,
-            model,
-            transform,
-        )
+    candidates = {
+        name: _refit(trial, x_train, y_train, x_holdout, y_holdout, categorical, config.search.seed)
+        for name, trial in result.best.items()
+    }
     chosen = result.chosen.family
 
     group = choose_baseline(fit_part, validation, target, contract.categorical_features)
