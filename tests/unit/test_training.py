@@ -24,6 +24,7 @@ from pricepipe.training import (
     train,
 )
 from pricepipe.training.data import encode, event_dates, in_holdout, split
+from pricepipe.training.pipeline import model_pipeline
 from pricepipe.training.search import (
     FAMILIES,
     TPE_STARTUP_TRIALS,
@@ -319,6 +320,10 @@ def test_a_log_model_serves_prices_and_explains_in_log_price(features: pd.DataFr
     evaluation = outcome.evaluation_lean.predict_matrix(encode(outcome.holdout, outcome.encoding))
     assert np.max(np.abs(evaluation / outcome.model.predictions - 1)) < 1e-6
     assert 20 < float(np.median(evaluation)) < 400  # prices, not log prices
+    # the sklearn pipeline MLflow logs answers in price too
+    pipeline = model_pipeline(outcome.served_encoding, outcome.served_model, outcome.model.target_transform)
+    served = outcome.lean.predict_matrix(encode(outcome.holdout, outcome.served_encoding))
+    assert np.max(np.abs(pipeline.predict(outcome.holdout) / served - 1)) < 1e-6
 
 
 def test_the_served_model_is_refit_on_the_whole_window(features: pd.DataFrame, contract: Contract) -> None:
