@@ -73,11 +73,10 @@ def run(rows: int, repeat: int) -> dict[str, Any]:
                 s3.create_bucket(Bucket=bucket)
             db.migrate(conn, contract)
             conn.execute("CREATE TABLE bench_bare (LIKE price_data.raw_data INCLUDING ALL)")
-            s3.put_object(Bucket=settings.landing_bucket, Key="landing/bench/big.csv", Body=body)
-            head = s3.head_object(Bucket=settings.landing_bucket, Key="landing/bench/big.csv")
-            ref = storage.ObjectRef(
-                settings.landing_bucket, "landing/bench/big.csv", head["ETag"].strip('"'), len(body)
-            )
+            key = f"{settings.contract_landing_prefix(contract.name)}bench/big.csv"
+            s3.put_object(Bucket=settings.landing_bucket, Key=key, Body=body)
+            head = s3.head_object(Bucket=settings.landing_bucket, Key=key)
+            ref = storage.ObjectRef(settings.landing_bucket, key, head["ETag"].strip('"'), len(body))
             for attempt in range(repeat):
                 conn.execute("TRUNCATE price_data.raw_data, price_data.processed_features, price_data.ingestion_ledger")
                 conn.execute("TRUNCATE bench_bare")
@@ -145,9 +144,10 @@ def memory_probe(path: Path) -> None:
             for bucket in (settings.landing_bucket, settings.lake_bucket, settings.artifacts_bucket):
                 s3.create_bucket(Bucket=bucket)
             db.migrate(conn, contract)
-            s3.put_object(Bucket=settings.landing_bucket, Key="landing/probe.csv", Body=body)
-            head = s3.head_object(Bucket=settings.landing_bucket, Key="landing/probe.csv")
-            ref = storage.ObjectRef(settings.landing_bucket, "landing/probe.csv", head["ETag"].strip('"'), 0)
+            key = f"{settings.contract_landing_prefix(contract.name)}probe.csv"
+            s3.put_object(Bucket=settings.landing_bucket, Key=key, Body=body)
+            head = s3.head_object(Bucket=settings.landing_bucket, Key=key)
+            ref = storage.ObjectRef(settings.landing_bucket, key, head["ETag"].strip('"'), 0)
             etl.load_file(conn, s3, contract, settings, ref, "probe")
     finally:
         drop_database(admin, url)

@@ -137,7 +137,7 @@ def save_mlflow_model(outcome: Any, contract: Any, path: Path) -> None:
 
     from pricepipe.training.pipeline import SKOPS_TRUSTED_TYPES, model_pipeline
 
-    pipeline = model_pipeline(outcome.served_encoding, outcome.served_model)
+    pipeline = model_pipeline(outcome.served_encoding, outcome.served_model, outcome.model.target_transform)
     example = outcome.holdout[list(contract.feature_columns)].head(5)
     example = example.astype(dict.fromkeys(contract.categorical_features, object))
     shutil.rmtree(path, ignore_errors=True)

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pricepipe.settings import DEFAULTS  # the bucket layout every grant below names
+from pricepipe.settings import DEFAULTS, contract_prefix  # the bucket layout every grant below names
 
 ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS_DIR = ROOT / "functions"
@@ -36,6 +36,20 @@ class Grant:
     bucket: str  # landing | lake | artifacts
     prefix: str
     access: str  # read | write
+    # The prefix is a per-contract root (landing, quarantine): the grant is on the deployed
+    # contract's folder under it (pricepipe.settings.contract_prefix), see contract_grants.
+    per_contract: bool = False
+
+    def for_contract(self, dataset: str) -> Grant:
+        """The grant as deployed for contract ``dataset``."""
+        if not self.per_contract:
+            return self
+        return Grant(self.bucket, contract_prefix(self.prefix, dataset), self.access)
+
+
+def contract_grants(grants: tuple[Grant, ...], dataset: str) -> tuple[Grant, ...]:
+    """A function's grants for the deployed contract: per-contract prefixes resolved to its folders."""
+    return tuple(grant.for_contract(dataset) for grant in grants)
 
 
 @dataclass(frozen=True)
@@ -115,7 +129,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         timeout_s=120,
         substitution="EtlDiscoverFunctionArn",
         s3=(
-            Grant("landing", DEFAULTS.landing_prefix, "read"),
+            Grant("landing", DEFAULTS.landing_prefix, "read", per_contract=True),
             Grant("artifacts", DEFAULTS.manifest_prefix, "write"),
         ),
     ),
@@ -128,8 +142,8 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         timeout_s=900,
         substitution="EtlLoadFunctionArn",
         s3=(
-            Grant("landing", DEFAULTS.landing_prefix, "read"),
-            Grant("landing", DEFAULTS.quarantine_prefix, "write"),
+            Grant("landing", DEFAULTS.landing_prefix, "read", per_contract=True),
+            Grant("landing", DEFAULTS.quarantine_prefix, "write", per_contract=True),
             Grant("lake", DEFAULTS.lake_prefix, "write"),
         ),
     ),

@@ -14,6 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pricepipe.settings import contract_prefix
+
 if TYPE_CHECKING:
     import pandas as pd
     from mypy_boto3_s3 import S3Client
@@ -66,7 +68,8 @@ def select_days(
 
 
 def day_key(prefix: str, day: dt.date) -> str:
-    return f"{prefix}{DATASET}/{day:%Y/%m/%d}/bookings-{day:%Y%m%d}.csv"
+    """A day's file under the landing root ``prefix``, in hotel_rates's folder."""
+    return f"{contract_prefix(prefix, DATASET)}{day:%Y/%m/%d}/bookings-{day:%Y%m%d}.csv"
 
 
 def day_csv(day: dt.date) -> tuple[bytes, int]:
@@ -93,11 +96,12 @@ def land_days(
     return landed
 
 
-def land_file(s3: S3Client, bucket: str, prefix: str, path: Path, dataset: str = DATASET) -> LandedFile:
-    """Land a file of your own (bring-your-own data) under ``<prefix><dataset>/``."""
+def land_file(s3: S3Client, bucket: str, prefix: str, path: Path, dataset: str) -> LandedFile:
+    """Land a file of your own (bring-your-own data) in the folder of contract ``dataset`` under the
+    landing root ``prefix`` (``landing/<dataset>/<file name>``), where that contract's ETL takes it."""
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
-    key = f"{prefix}{dataset}/{path.name}"
+    key = f"{contract_prefix(prefix, dataset)}{path.name}"
     data = path.read_bytes()
     s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="text/csv")
     return LandedFile(key, max(data.count(b"\n") - 1, 0))

@@ -36,6 +36,7 @@ class Target:
     database_url: str | None = None  # reachable from here (local only; RDS is private)
     api_url: str | None = None  # the prediction API (local: the gateway in front of the live alias)
     api_key: str | None = None
+    dataset: str = "hotel_rates"  # the deployed contract's name: where `pipectl land --file` puts files
 
     def client(self, service: str) -> Any:
         config = Config(retries={"mode": "standard"}, read_timeout=900)
@@ -70,6 +71,7 @@ def local_target(state_dir: Path = DEFAULT_STATE_DIR) -> Target:
         database_url=state["database_url"],
         api_url=state.get("gateway_url") or None,
         api_key=state.get("api_key") or None,
+        dataset=state.get("dataset") or state["contract"],
     )
 
 
@@ -110,6 +112,7 @@ def aws_target(region: str | None = None) -> Target:
         functions=functions,
         api_url=outputs.get("ApiUrl", "").rstrip("/") or None,
         api_key=api_key,
+        dataset=outputs.get("DatasetName") or "hotel_rates",
     )
 
 

@@ -103,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             source=args.source,
             end=args.end,
         )
-        options.check()
         contract = load_contract(settings.contract, s3)
+        options.check(contract)
         dsn = db.resolve_dsn(settings)
         with db.connect(dsn, autocommit=True) as conn:
             result = run_job(options, contract, settings, conn=conn, s3=s3, uri=registry.tracking_uri(settings, dsn))

@@ -27,7 +27,7 @@ contract = load_contract(settings.contract, s3)
 
 @logger.inject_lambda_context
 def discover(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return etl.discover(s3, database.get(), settings, event.get("prefix"), event["execution"])
+    return etl.discover(s3, database.get(), settings, contract, event.get("prefix"), event["execution"])
 
 
 @logger.inject_lambda_context

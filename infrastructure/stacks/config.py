@@ -10,8 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
 from aws_cdk import aws_logs as logs
 from constructs import Node
+
+from infrastructure.catalog import ROOT
+
+BUNDLED_CONTRACTS = ROOT / "layers" / "pricepipe" / "pricepipe" / "contracts"
 
 STAGES = ("dev", "test", "prod")
 DEFAULT_ETL_SCHEDULE = "cron(0 2 * * ? *)"
@@ -99,6 +104,11 @@ class DeployConfig:
             )
 
     @property
+    def dataset(self) -> str:
+        """The deployed contract's name (:func:`dataset_name`)."""
+        return dataset_name(self.contract)
+
+    @property
     def log_retention(self) -> logs.RetentionDays:
         return _RETENTION[self.log_retention_days]
 
@@ -130,6 +140,17 @@ class DeployConfig:
             alarm_email=get("alarmEmail") or None,
             quarantine_alarm_percent=float(get("quarantineAlarmPercent") or cls.quarantine_alarm_percent),
         )
+
+
+def dataset_name(contract: str) -> str:
+    """A contract's name, known at synth time: the ``dataset`` dimension of the ETL metrics and its
+    folder under the landing and quarantine roots. A bundled contract's is read here; for one in S3
+    the file's stem, which is what the bundled contracts use too (the ETL refuses files outside the
+    folder of the name the contract itself declares, so the two must agree)."""
+    bundled = BUNDLED_CONTRACTS / f"{contract}.yaml"
+    if bundled.is_file():
+        return str(yaml.safe_load(bundled.read_text(encoding="utf-8"))["name"])
+    return contract.rstrip("/").rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
 
 
 def _flag(value: Any, *, default: bool) -> bool:

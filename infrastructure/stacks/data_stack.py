@@ -190,7 +190,7 @@ class DataStack(Stack):
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="landing-to-infrequent-access",
-                    prefix=DEFAULTS.landing_prefix,
+                    prefix=DEFAULTS.contract_landing_prefix(self.config.dataset),
                     transitions=[
                         s3.Transition(
                             storage_class=s3.StorageClass.INFREQUENT_ACCESS, transition_after=Duration.days(30)
@@ -198,7 +198,9 @@ class DataStack(Stack):
                     ],
                 ),
                 s3.LifecycleRule(
-                    id="expire-quarantine", prefix=DEFAULTS.quarantine_prefix, expiration=Duration.days(90)
+                    id="expire-quarantine",
+                    prefix=DEFAULTS.contract_quarantine_prefix(self.config.dataset),
+                    expiration=Duration.days(90),
                 ),
             ],
         )

@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
 from aws_cdk import ArnFormat, CfnOutput, Duration, Stack
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
@@ -36,7 +35,6 @@ from pricepipe.settings import DEFAULTS
 # as the functions are deployed with them.
 NAMESPACE = DEFAULTS.metrics_namespace
 MODEL_NAME = DEFAULTS.model_name
-BUNDLED_CONTRACTS = catalog.ROOT / "layers" / "pricepipe" / "pricepipe" / "contracts"
 DASHBOARD_NAME = catalog.PROJECT
 
 # Alarm thresholds (per evaluation period).
@@ -162,22 +160,13 @@ def metric_group(namespace: str, name: str) -> MetricGroup:
     raise KeyError(f"nothing emits {namespace}/{name}: add it to METRICS with the code that emits it")
 
 
-def dataset_name(contract: str) -> str:
-    """The ``dataset`` dimension of the ETL metrics: the contract's ``name`` (a bundled contract's is
-    read here; for one in S3 the file's stem, which is what the bundled contracts use too)."""
-    bundled = BUNDLED_CONTRACTS / f"{contract}.yaml"
-    if bundled.is_file():
-        return str(yaml.safe_load(bundled.read_text(encoding="utf-8"))["name"])
-    return contract.rstrip("/").rsplit("/", 1)[-1].removesuffix(".yaml").removesuffix(".yml")
-
-
 class MonitoringStack(Stack):
     """An encrypted SSL-only SNS topic, the alarms that publish to it, and the dashboard."""
 
     def __init__(self, scope: Construct, construct_id: str, *, config: DeployConfig, **kwargs: Any) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.config = config
-        self.dataset = dataset_name(config.contract)
+        self.dataset = config.dataset
         self._topic()
         self.alarms: list[cloudwatch.Alarm] = []
         self._api_alarms()

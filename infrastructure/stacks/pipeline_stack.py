@@ -153,6 +153,8 @@ class PipelineStack(Stack):
             self.state_machines[spec.key] = self._state_machine(spec)
         self._etl_triggers(self.state_machines["etl"])
         self._drift_schedule(self.state_machines["drift"])
+        # the contract's name: pipectl --target aws lands files in its folder (landing/<dataset>/)
+        CfnOutput(self, "DatasetName", value=config.dataset)
 
     # -- layers ------------------------------------------------------------------------------------
 
@@ -306,7 +308,7 @@ class PipelineStack(Stack):
                 function,
                 function.role,
                 names=self.data.bucket_names,
-                grants=spec.s3,
+                grants=catalog.contract_grants(spec.s3, self.config.dataset),
                 contract=self.config.contract,
                 who=spec.name,
             )
@@ -578,14 +580,15 @@ class PipelineStack(Stack):
     # -- triggers ----------------------------------------------------------------------------------
 
     def _etl_triggers(self, machine: sfn.StateMachine) -> None:
+        landing = DEFAULTS.contract_landing_prefix(self.config.dataset)  # the contract's folder only
         scheduler.Schedule(
             self,
             "EtlSchedule",
-            description=f"Daily ETL of everything under {DEFAULTS.landing_prefix} not yet taken",
+            description=f"Daily ETL of everything under {landing} not yet taken",
             schedule=scheduler.ScheduleExpression.expression(self.config.etl_schedule),
             target=scheduler_targets.StepFunctionsStartExecution(
                 machine,
-                input=scheduler.ScheduleTargetInput.from_object({"prefix": DEFAULTS.landing_prefix}),
+                input=scheduler.ScheduleTargetInput.from_object({"prefix": landing}),
                 retry_attempts=3,
                 max_event_age=Duration.hours(1),
             ),
@@ -593,13 +596,13 @@ class PipelineStack(Stack):
         events.Rule(
             self,
             "EtlOnLandingObject",
-            description=f"Run the ETL for each new object under {DEFAULTS.landing_prefix}",
+            description=f"Run the ETL for each new object under {landing}",
             event_pattern=events.EventPattern(
                 source=["aws.s3"],
                 detail_type=["Object Created"],
                 detail={
                     "bucket": {"name": [self.data.bucket_names.landing]},
-                    "object": {"key": [{"prefix": DEFAULTS.landing_prefix}]},
+                    "object": {"key": [{"prefix": landing}]},
                 },
             ),
             targets=[

@@ -28,13 +28,24 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         days: Annotated[int | None, typer.Option("--days", help="the first N days of the data")] = None,
         file: Annotated[Path | None, typer.Option("--file", help="land a CSV of your own instead")] = None,
     ) -> None:
-        """Drop hotel_rates days (or a file of your own) into the landing bucket, as an upstream would."""
+        """Drop hotel_rates days (or a file of your own, for the deployed contract) into the landing
+        bucket, under the contract's folder (landing/<contract>/), as an upstream would."""
         target = resolve_target(target_kind)
         s3 = target.client("s3")
         if file is not None:
-            landed = datasource.land_file(s3, target.landing_bucket, LANDING_PREFIX, file)
+            try:
+                landed = datasource.land_file(s3, target.landing_bucket, LANDING_PREFIX, file, target.dataset)
+            except ValueError as exc:
+                console.print(f"[red]{exc}[/red]")
+                raise typer.Exit(2) from exc
             console.print(f"landed s3://{target.landing_bucket}/{landed.key}")
             return
+        if target.dataset != datasource.DATASET:
+            console.print(
+                f"[red]--date/--from/--days replay hotel_rates, but this deployment's contract is"
+                f" {target.dataset!r}: land its files with --file[/red]"
+            )
+            raise typer.Exit(2)
         try:
             chosen = datasource.select_days(
                 date.date() if date else None, start.date() if start else None, end.date() if end else None, days
@@ -47,11 +58,13 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
     @app.command()
     def etl(
         target_kind: TargetOption = "local",
-        prefix: Annotated[str, typer.Option(help="landing prefix to take files from")] = LANDING_PREFIX,
+        prefix: Annotated[
+            str | None, typer.Option(help="landing prefix to take files from (default: the contract's folder)")
+        ] = None,
     ) -> None:
         """Run the ETL state machine and report what became of every file."""
         target = resolve_target(target_kind)
-        result = run_etl(target, prefix)
+        result = run_etl(target, prefix or DEFAULTS.contract_landing_prefix(target.dataset))
         if not result.succeeded:
             raise typer.Exit(1)
 
@@ -140,8 +153,8 @@ def print_destinations(target: Target) -> None:
         f"Parquet lake s3://{target.lake_bucket}/{DEFAULTS.lake_prefix}",
         f"{count(target.lake_bucket, DEFAULTS.lake_prefix):,} files",
     )
+    quarantine = DEFAULTS.contract_quarantine_prefix(target.dataset)
     table.add_row(
-        f"quarantine s3://{target.landing_bucket}/{DEFAULTS.quarantine_prefix}",
-        f"{count(target.landing_bucket, DEFAULTS.quarantine_prefix):,} files",
+        f"quarantine s3://{target.landing_bucket}/{quarantine}", f"{count(target.landing_bucket, quarantine):,} files"
     )
     console.print(table)

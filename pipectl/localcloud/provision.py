@@ -39,6 +39,7 @@ class Resources:
     database_secret_arn: str
     database_url: str
     contract: str
+    dataset: str = ""  # the contract's name: its files land under landing/<dataset>/
     functions: dict[str, str] = field(default_factory=dict)  # key -> ARN
     state_machines: dict[str, str] = field(default_factory=dict)  # key -> ARN
     job_queues: dict[str, str] = field(default_factory=dict)  # job key -> queue ARN
@@ -103,6 +104,8 @@ def provision(
     this deployment's configuration, as a CDK deploy config would set it. ``job_settings`` are
     added to every Batch job definition's environment likewise (e.g. the search's trial count).
     """
+    from pricepipe.contract import load_contract
+
     s3, iam = cloud.client("s3"), cloud.client("iam")
     resources = Resources(
         endpoint=cloud.endpoint,
@@ -113,6 +116,7 @@ def provision(
         database_secret_arn="",
         database_url=database_url,
         contract=contract,
+        dataset=load_contract(contract, s3).name,
     )
     for bucket in (resources.landing_bucket, resources.lake_bucket, resources.artifacts_bucket):
         s3.create_bucket(Bucket=bucket)

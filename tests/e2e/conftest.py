@@ -47,4 +47,5 @@ def target(deployed: Resources) -> Target:
         functions=deployed.functions,
         endpoint=deployed.endpoint,
         database_url=deployed.database_url,
+        dataset=deployed.dataset,
     )

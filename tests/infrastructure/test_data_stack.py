@@ -71,9 +71,9 @@ def test_given_the_landing_bucket_then_quarantine_expires_and_landing_moves_to_i
 ) -> None:
     _, landing = _bucket(data_resources, "landing")
     rules = {rule["Id"]: rule for rule in landing["Properties"]["LifecycleConfiguration"]["Rules"]}
-    assert rules["expire-quarantine"]["Prefix"] == "quarantine/"
+    assert rules["expire-quarantine"]["Prefix"] == "quarantine/hotel_rates/"  # the deployed contract's folders
     assert rules["expire-quarantine"]["ExpirationInDays"] == 90
-    assert rules["landing-to-infrequent-access"]["Prefix"] == "landing/"
+    assert rules["landing-to-infrequent-access"]["Prefix"] == "landing/hotel_rates/"
     assert rules["landing-to-infrequent-access"]["Transitions"] == [
         {"StorageClass": "STANDARD_IA", "TransitionInDays": 30}
     ]

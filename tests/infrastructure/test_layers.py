@@ -12,7 +12,7 @@ from aws_cdk.assertions import Template
 
 from infrastructure import layers
 from infrastructure.stacks import layer_names
-from infrastructure.stacks.pipeline_stack import PACKAGE_DIR
+from infrastructure.stacks.pipeline_stack import PACKAGE_DIR, REQUIREMENTS_DIR
 
 if TYPE_CHECKING:
     from tests.infrastructure.conftest import Synthesized
@@ -107,7 +107,7 @@ def test_given_a_layer_then_every_module_has_unchecked_hash_bytecode_for_the_run
     ("stack", "construct_id"),
     [("pipeline", "DepsLayer"), ("pipeline", "NumpyLayer"), ("pipeline", "MlflowLayer"), ("serving", "ServingLayer")],
 )
-def test_given_a_requirements_layer_then_it_ships_no_test_suites_scripts_or_runtime_provided_sdk(
+def test_given_a_requirements_layer_then_it_ships_no_test_suites_scripts_runtime_provided_sdk_or_optuna(
     stack: str, construct_id: str, synthesized: Synthesized, pipeline_resources: Resources, serving_resources: Resources
 ) -> None:
     resources = pipeline_resources if stack == "pipeline" else serving_resources
@@ -116,6 +116,19 @@ def test_given_a_requirements_layer_then_it_ships_no_test_suites_scripts_or_runt
     assert not (site / "bin").exists()
     for package in layers.RUNTIME_PROVIDED:
         assert not (site / package).exists(), package
+    # the search's sampler belongs to the training container alone (training_jobs/requirements.txt)
+    assert not (site / "optuna").exists()
+    assert not list(site.glob("optuna-*.dist-info"))
+
+
+def test_given_the_layer_requirements_then_none_asks_for_optuna_which_only_the_training_image_pins() -> None:
+    files = sorted(REQUIREMENTS_DIR.glob("*.txt"))
+    assert files
+    for path in files:
+        names = [line.split("==")[0].strip().lower() for line in path.read_text().splitlines()]
+        assert "optuna" not in names, path.name
+    training = (REQUIREMENTS_DIR.parents[1] / "training_jobs" / "requirements.txt").read_text().splitlines()
+    assert "optuna==5.0.0" in training
 
 
 def test_given_the_mlflow_layer_then_it_holds_mlflow_and_its_sql_store_but_nothing_the_dependency_layer_ships(

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from infrastructure import catalog
-from infrastructure.stacks.config import DEFAULT_QUARANTINE_ALARM_PERCENT
-from infrastructure.stacks.monitoring_stack import METRICS, MODEL_NAME, NAMESPACE, dataset_name
+from infrastructure.stacks.config import DEFAULT_QUARANTINE_ALARM_PERCENT, dataset_name
+from infrastructure.stacks.monitoring_stack import METRICS, MODEL_NAME, NAMESPACE
 from infrastructure.stacks.serving_stack import API_NAME
 from tests.infrastructure.support import of_type
 

@@ -25,8 +25,10 @@ from tests.infrastructure.support import (
     statements_of_role,
 )
 
-LANDING_PREFIX = DEFAULTS.landing_prefix
-QUARANTINE_PREFIX = DEFAULTS.quarantine_prefix
+# the synthesized app deploys the default contract: its own folders under the landing and quarantine roots
+DATASET = "hotel_rates"
+LANDING_PREFIX = "landing/hotel_rates/"
+QUARANTINE_PREFIX = "quarantine/hotel_rates/"
 LAKE_PREFIX = DEFAULTS.lake_prefix
 MANIFEST_PREFIX = DEFAULTS.manifest_prefix
 
@@ -143,7 +145,9 @@ def test_given_a_catalog_function_then_its_s3_access_is_exactly_what_its_grants_
     pipeline_resources = resources_of(spec)
     _, function = _function(pipeline_resources, spec)
     role = function["Properties"]["Role"]["Fn::GetAtt"][0]
-    assert s3_grants(statements_of_role(pipeline_resources, role)) == expected_s3_grants(spec.s3)
+    assert s3_grants(statements_of_role(pipeline_resources, role)) == expected_s3_grants(
+        catalog.contract_grants(spec.s3, DATASET)
+    )
 
 
 @pytest.mark.parametrize(

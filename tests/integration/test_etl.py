@@ -13,7 +13,7 @@ import pytest
 
 from pipectl import datasource
 from pricepipe import etl, storage
-from pricepipe.errors import BucketNotFound, TransientError
+from pricepipe.errors import BucketNotFound, ContractError, TransientError
 from tests.conftest import land_and_load
 
 DAY = dt.date(2016, 7, 2)  # 34 bookings, one without a country
@@ -43,7 +43,8 @@ def test_a_day_loads_into_both_tables_the_lake_and_the_quarantine(conn, s3, cont
     )
     assert counts(conn) == (33, 33)
     model_rows = conn.execute("SELECT * FROM price_data.model_features ORDER BY booking_id").fetchall()
-    assert len(model_rows) == 33 and len(model_rows[0]) == len(contract.feature_table_columns)
+    # model-ready rows, and the load that stored them (what a contract without event time windows on)
+    assert len(model_rows) == 33 and len(model_rows[0]) == len(contract.feature_table_columns) + 1
     quarantined = pd.read_csv(
         io.BytesIO(s3.get_object(Bucket=settings.landing_bucket, Key=result.quarantine_key)["Body"].read())
     )
@@ -73,7 +74,9 @@ def test_landing_the_same_file_twice_adds_nothing(conn, s3, contract, settings) 
 def test_rows_already_stored_from_another_file_count_as_duplicates(conn, s3, contract, settings) -> None:  # type: ignore[no-untyped-def]
     land_and_load(conn, s3, contract, settings, [DAY])
     body, _ = datasource.day_csv(DAY)
-    resent = etl.load_file(conn, s3, contract, settings, put(s3, settings, "landing/resend/day.csv", body), "run-2")
+    resent = etl.load_file(
+        conn, s3, contract, settings, put(s3, settings, "landing/hotel_rates/resend/day.csv", body), "run-2"
+    )
     assert (resent.rows_in, resent.rows_loaded, resent.rows_quarantined, resent.rows_duplicate) == (34, 0, 1, 33)
     assert counts(conn) == (33, 33)
 
@@ -167,15 +170,33 @@ def test_discover_lists_only_files_not_yet_taken_and_writes_a_manifest(conn, s3,
     first, second = datasource.select_days(days=2)
     land_and_load(conn, s3, contract, settings, [first])
     datasource.land_days(s3, settings.landing_bucket, settings.landing_prefix, [second])
-    found = etl.discover(s3, conn, settings, None, "run-d")
-    assert (found["files"], found["already_taken"]) == (1, 1)
+    put(s3, settings, "landing/ames/houses.csv", b"rownames,sale_price\n1,100\n")  # another contract's folder
+    found = etl.discover(s3, conn, settings, contract, None, "run-d")
+    assert (found["prefix"], found["files"], found["already_taken"]) == ("landing/hotel_rates/", 1, 1)
     manifest = storage.get_json(s3, found["manifest"]["bucket"], found["manifest"]["key"])
     assert [item["key"] for item in manifest] == [datasource.day_key("landing/", second)]
+    # the whole landing root is narrowed to the contract's folder
+    assert etl.discover(s3, conn, settings, contract, "landing/", "run-d2")["prefix"] == "landing/hotel_rates/"
 
 
-def test_discover_refuses_a_prefix_outside_the_landing_area(conn, s3, settings) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ValueError, match="outside the landing area"):
-        etl.discover(s3, conn, settings, "quarantine/", "run-q")
+@pytest.mark.parametrize("prefix", ["quarantine/", "landing/ames/", "landing/hotel_rates_old/"])
+def test_discover_refuses_a_prefix_outside_the_contracts_landing_folder(conn, s3, settings, contract, prefix) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="outside the landing folder 'landing/hotel_rates/' of contract 'hotel_rates'"):
+        etl.discover(s3, conn, settings, contract, prefix, "run-q")
+
+
+@pytest.mark.parametrize("key", ["landing/ames/houses.csv", "landing/houses.csv", "elsewhere/hotel_rates/day.csv"])
+def test_a_file_outside_the_contracts_folder_is_refused_unread_not_loaded(conn, s3, contract, settings, key) -> None:  # type: ignore[no-untyped-def]
+    body, _ = datasource.day_csv(DAY)  # hotel rows even: the folder says which contract a file is for
+    ref = put(s3, settings, key, body)
+    with pytest.raises(ContractError, match=f"{key} is not under landing/hotel_rates/, the landing folder of"):
+        etl.load_file(conn, s3, contract, settings, ref, "run-o")
+    assert counts(conn) == (0, 0)
+    assert "quarantine/" not in json.dumps(
+        [o["Key"] for o in s3.list_objects_v2(Bucket=settings.landing_bucket).get("Contents", [])]
+    )
+    (status, error) = conn.execute("SELECT status, error FROM price_data.ingestion_ledger").fetchone()
+    assert status == "failed" and error.startswith("ContractError:")
 
 
 def test_a_dropped_connection_is_a_transient_error(s3, contract, settings, database_url) -> None:  # type: ignore[no-untyped-def]

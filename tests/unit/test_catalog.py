@@ -106,3 +106,14 @@ def test_every_granted_prefix_is_a_prefix_of_the_settings_layout() -> None:
     grants = [g for f in catalog.FUNCTIONS for g in f.s3] + [g for grants in JOB_ACCESS.values() for g in grants]
     assert grants
     assert {g.prefix for g in grants} <= layout
+
+
+def test_landing_and_quarantine_grants_are_on_the_deployed_contracts_folders_only() -> None:
+    grants = catalog.contract_grants(catalog.function("etl-load").s3, "ames")
+
+    assert [(g.bucket, g.prefix, g.access) for g in grants] == [
+        ("landing", "landing/ames/", "read"),
+        ("landing", "quarantine/ames/", "write"),
+        ("lake", "processed_features/", "write"),
+    ]
+    assert not any(g.per_contract for g in grants)

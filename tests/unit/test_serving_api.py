@@ -40,7 +40,7 @@ from pricepipe.serving.model_layer import build_layer_zip
 from pricepipe.serving.requests import request_models
 from pricepipe.settings import get_settings
 from pricepipe.training.data import encode, fit_encoding
-from pricepipe.training.search import FAMILIES
+from pricepipe.training.search import FAMILIES, SearchSettings
 
 APP = Path(__file__).resolve().parents[2] / "functions" / "api" / "app.py"
 MAX_ROWS = 50
@@ -68,7 +68,7 @@ def trained(hotel_rates: pd.DataFrame, contract: Contract, tmp_path_factory: pyt
     features = build_features(train.assign(arrival_date=pd.to_datetime(train["arrival_date"])), contract)
     encoding = fit_encoding(features, contract)
     family = FAMILIES["lightgbm"]
-    params = {**family.sample(np.random.default_rng(0), 0), "max_depth": 6}
+    params = {**family.defaults(SearchSettings()), "max_depth": 6}
     fitted = family.fit(
         params,
         40,

@@ -37,3 +37,12 @@ def test_prod_refuses_a_password_in_database_url() -> None:
 def test_prefixes_must_end_with_a_slash() -> None:
     with pytest.raises(ValidationError, match="landing_prefix must end with '/'"):
         Settings(landing_prefix="landing")
+
+
+def test_each_contract_lands_and_is_quarantined_in_its_own_folder() -> None:
+    settings = Settings(landing_prefix="in/", quarantine_prefix="bad/")
+
+    assert settings.contract_landing_prefix("ames") == "in/ames/"
+    assert settings.contract_quarantine_prefix("hotel_rates") == "bad/hotel_rates/"
+    with pytest.raises(ValueError, match="without '/'"):
+        settings.contract_landing_prefix("ames/../hotel_rates")

@@ -23,10 +23,18 @@ from pricepipe.training import (
     time_split,
     train,
 )
-from pricepipe.training.data import encode, event_dates
-from pricepipe.training.search import GroupMedian, search
+from pricepipe.training.data import encode, event_dates, in_holdout, split
+from pricepipe.training.pipeline import model_pipeline
+from pricepipe.training.search import (
+    FAMILIES,
+    TPE_STARTUP_TRIALS,
+    GroupMedian,
+    SearchResult,
+    search,
+    tree_cap,
+)
 
-QUICK = SearchSettings(seed=11, time_budget_s=60, max_trials=2, max_tree_levels=240)
+QUICK = SearchSettings(seed=11, time_budget_s=60, max_trials=3, max_tree_levels=240)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +72,18 @@ def test_a_fractional_holdout_cuts_between_days(features: pd.DataFrame, contract
 def test_a_holdout_of_no_days_is_refused(features: pd.DataFrame, contract: Contract) -> None:
     with pytest.raises(TrainingDataError, match="at least one day"):
         time_split(features, contract, days=0)
+
+
+def test_with_an_event_time_the_one_split_is_by_time(features: pd.DataFrame, contract: Contract) -> None:
+    parts = split(features, contract, holdout_days=14, validation_days=7, holdout_fraction=0.2, seed=1)
+
+    days = pd.to_datetime(features[contract.event_time])
+    assert parts.rule == "time"
+    assert pd.to_datetime(parts.holdout[contract.event_time]).min() == days.max() - pd.Timedelta(days=13)
+    assert pd.to_datetime(parts.validation[contract.event_time]).min() == days.max() - pd.Timedelta(days=20)
+    assert pd.to_datetime(parts.fit[contract.event_time]).max() < days.max() - pd.Timedelta(days=20)
+    with pytest.raises(ValueError, match="has an event time"):
+        in_holdout(features, contract, fraction=0.2, seed=1)
 
 
 def test_a_window_is_counted_in_days_with_both_ends() -> None:
@@ -120,32 +140,111 @@ def _matrices(features: pd.DataFrame, contract: Contract) -> Matrices:
     )
 
 
-def test_the_same_seed_gives_the_same_search(features: pd.DataFrame, contract: Contract) -> None:
+def _strip(result: SearchResult) -> list[tuple[object, ...]]:
+    return [(t.family, t.number, t.params, t.target_transform, t.n_trees, t.validation_rmse) for t in result.trials]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_the_same_seed_gives_the_same_search(features: pd.DataFrame, contract: Contract, sampler: str) -> None:
     matrices = _matrices(features, contract)
+    settings = replace(QUICK, sampler=sampler)
 
-    first, second = search(*matrices, QUICK), search(*matrices, QUICK)
+    first, second = search(*matrices, settings), search(*matrices, settings)
 
-    strip = [(t.family, t.number, t.params, t.n_trees, t.validation_rmse) for t in first.trials]
-    assert strip == [(t.family, t.number, t.params, t.n_trees, t.validation_rmse) for t in second.trials]
+    assert _strip(first) == _strip(second)
     assert len(first.trials) == 2 * QUICK.max_trials
+
+
+def test_the_first_trials_are_the_defaults_once_per_target_transform(
+    features: pd.DataFrame, contract: Contract
+) -> None:
+    result = search(*_matrices(features, contract), QUICK)
+
+    for name, family in FAMILIES.items():
+        first, second = [t for t in result.trials if t.family == name][:2]
+        assert (first.params, first.target_transform) == (family.defaults(QUICK), "identity")
+        assert (second.params, second.target_transform) == (family.defaults(QUICK), "log")
+    lightgbm = FAMILIES["lightgbm"].defaults(QUICK)
+    # LGBMRegressor()'s settings; the depth bound is the one the serving cost asks for (240 levels: 5)
+    assert lightgbm == {
+        "learning_rate": 0.1,
+        "num_leaves": 31,
+        "max_depth": 5,
+        "min_child_samples": 20,
+        "subsample": 1.0,
+        "colsample_bytree": 1.0,
+        "reg_lambda": 0.0,
+    }
+    assert FAMILIES["lightgbm"].defaults(SearchSettings())["max_depth"] == 8  # 800 levels / 100 trees
+
+
+def test_the_chosen_model_is_no_worse_than_the_defaults_on_validation(
+    features: pd.DataFrame, contract: Contract
+) -> None:
+    x, y, x_val, y_val, categorical = _matrices(features, contract)
+    result = search(x, y, x_val, y_val, categorical, QUICK)
+
+    family = FAMILIES["lightgbm"]
+    defaults = family.defaults(QUICK)
+    # the defaults fitted to the most trees the serving cost allows, with no early stopping
+    model = family.fit(defaults, tree_cap(defaults["max_depth"], QUICK), x, y, categorical, QUICK.seed)
+    plain = regression_metrics(y_val, family.predict(model, x_val))["rmse"]
+    assert result.chosen.validation_rmse <= result.best["lightgbm"].validation_rmse <= result.trials[0].validation_rmse
+    assert result.trials[0].validation_rmse <= plain + 1e-9
 
 
 def test_another_seed_samples_other_settings(features: pd.DataFrame, contract: Contract) -> None:
     matrices = _matrices(features, contract)
-    other = SearchSettings(seed=12, time_budget_s=60, max_trials=2, max_tree_levels=240)
+    other = replace(QUICK, seed=12)
 
     a, b = search(*matrices, QUICK), search(*matrices, other)
 
-    assert [t.params for t in a.trials if t.number > 0] != [t.params for t in b.trials if t.number > 0]
+    assert [t.params for t in a.trials if t.number >= 2] != [t.params for t in b.trials if t.number >= 2]
 
 
-def test_the_time_budget_stops_the_search_after_the_first_round(features: pd.DataFrame, contract: Contract) -> None:
+def test_tpe_starts_as_random_search_then_samples_from_the_results(features: pd.DataFrame, contract: Contract) -> None:
+    matrices = _matrices(features, contract)
+    settings = replace(QUICK, max_trials=TPE_STARTUP_TRIALS + 2, families=("lightgbm",))
+
+    tpe, uniform = search(*matrices, settings), search(*matrices, replace(settings, sampler="random"))
+
+    # the defaults for both transforms, then the same seeded random draws until TPE has its startup trials
+    assert _strip(tpe)[:TPE_STARTUP_TRIALS] == _strip(uniform)[:TPE_STARTUP_TRIALS]
+    assert _strip(tpe)[TPE_STARTUP_TRIALS:] != _strip(uniform)[TPE_STARTUP_TRIALS:]
+
+
+def test_the_log_transform_is_not_tried_when_a_price_is_not_positive(
+    features: pd.DataFrame, contract: Contract
+) -> None:
+    x, y, x_val, y_val, categorical = _matrices(features, contract)
+    y = y.copy()
+    y[3] = 0.0
+
+    result = search(x, y, x_val, y_val, categorical, replace(QUICK, max_trials=2))
+
+    assert {t.target_transform for t in result.trials} == {"identity"}
+
+
+def test_unknown_samplers_and_transforms_are_refused(features: pd.DataFrame, contract: Contract) -> None:
+    matrices = _matrices(features, contract)
+    with pytest.raises(ValueError, match="unknown sampler 'grid'; known: tpe, random"):
+        search(*matrices, replace(QUICK, sampler="grid"))
+    with pytest.raises(ValueError, match=r"unknown target transforms \['sqrt'\]"):
+        search(*matrices, replace(QUICK, transforms=("sqrt",)))
+
+
+def test_the_time_budget_stops_the_search_after_the_defaults(features: pd.DataFrame, contract: Contract) -> None:
     ticks = itertools.count(step=1000.0)  # every clock reading is 1000 s later: the budget is gone at once
 
     result = search(*_matrices(features, contract), QUICK, clock=lambda: next(ticks))
 
     assert result.stopped_by == "budget"
-    assert [(t.family, t.number) for t in result.trials] == [("lightgbm", 0), ("hist_gradient_boosting", 0)]
+    assert [(t.family, t.number, t.target_transform) for t in result.trials] == [
+        ("lightgbm", 0, "identity"),
+        ("hist_gradient_boosting", 0, "identity"),
+        ("lightgbm", 1, "log"),
+        ("hist_gradient_boosting", 1, "log"),
+    ]
 
 
 def test_every_trial_stays_within_the_serving_cost(features: pd.DataFrame, contract: Contract) -> None:
@@ -182,6 +281,49 @@ def test_training_scores_every_candidate_and_the_baseline_on_the_holdout(
     assert window["train_end"] < window["holdout_start"]
     assert outcome.lean.info["metrics"] == outcome.metrics
     assert outcome.params()["model_family"] == outcome.chosen
+
+
+def test_the_target_transform_is_chosen_on_validation_never_the_holdout(
+    features: pd.DataFrame, contract: Contract
+) -> None:
+    config = TrainingConfig(holdout_days=14, search=replace(QUICK, max_trials=2), min_train_rows=100)
+    outcome = train(_data(features), contract, config)
+    # the holdout's prices changed beyond recognition: nothing the search chose may change
+    holdout = event_dates(features, contract) >= event_dates(outcome.holdout, contract).min()
+    shifted = features.assign(**{contract.target: features[contract.target].where(~holdout, 1e4)})
+    other = train(_data(shifted), contract, config)
+
+    assert _strip(other.search) == _strip(outcome.search)
+    chosen = outcome.search.chosen
+    assert outcome.model.target_transform == chosen.target_transform == other.model.target_transform
+    assert outcome.lean.info["target_transform"] == chosen.target_transform
+    assert outcome.params()["target_transform"] == chosen.target_transform
+    assert other.metrics["rmse"] > 10 * outcome.metrics["rmse"]  # the holdout did change
+
+
+def test_a_log_model_serves_prices_and_explains_in_log_price(features: pd.DataFrame, contract: Contract) -> None:
+    config = TrainingConfig(
+        holdout_days=14, search=replace(QUICK, max_trials=1, transforms=("log",)), min_train_rows=100
+    )
+
+    outcome = train(_data(features), contract, config)
+
+    assert outcome.model.target_transform == "log"
+    for lean, encoding in ((outcome.lean, outcome.served_encoding), (outcome.evaluation_lean, outcome.encoding)):
+        assert lean.info["target_transform"] == "log"
+        matrix = encode(outcome.holdout, encoding)
+        prices = lean.predict_matrix(matrix)
+        assert np.allclose(prices, np.exp(lean.output_matrix(matrix)), rtol=1e-12)
+        explanation = lean.explain_matrix(matrix[:20])
+        assert explanation.scale == "log_price"
+        assert np.allclose(explanation.outputs(), lean.output_matrix(matrix[:20]), atol=1e-9)
+    evaluation = outcome.evaluation_lean.predict_matrix(encode(outcome.holdout, outcome.encoding))
+    assert np.max(np.abs(evaluation / outcome.model.predictions - 1)) < 1e-6
+    assert 20 < float(np.median(evaluation)) < 400  # prices, not log prices
+    # the sklearn pipeline MLflow logs answers in price too
+    pipeline = model_pipeline(outcome.served_encoding, outcome.served_model, outcome.model.target_transform)
+    served = outcome.lean.predict_matrix(encode(outcome.holdout, outcome.served_encoding))
+    assert np.max(np.abs(pipeline.predict(outcome.holdout) / served - 1)) < 1e-6
 
 
 def test_the_served_model_is_refit_on_the_whole_window(features: pd.DataFrame, contract: Contract) -> None:

@@ -32,7 +32,8 @@ ColumnType = Literal["integer", "float", "boolean", "string", "category", "date"
 DatePart = Literal["year", "month", "day_of_week", "day_of_year", "week_of_year", "is_weekend"]
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-RESERVED_COLUMNS = frozenset({"_ingest_id", "_loaded_at", "_reasons", "_source_key"})
+RESERVED_COLUMNS = frozenset({"_ingest_id", "_loaded_at", "_load_date", "_reasons", "_source_key"})
+LOAD_DATE_PARTITION = "_load_date"  # the lake's partition key for a contract without an event time
 REASONS_COLUMN = "_reasons"
 
 _TRUE = ("true", "t", "yes", "y", "1")
@@ -147,6 +148,12 @@ class Contract(BaseModel):
     def input_columns(self) -> tuple[str, ...]:
         """Columns a caller supplies to get a prediction: everything but the target."""
         return tuple(c for c in self.columns if c != self.target)
+
+    @property
+    def lake_partition(self) -> str:
+        """The Parquet lake's partition key (``dataset=<name>/<key>=YYYY-MM-DD/``): the event time's
+        date, or without one the load date (the ETL writes it, training reads it)."""
+        return self.event_time or LOAD_DATE_PARTITION
 
     @cached_property
     def date_part_columns(self) -> tuple[str, ...]:
@@ -317,10 +324,14 @@ def read_csv(data: bytes, contract: Contract) -> pd.DataFrame:
 
     The fast path lets Arrow parse each column as its contract type. A file with any unparsable
     value is read again with every column as text, so that :func:`validate` can name each bad value.
-    Blank fields are missing values. Raises ``ValueError`` when the bytes are not CSV at all.
+    Blank fields are missing values. A header name matches a contract column case-insensitively
+    (``Sale_Price`` is ``sale_price``; contract names are lower case), unless the file also has the
+    exact name. Raises ``ValueError`` when the bytes are not CSV at all.
     """
     import pyarrow as pa
     import pyarrow.csv as pacsv
+
+    read = _read_options(data, contract)
 
     arrow = {
         "integer": pa.int64(),
@@ -339,7 +350,7 @@ def read_csv(data: bytes, contract: Contract) -> pd.DataFrame:
         false_values=list(_FALSE),
     )
     try:
-        table = pacsv.read_csv(pa.py_buffer(data), convert_options=convert)
+        table = pacsv.read_csv(pa.py_buffer(data), read_options=read, convert_options=convert)
     except pa.ArrowInvalid as typed_error:
         text = pacsv.ConvertOptions(
             column_types={n: pa.large_string() for n in contract.columns},
@@ -347,10 +358,31 @@ def read_csv(data: bytes, contract: Contract) -> pd.DataFrame:
             quoted_strings_can_be_null=True,
         )
         try:
-            table = pacsv.read_csv(pa.py_buffer(data), convert_options=text)
+            table = pacsv.read_csv(pa.py_buffer(data), read_options=read, convert_options=text)
         except pa.ArrowInvalid as exc:
             raise ValueError(f"not a readable CSV file: {exc}") from typed_error
     return table.to_pandas(types_mapper=_pandas_type, date_as_object=False)
+
+
+def _read_options(data: bytes, contract: Contract) -> Any:
+    """Arrow's read options naming the file's columns as the contract does (see :func:`read_csv`);
+    None (Arrow's defaults) when the header already does."""
+    import csv
+
+    import pyarrow.csv as pacsv
+
+    first = data.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")
+    header = next(csv.reader([first]), [])
+    lowered = [name.lower() for name in header]
+
+    def matched(name: str, lower: str) -> str:
+        unique = lower not in header and lowered.count(lower) == 1  # "Price" beside "price" stays as it is
+        return lower if name not in contract.columns and lower in contract.columns and unique else name
+
+    renamed = [matched(name, lower) for name, lower in zip(header, lowered, strict=True)]
+    if renamed == header:
+        return None
+    return pacsv.ReadOptions(column_names=renamed, skip_rows=1)
 
 
 def _pandas_type(arrow_type: pa.DataType) -> Any:

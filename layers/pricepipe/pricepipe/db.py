@@ -193,7 +193,9 @@ def sync_dataset(conn: psycopg.Connection[Any], contract: Contract) -> None:
 
 
 def _create_model_features_view(conn: psycopg.Connection[Any], contract: Contract) -> None:
-    """``price_data.model_features``: model-ready rows, raw columns joined with engineered ones."""
+    """``price_data.model_features``: model-ready rows, raw columns joined with engineered ones, and
+    the ``_ingest_id`` of the load that stored them (what picks a contract's rows by load date when
+    it has no event time)."""
     engineered = set(contract.processed_table_columns) - set(contract.key)
     select = [
         sql.SQL("f.{}").format(sql.Identifier(c)) if c in engineered else sql.SQL("r.{}").format(sql.Identifier(c))
@@ -202,7 +204,7 @@ def _create_model_features_view(conn: psycopg.Connection[Any], contract: Contrac
     conn.execute("DROP VIEW IF EXISTS price_data.model_features")
     conn.execute(
         sql.SQL(
-            "CREATE VIEW price_data.model_features AS SELECT {} FROM price_data.raw_data r"
+            "CREATE VIEW price_data.model_features AS SELECT {}, f._ingest_id FROM price_data.raw_data r"
             " JOIN price_data.processed_features f USING ({})"
         ).format(sql.SQL(", ").join(select), sql.SQL(", ").join(map(sql.Identifier, contract.key)))
     )

@@ -5,7 +5,9 @@ COPY new good rows into ``price_data.raw_data`` and their features into
 ``price_data.processed_features``, write the features to the Parquet lake, and record it all in the
 ingestion ledger, in one transaction. Every row that comes in is loaded, quarantined, or counted as
 a duplicate (a key already stored); the ledger's CHECK constraint holds the sum. A file already
-taken is skipped, so landing the same file twice adds nothing.
+taken is skipped, so landing the same file twice adds nothing. Files come from the contract's own
+landing folder (``landing/<contract>/``, :meth:`Settings.contract_landing_prefix`) and bad ones go to
+its quarantine folder; a file anywhere else is refused, never loaded with the wrong contract.
 
 ``execution`` is the ETL state machine's execution name, as in the other flows; the ingestion
 ledger keeps it in its ``run_id`` column.
@@ -26,6 +28,7 @@ from psycopg import sql
 from pricepipe import storage
 from pricepipe.contract import Contract, read_csv, validate
 from pricepipe.db import copy_frame, transient_errors
+from pricepipe.errors import ContractError
 from pricepipe.features import build_features
 from pricepipe.storage import ObjectChanged, ObjectRef
 
@@ -68,16 +71,26 @@ class FileResult:
 
 
 def discover(
-    s3: S3Client, conn: psycopg.Connection[Any], settings: Settings, prefix: str | None, execution: str
+    s3: S3Client,
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    contract: Contract,
+    prefix: str | None,
+    execution: str,
 ) -> dict[str, Any]:
     """List landing files under ``prefix`` not yet taken, and write them as the run's manifest.
 
-    The manifest (a JSON array in the artifacts bucket) is what the Distributed Map reads, so a run
-    can hold more files than a state's payload could.
+    ``prefix`` lies in the contract's landing folder (default: all of it); a prefix above it (such
+    as the whole landing root) is narrowed to it, one elsewhere (another contract's folder, the
+    quarantine) is refused. The manifest (a JSON array in the artifacts bucket) is what the
+    Distributed Map reads, so a run can hold more files than a state's payload could.
     """
-    prefix = prefix or settings.landing_prefix
-    if not prefix.startswith(settings.landing_prefix):
-        raise ValueError(f"prefix {prefix!r} is outside the landing area {settings.landing_prefix!r}")
+    area = settings.contract_landing_prefix(contract.name)
+    prefix = prefix or area
+    if area.startswith(prefix):
+        prefix = area
+    elif not prefix.startswith(area):
+        raise ValueError(f"prefix {prefix!r} is outside the landing folder {area!r} of contract {contract.name!r}")
     listed = list(storage.list_objects(s3, settings.landing_bucket, prefix))
     with transient_errors():
         taken = {
@@ -113,12 +126,14 @@ def load_file(
 ) -> FileResult:
     """Validate, quarantine and load one landing file in one transaction (see module docstring).
 
-    Raises :class:`~pricepipe.errors.TransientError` for failures worth retrying; any failure rolls
-    the whole file back and records a ``failed`` ledger row.
+    Raises :class:`~pricepipe.errors.TransientError` for failures worth retrying, and
+    :class:`~pricepipe.errors.ContractError` for a file outside the contract's landing folder; any
+    failure rolls the whole file back and records a ``failed`` ledger row.
     """
     started = dt.datetime.now(dt.UTC)
     written: list[str] = []  # lake objects of this attempt: removed again if it does not commit
     try:
+        quarantine_key_of(settings, contract, ref.key)  # another contract's file is refused unread
         with transient_errors(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (FILE_LOCK_NAMESPACE, ref.key))
             taken = conn.execute(
@@ -150,8 +165,7 @@ def _load(
     started: dt.datetime,
     written: list[str],
 ) -> FileResult:
-    relative = ref.key.removeprefix(settings.landing_prefix)
-    quarantine_key = f"{settings.quarantine_prefix}{relative}"
+    quarantine_key = quarantine_key_of(settings, contract, ref.key)
     if not ref.key.endswith(CSV_SUFFIXES):
         return _reject(conn, s3, contract, ref, execution, data, started, quarantine_key, "not a .csv file")
     try:
@@ -160,11 +174,14 @@ def _load(
         return _reject(conn, s3, contract, ref, execution, data, started, quarantine_key, str(exc))
 
     checked = validate(frame, contract)
-    ingest_id = conn.execute(
+    # The load date is the transaction's day (UTC): finished_at below is the same now(), so the
+    # lake's load-date partition and the database's window agree (pricepipe.training.data).
+    ingest_id, load_date = conn.execute(
         "INSERT INTO price_data.ingestion_ledger (run_id, dataset, source_bucket, source_key, source_etag,"
-        " source_size, status, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'loaded', %s) RETURNING id",
+        " source_size, status, started_at) VALUES (%s, %s, %s, %s, %s, %s, 'loaded', %s)"
+        " RETURNING id, (now() AT TIME ZONE 'UTC')::date",
         (execution, contract.name, ref.bucket, ref.key, ref.etag, ref.size, started),
-    ).fetchone()[0]  # type: ignore[index]
+    ).fetchone()  # type: ignore[misc]
 
     good = checked.good
     is_new = _not_yet_stored(conn, contract, good)
@@ -174,7 +191,7 @@ def _load(
     # The lake write (client CPU and S3) overlaps the COPYs (database-bound); both finish before
     # the commit, and a lake failure rolls the database back.
     with ThreadPoolExecutor(max_workers=1) as background:  # leaving the block waits for the lake
-        lake = background.submit(write_lake, s3, settings, contract, features, ref, written)
+        lake = background.submit(write_lake, s3, settings, contract, features, ref, written, load_date)
         copy_frame(conn, "price_data.raw_data", new, _raw_schema(contract), lineage)
         copy_frame(conn, "price_data.processed_features", features, _processed_schema(contract), lineage)
         lake_keys = lake.result()
@@ -212,6 +229,19 @@ def _load(
         ),
     )
     return result
+
+
+def quarantine_key_of(settings: Settings, contract: Contract, key: str) -> str:
+    """Where a landing file's rejected rows (or the whole file) go: the same path under the contract's
+    quarantine folder. A key outside the contract's landing folder is refused with a
+    :class:`ContractError`: it belongs to another dataset (or none), whose contract this is not."""
+    area = settings.contract_landing_prefix(contract.name)
+    if not key.startswith(area):
+        raise ContractError(
+            f"{key} is not under {area}, the landing folder of contract {contract.name!r} that this ETL"
+            f" loads with: land {contract.name} files under {area}, another dataset's in its own deployment"
+        )
+    return settings.contract_quarantine_prefix(contract.name) + key.removeprefix(area)
 
 
 def _decompress(key: str, data: bytes) -> bytes:
@@ -352,9 +382,12 @@ def write_lake(
     features: pd.DataFrame,
     ref: ObjectRef,
     written: list[str] | None = None,
+    load_date: dt.date | None = None,
 ) -> list[str]:
-    """Write features as Parquet, one object per event date; keys are fixed by the source file, so a
-    retried load overwrites rather than duplicates. Each key is appended to ``written`` once put."""
+    """Write features as Parquet, one object per event date (without an event time, one object in the
+    partition of ``load_date``, the load's day; default today, UTC); keys are fixed by the source
+    file, so a retried load overwrites rather than duplicates. Each key is appended to ``written``
+    once put."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -366,7 +399,8 @@ def write_lake(
     schema = contract.arrow_schema(contract.feature_table_columns)
     table = pa.Table.from_pandas(features, schema=schema, preserve_index=False)
     if contract.event_time is None:
-        parts = [(f"ingest_date={dt.date.today().isoformat()}", table)]
+        day = load_date or dt.datetime.now(dt.UTC).date()
+        parts = [(f"{contract.lake_partition}={day.isoformat()}", table)]
     else:
         # one sort, then zero-copy slices per day: a file may span hundreds of days
         table = table.take(pc.sort_indices(pc.cast(table[contract.event_time], pa.date32())))

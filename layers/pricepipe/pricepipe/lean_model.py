@@ -23,6 +23,13 @@ code) holding
   :mod:`pricepipe.lean_explain`); an artifact without it is written as version 1, and one of
   either version predicts alike.
 
+Target transform: ``info["target_transform"]`` names what the trees were trained on, ``"identity"``
+(the price; also when nothing is recorded) or ``"log"`` (the log of the price). Predictions are
+always prices: for ``"log"`` the exponential of the summed trees. Explanations stay in the trees'
+own scale (:attr:`LeanModel.contribution_scale`, ``"log_price"``), where the contributions add up.
+An artifact of a log model is written as format version 3, so serving code older than the
+transform refuses it instead of serving log prices as prices.
+
 Evaluation. At load, every split is turned into a lookup: each feature's values are cut at the
 distinct thresholds the trees use on it (at most 255 for histogram-based trainers), so a value
 becomes a small integer *slot* (category codes are slots already; missing is the feature's last
@@ -56,8 +63,10 @@ if TYPE_CHECKING:
     from pricepipe.lean_explain import Explanation, TreeShap
 
 FORMAT = "pricepipe.lean-trees"
-FORMAT_VERSION = 2  # 2 adds the optional node array ``cover``; version 1 artifacts are read as ever
-READABLE_VERSIONS = (1, 2)
+# 2 adds the optional node array ``cover``; 3 a target transform applied at predict time (log models
+# only). Each artifact is written with the lowest version that describes it; older ones read as ever.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MAX_CATEGORIES = 254  # HistGradientBoosting's ceiling (max_bins 255 less the missing bin)
 
 _SMALL_BATCH = 16  # up to this many rows, encoding in plain Python beats numpy's per-call overhead
@@ -369,6 +378,7 @@ class LeanModel:
         self.trees = trees
         self.encoding = encoding
         self.info: dict[str, Any] = dict(info or {})
+        self._log_target = _scale(self.info) == "log_price"
         trees.check(len(encoding.features))
         self._compile()
         self._explainer: TreeShap | None = None  # built by the first explanation asked for
@@ -501,12 +511,8 @@ class LeanModel:
     def contribution_scale(self) -> str:
         """What the trees' summed output, and so each contribution, is measured in: ``"price"``, or
         ``"log_price"`` for a model trained on the log of the price (``info["target_transform"]``
-        ``"log"``; training records no transform today, so every model so far reports ``"price"``)."""
-        transform = self.info.get("target_transform") or "identity"
-        try:
-            return CONTRIBUTION_SCALES[transform]
-        except KeyError:
-            raise LeanModelError(f"unknown target transform {transform!r}: cannot name the output's scale") from None
+        ``"log"``; none recorded: ``"price"``). Predictions are prices either way."""
+        return _scale(self.info)
 
     def explain_rows(self, rows: Sequence[Mapping[str, Any]]) -> Explanation:
         """:meth:`explain_matrix` for feature records (as :meth:`predict_rows` takes them)."""
@@ -541,7 +547,7 @@ class LeanModel:
     def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """Predictions for feature records (dicts keyed by feature name; missing keys are missing values)."""
         if len(rows) == 1:
-            return self._walk_one(self._slots_of_row(rows[0]))
+            return self._to_price(self._walk_one(self._slots_of_row(rows[0])))
         if len(rows) <= _SMALL_BATCH:
             return self._predict_slots(np.array([self._slots_of_row(row) for row in rows], dtype=np.int64))
         names = [f.name for f in self._numeric] + [f.name for f in self._categorical]
@@ -573,6 +579,11 @@ class LeanModel:
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """Predictions for an already encoded matrix (:meth:`FeatureEncoding.encode_columns`)."""
+        return self._to_price(self.output_matrix(matrix))
+
+    def output_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """The trees' summed output for an encoded matrix, in :attr:`contribution_scale` (the log of
+        the price for a log model; what :meth:`predict_matrix` turns into prices)."""
         x_all = np.asarray(matrix, dtype=np.float64)
         if x_all.ndim != 2 or x_all.shape[1] != len(self.features):
             raise LeanModelError(f"expected a matrix with {len(self.features)} columns, got shape {x_all.shape}")
@@ -589,7 +600,7 @@ class LeanModel:
             with np.errstate(invalid="ignore"):
                 valid = (x >= 0) & (x < known)
             slots[:, c.column] = np.where(valid, np.nan_to_num(x), known).astype(np.int32)
-        return self._predict_slots(slots)
+        return self._output_slots(slots)
 
     def _slots_of_row(self, row: Mapping[str, Any]) -> list[int]:
         """One record's slots in plain Python (numpy's per-call overhead would cost more here)."""
@@ -612,6 +623,13 @@ class LeanModel:
         return slots
 
     def _predict_slots(self, slots: np.ndarray) -> np.ndarray:
+        return self._to_price(self._output_slots(slots))
+
+    def _to_price(self, output: np.ndarray) -> np.ndarray:
+        """The trees' summed output as prices: its exponential for a model trained on log price."""
+        return np.exp(output) if self._log_target else output
+
+    def _output_slots(self, slots: np.ndarray) -> np.ndarray:
         n = len(slots)
         if n == 0:
             return np.empty(0, dtype=np.float64)
@@ -661,8 +679,8 @@ class LeanModel:
     def header(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
-            # without covers the artifact is exactly a version 1 one: older readers still read it
-            "format_version": FORMAT_VERSION if self.trees.cover is not None else 1,
+            # the lowest version that describes the artifact: older readers still read what they can
+            "format_version": FORMAT_VERSION if self._log_target else 2 if self.trees.cover is not None else 1,
             "encoding": self.encoding.to_dict(),
             "n_trees": self.n_trees,
             "max_depth": self.max_depth,
@@ -704,6 +722,15 @@ class LeanModel:
             )
         encoding = FeatureEncoding.from_dict(header.get("encoding", {}))
         return cls(TreeArrays.from_arrays(arrays), encoding, header.get("info", {}))
+
+
+def _scale(info: Mapping[str, Any]) -> str:
+    """The scale of the trees' summed output, by ``info["target_transform"]`` (none: the price)."""
+    transform = info.get("target_transform") or "identity"
+    try:
+        return CONTRIBUTION_SCALES[transform]
+    except (KeyError, TypeError):
+        raise LeanModelError(f"unknown target transform {transform!r}: cannot name the output's scale") from None
 
 
 def load_from_uri(uri: str, s3_client: S3Client | None = None) -> LeanModel:

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     contract: str = "hotel_rates"
 
     # The bucket layout. These defaults are the one definition of every prefix: the stacks grant IAM
-    # access and set lifecycle rules on them, and the CLI lands and counts files under them.
+    # access and set lifecycle rules on them, and the CLI lands and counts files under them. Landing
+    # and quarantine are roots: each contract has its folder under them (contract_landing_prefix).
     landing_bucket: str = "pricepipe-landing"
     landing_prefix: str = "landing/"
     quarantine_prefix: str = "quarantine/"
@@ -64,6 +65,10 @@ class Settings(BaseSettings):
     training_window_days: int = Field(default=365, ge=2)  # days of data up to the latest event date
     holdout_days: int = Field(default=28, ge=1)  # most recent days, scored once, never trained on
     validation_days: int | None = Field(default=None, ge=1)  # search's validation days; None: holdout_days
+    # A contract without an event time holds out and validates on shares of its keys, by a seeded
+    # hash (pricepipe.training.data.split); their sum must stay below 1 (the job refuses it otherwise).
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    validation_fraction: float | None = Field(default=None, gt=0, lt=1)  # None: holdout_fraction
     time_budget_s: float = Field(default=300.0, gt=0)  # hyperparameter search wall clock
     search_max_trials: int = Field(default=20, ge=1)  # per model family; bounds the search when time does not
     max_tree_levels: int = Field(default=800, ge=1)  # trees x depth per model: the lean evaluator's cost
@@ -119,6 +124,15 @@ class Settings(BaseSettings):
     api_throttle_rate: float = Field(default=50.0, gt=0)
     api_throttle_burst: int = Field(default=100, ge=1)
 
+    def contract_landing_prefix(self, dataset: str) -> str:
+        """Where a contract's files land: ``landing/<contract name>/``. The ETL takes only files under
+        its own contract's folder, so a file is never loaded with another dataset's contract."""
+        return contract_prefix(self.landing_prefix, dataset)
+
+    def contract_quarantine_prefix(self, dataset: str) -> str:
+        """Where a contract's rejected files and rows go: ``quarantine/<contract name>/``."""
+        return contract_prefix(self.quarantine_prefix, dataset)
+
     @model_validator(mode="after")
     def _no_plaintext_credentials_in_prod(self) -> Settings:
         url = self.database_url.get_secret_value() if self.database_url else ""
@@ -131,6 +145,14 @@ class Settings(BaseSettings):
             if not getattr(self, name).endswith("/"):
                 raise ValueError(f"{name} must end with '/', got {getattr(self, name)!r}")
         return self
+
+
+def contract_prefix(root: str, dataset: str) -> str:
+    """A contract's folder under one of the per-contract roots (landing, quarantine): the one rule,
+    for the ETL, the CLI, the local cloud and the stacks' grants, lifecycle rules and triggers."""
+    if not dataset or "/" in dataset:
+        raise ValueError(f"a contract's folder needs its name without '/', got {dataset!r}")
+    return f"{root}{dataset}/"
 
 
 PREFIXES = (

@@ -59,12 +59,14 @@ def gate(conn: psycopg.Connection[Any], s3: S3Client, contract: Contract, settin
         return {"passed": True, "reason": "no champion yet", "source": "no-champion"}
 
     from pricepipe.registry import evaluate_artifact
-    from pricepipe.training.data import TrainingWindow, latest_event_date_postgres, load_postgres
+    from pricepipe.training.data import TrainingWindow, in_holdout, latest_event_date_postgres, load_postgres
 
     end = latest_event_date_postgres(conn, contract)
     if end is None:
         return {"passed": False, "reason": "no data to compare the two versions on", "source": "fresh-holdout"}
     frame = load_postgres(conn, contract, TrainingWindow.ending(end, settings.holdout_days)).frame
+    if contract.event_time is None:  # the latest loads' rows, of the keys training holds out
+        frame = frame[in_holdout(frame, contract, fraction=settings.holdout_fraction, seed=settings.seed)]
     try:
         challenger_model = load_from_uri(_evaluation_uri(str(row["serving_artifact_uri"])), s3)
     except Exception:  # noqa: BLE001 - a version without an evaluation artifact is scored as it serves

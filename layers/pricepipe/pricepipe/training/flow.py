@@ -16,7 +16,14 @@ from pricepipe.champion import challenger_wins
 from pricepipe.champion import current as champion_of
 from pricepipe.lean_model import load_from_uri
 from pricepipe.promotion.canary import expected_shift
-from pricepipe.training.data import TrainingWindow, frame_columns, latest_event_date_postgres, load_postgres
+from pricepipe.training.data import (
+    TrainingWindow,
+    frame_columns,
+    in_holdout,
+    latest_event_date_postgres,
+    load_postgres,
+    rows_in_window_sql,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -31,11 +38,13 @@ MIN_TRAINING_ROWS = 200  # below this a model says more about noise than about p
 def prepare(
     conn: psycopg.Connection[Any], contract: Contract, settings: Settings, request: dict[str, Any], execution: str
 ) -> dict[str, Any]:
-    """What the job trains on: the window ending at the latest loaded day, and where it reports."""
+    """What the job trains on: the window ending at the latest loaded day (event day, or without an
+    event time load day), and where it reports."""
     window_days = int(request.get("window_days") or settings.training_window_days)
     holdout_days = int(request.get("holdout_days") or settings.holdout_days)
     validation_days = settings.validation_days or holdout_days
-    if window_days <= holdout_days + validation_days:  # the job's own rule (training.job.JobOptions.check)
+    by_time = contract.event_time is not None
+    if by_time and window_days <= holdout_days + validation_days:  # the job's rule (training.job.JobOptions.check)
         raise ValueError(
             f"a {window_days}-day window leaves no training days after a {holdout_days}-day holdout"
             f" and {validation_days} validation days"
@@ -57,29 +66,33 @@ def prepare(
     if end_date is None:
         return {**base, "ready": False, "end": None, "rows": 0, "why": "no data has been loaded yet"}
     window = TrainingWindow.ending(end_date, window_days)
-    rows = _rows_between(conn, contract, window.start, window.end)
-    # the job fits on what precedes its validation days and holdout (the newest days): count those
-    fit_end = end_date - dt.timedelta(days=holdout_days + validation_days)
-    fit_rows = _rows_between(conn, contract, window.start, fit_end) if fit_end >= window.start else 0
+    rows = _rows_in(conn, contract, window)
+    if by_time:
+        # the job fits on what precedes its validation days and holdout (the newest days): count those
+        fit_end = end_date - dt.timedelta(days=holdout_days + validation_days)
+        fit_rows = _rows_in(conn, contract, TrainingWindow(window.start, fit_end)) if fit_end >= window.start else 0
+        before = f"in {window.start}..{fit_end}, before {validation_days} validation and {holdout_days} holdout days"
+    else:
+        # the job fits on the keys outside its holdout and validation shares: about this many rows
+        held = settings.holdout_fraction + (settings.validation_fraction or settings.holdout_fraction)
+        fit_rows = int(rows * max(0.0, 1.0 - held))
+        before = f"(about) outside the {held:.0%} of keys held out and validating, of the loads"
     ready = fit_rows >= MIN_TRAINING_ROWS
     why = (
         ""
         if ready
-        else f"{fit_rows} rows in {window.start}..{fit_end}, before the {validation_days} validation and"
-        f" {holdout_days} holdout days ending {end_date} ({rows} rows in all); training needs {MIN_TRAINING_ROWS}"
+        else f"{fit_rows} rows {before} ending {end_date} ({rows} rows in all); training needs {MIN_TRAINING_ROWS}"
     )
     return {**base, "ready": ready, "end": end_date.isoformat(), "rows": rows, "why": why}
 
 
-def _rows_between(conn: psycopg.Connection[Any], contract: Contract, start: dt.date, end: dt.date) -> int:
+def _rows_in(conn: psycopg.Connection[Any], contract: Contract, window: TrainingWindow) -> int:
     from psycopg import sql
 
-    assert contract.event_time is not None
     row = conn.execute(
-        sql.SQL("SELECT count(*) FROM price_data.processed_features WHERE {t} >= %s AND {t} < %s").format(
-            t=sql.Identifier(contract.event_time)
-        ),
-        (start, end + dt.timedelta(days=1)),
+        sql.SQL("SELECT count(*) FROM price_data.processed_features WHERE {}").format(
+            rows_in_window_sql(contract, window)
+        )
     ).fetchone()
     return int(row[0]) if row else 0
 
@@ -98,10 +111,14 @@ def evaluate(
     result = read_result(s3, prepared["result_uri"])
     if result.get("status") == "failed":
         raise RuntimeError(f"the training job reported failure: {result.get('error')}")
-    # the job's own holdout (its last days with data), so both models are scored where the
-    # challenger's metrics were measured
+    # the job's own holdout (its last days with data; without an event time, its keys among the
+    # window's loads), so both models are scored where the challenger's metrics were measured
     start, end = (dt.date.fromisoformat(result["holdout"][k]) for k in ("start", "end"))
     holdout = load_postgres(conn, contract, TrainingWindow(start, end)).frame
+    if result["holdout"].get("split") == "key_hash":
+        rule = result["holdout"]
+        holdout = holdout[in_holdout(holdout, contract, fraction=float(rule["fraction"]), seed=int(rule["seed"]))]
+        holdout = holdout.reset_index(drop=True)
     # the served artifact is refit on the whole window, holdout included: score the fit that never saw it
     challenger_uri = str(result.get("evaluation_artifact_uri") or result["serving_artifact_uri"])
     challenger_model = load_from_uri(challenger_uri, s3)
@@ -112,7 +129,9 @@ def evaluate(
         "challenger": {"version": str(result["model_version"]), "uri": challenger_uri, "metrics": challenger},
         "champion": None,
         "holdout": {
-            "start": (end - dt.timedelta(days=int(prepared["holdout_days"]) - 1)).isoformat(),
+            "start": (end - dt.timedelta(days=int(prepared["holdout_days"]) - 1)).isoformat()
+            if contract.event_time
+            else start.isoformat(),
             "end": end.isoformat(),
             "rows": len(holdout),
         },

@@ -16,6 +16,7 @@ from pricepipe.training.data import (
     TrainingData,
     TrainingDataError,
     TrainingWindow,
+    check_fractions,
     latest_event_date_lake,
     latest_event_date_postgres,
     load_lake,
@@ -45,7 +46,9 @@ class JobOptions:
     max_tree_levels: int
     refit_full_window: bool = True
     source: Source = "postgres"
-    end: dt.date | None = None  # last event date to train on; None: the latest in the data
+    end: dt.date | None = None  # last (event, or load) date to train on; None: the latest in the data
+    holdout_fraction: float = 0.2  # without an event time: keys held out (see training.data.split)
+    validation_fraction: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> JobOptions:
@@ -58,12 +61,15 @@ class JobOptions:
             "max_trials": settings.search_max_trials,
             "max_tree_levels": settings.max_tree_levels,
             "refit_full_window": settings.refit_full_window,
+            "holdout_fraction": settings.holdout_fraction,
+            "validation_fraction": settings.validation_fraction,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
-    def check(self) -> None:
-        """Refuse options that cannot give a train part, a validation part and a holdout."""
+    def check(self, contract: Contract | None = None) -> None:
+        """Refuse options that cannot give a train part, a validation part and a holdout: by days, or
+        for a ``contract`` without an event time by key fractions."""
         if self.source not in ("postgres", "lake"):
             raise TrainingDataError(f"source must be postgres or lake, got {self.source!r}")
         for name in ("window_days", "holdout_days", "max_trials", "max_tree_levels"):
@@ -71,6 +77,9 @@ class JobOptions:
                 raise TrainingDataError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.time_budget_s <= 0:
             raise TrainingDataError(f"time-budget-s must be positive, got {self.time_budget_s}")
+        if contract is not None and contract.event_time is None:
+            check_fractions(self.holdout_fraction, self.validation_fraction or self.holdout_fraction)
+            return
         validation = self.validation_days or self.holdout_days
         if self.window_days <= self.holdout_days + validation:
             raise TrainingDataError(
@@ -82,6 +91,8 @@ class JobOptions:
         return TrainingConfig(
             holdout_days=self.holdout_days,
             validation_days=self.validation_days,
+            holdout_fraction=self.holdout_fraction,
+            validation_fraction=self.validation_fraction,
             refit_full_window=self.refit_full_window,
             search=SearchSettings(
                 seed=self.seed,
@@ -95,7 +106,8 @@ class JobOptions:
 def load_window(
     options: JobOptions, contract: Contract, settings: Settings, *, conn: psycopg.Connection[Any], s3: S3Client
 ) -> TrainingData:
-    """The window ending at ``options.end`` (default: the latest event date in the source)."""
+    """The window ending at ``options.end`` (default: the latest event date in the source, or
+    without an event time the latest load date)."""
     if options.source == "postgres":
         latest = latest_event_date_postgres(conn, contract)
         where = "price_data.processed_features"
@@ -111,6 +123,15 @@ def load_window(
     return load_lake(s3, settings.lake_bucket, settings.lake_prefix, contract, window)
 
 
+def holdout_of(window: dict[str, Any]) -> dict[str, Any]:
+    """Where the holdout is, as the training flow's evaluation reloads it: a date range, and without
+    an event time the key-hash rule that picks it out of that range (``fraction``, ``seed``)."""
+    out = {"start": window["holdout_start"], "end": window["holdout_end"], "rows": window["holdout_rows"]}
+    if window.get("split") == "key_hash":
+        out.update(split="key_hash", fraction=window["holdout_fraction"], seed=window["seed"])
+    return out
+
+
 def run_job(
     options: JobOptions,
     contract: Contract,
@@ -124,7 +145,7 @@ def run_job(
     from pricepipe import registry
 
     began = time.monotonic()
-    options.check()
+    options.check(contract)
     data = load_window(options, contract, settings, conn=conn, s3=s3)
     outcome = train(data, contract, options.config())
     registered = registry.log_and_register(
@@ -141,7 +162,7 @@ def run_job(
         **registered.to_dict(),
         "candidates": {name: c.holdout for name, c in outcome.candidates.items()},
         "baseline": outcome.baseline.holdout,
-        "holdout": {"start": window["holdout_start"], "end": window["holdout_end"], "rows": window["holdout_rows"]},
+        "holdout": holdout_of(window),
         "search": {
             "trials": len(outcome.search.trials),
             "seconds": outcome.search.seconds,

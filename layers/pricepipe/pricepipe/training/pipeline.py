@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
 from sklearn.pipeline import Pipeline
 
 from pricepipe.lean_model import FeatureEncoding
@@ -19,6 +19,7 @@ from pricepipe.lean_model import FeatureEncoding
 # type not on its own list); the list is fixed here rather than taken from whatever a file holds.
 SKOPS_TRUSTED_TYPES = [
     "pricepipe.training.pipeline.ContractFeatures",
+    "pricepipe.training.pipeline.PriceOutput",
     "lightgbm.sklearn.LGBMRegressor",
     "lightgbm.basic.Booster",
     "collections.OrderedDict",
@@ -53,6 +54,27 @@ class ContractFeatures(TransformerMixin, BaseEstimator):
         return self.encoding is not None
 
 
-def model_pipeline(encoding: FeatureEncoding, model: Any) -> Pipeline:
-    """A fitted pipeline from an encoding and a model already trained on its matrix."""
-    return Pipeline([("features", ContractFeatures(encoding.to_dict()).fit(None)), ("model", model)])
+class PriceOutput(RegressorMixin, BaseEstimator):
+    """A model already trained on a transform of the price (the log), answering in price."""
+
+    def __init__(self, model: Any = None, transform: str = "identity") -> None:
+        self.model = model
+        self.transform = transform
+
+    def fit(self, x: Any, y: Any = None) -> PriceOutput:
+        return self  # the model comes trained
+
+    def predict(self, x: Any) -> np.ndarray:
+        from pricepipe.training.search import to_price
+
+        return to_price(self.transform, np.asarray(self.model.predict(x), dtype=np.float64))
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return self.model is not None
+
+
+def model_pipeline(encoding: FeatureEncoding, model: Any, transform: str = "identity") -> Pipeline:
+    """A fitted pipeline from an encoding and a model already trained on its matrix (on ``transform``
+    of the price: the pipeline answers in price either way)."""
+    final = model if transform == "identity" else PriceOutput(model, transform)
+    return Pipeline([("features", ContractFeatures(encoding.to_dict()).fit(None)), ("model", final)])

@@ -84,6 +84,7 @@ def log_run(client: MlflowClient, run_id: str, outcome: TrainingOutcome) -> None
             "candidates": {
                 name: {
                     "params": c.params,
+                    "target_transform": c.target_transform,
                     "n_trees": c.n_trees,
                     "validation_rmse": c.validation_rmse,
                     "holdout": c.holdout,
@@ -104,7 +105,7 @@ def log_model(mlflow: Any, outcome: TrainingOutcome) -> Any:
     import pricepipe
     from pricepipe.training.pipeline import SKOPS_TRUSTED_TYPES, model_pipeline
 
-    pipeline = model_pipeline(outcome.served_encoding, outcome.served_model)
+    pipeline = model_pipeline(outcome.served_encoding, outcome.served_model, outcome.model.target_transform)
     contract = outcome.contract
     # the signature takes the column types of price_data.model_features, so its rows load as they are
     example = outcome.holdout[list(contract.feature_columns)].head(5)

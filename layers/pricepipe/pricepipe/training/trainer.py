@@ -15,6 +15,10 @@ it is what the champion comparison scores on the holdout. The *served* model is 
 refit on the whole window (``refit_full_window``, the default): prices drift, and leaving the most
 recent weeks out of the model that serves cost 2.6 RMSE on the DESIGN §3 split (see
 ``benchmarks/bench_train``). With the refit off, one model is both.
+
+A contract without an event time is split by a seeded hash of the key instead
+(:func:`pricepipe.training.data.split`), and serves the evaluation model: refit on its holdout
+keys, the champion would later be compared with challengers on rows it was trained on.
 """
 
 from __future__ import annotations
@@ -29,16 +33,19 @@ import numpy as np
 from pricepipe.drift.reference import reference_statistics
 from pricepipe.errors import PricePipeError
 from pricepipe.lean_model import LeanModel
-from pricepipe.training.data import TrainingData, TrainingDataError, encode, event_dates, fit_encoding, time_split
+from pricepipe.training.data import TrainingData, TrainingDataError, covered_dates, encode, fit_encoding, split
 from pricepipe.training.metrics import regression_metrics
 from pricepipe.training.search import (
     FAMILIES,
     GroupMedian,
     SearchResult,
     SearchSettings,
+    Trial,
     choose_baseline,
     search,
     single_threaded,
+    to_price,
+    to_target,
 )
 
 if TYPE_CHECKING:
@@ -47,7 +54,9 @@ if TYPE_CHECKING:
     from pricepipe.contract import Contract
     from pricepipe.lean_model import FeatureEncoding
 
-PARITY_TOLERANCE = 1e-6  # largest |lean - original| prediction accepted at export
+# largest |lean - original| output accepted at export, in the trees' own scale (for a log model the
+# log price: the prices then agree within a relative 1e-6)
+PARITY_TOLERANCE = 1e-6
 
 
 class ExportError(PricePipeError, RuntimeError):
@@ -58,6 +67,8 @@ class ExportError(PricePipeError, RuntimeError):
 class TrainingConfig:
     holdout_days: int = 28
     validation_days: int | None = None  # None: as many as the holdout
+    holdout_fraction: float = 0.2  # without an event time: the share of keys held out (by seeded hash)
+    validation_fraction: float | None = None  # without an event time: the share validating; None: as the holdout
     search: SearchSettings = field(default_factory=SearchSettings)
     min_train_rows: int = 200
     min_holdout_rows: int = 30
@@ -72,12 +83,16 @@ class TrainingConfig:
         return {
             "holdout_days": self.holdout_days,
             "validation_days": self.effective_validation_days,
+            "holdout_fraction": self.holdout_fraction,
+            "validation_fraction": self.validation_fraction or self.holdout_fraction,
             "seed": self.search.seed,
             "time_budget_s": self.search.time_budget_s,
             "max_trials": self.search.max_trials,
             "max_tree_levels": self.search.max_tree_levels,
             "early_stopping_rounds": self.search.early_stopping_rounds,
             "families": ",".join(self.search.families),
+            "sampler": self.search.sampler,
+            "target_transforms": ",".join(self.search.transforms),
             "refit_full_window": self.refit_full_window,
         }
 
@@ -91,8 +106,9 @@ class Candidate:
     n_trees: int
     validation_rmse: float
     holdout: dict[str, float]
-    predictions: np.ndarray
+    predictions: np.ndarray  # prices
     model: Any = field(repr=False)
+    target_transform: str = "identity"  # what the model was trained on (search.TARGET_TRANSFORMS)
 
 
 @dataclass
@@ -124,21 +140,32 @@ class TrainingOutcome:
         """The chosen model's holdout metrics."""
         return self.model.holdout
 
+    @property
+    def refits_full_window(self) -> bool:
+        """Whether the served model is refit on the whole window (never without an event time)."""
+        return self.config.refit_full_window and self.contract.event_time is not None
+
     def data_window(self) -> dict[str, Any]:
-        train_dates = event_dates(self.train, self.contract)
-        holdout_dates = event_dates(self.holdout, self.contract)
+        """The window, and the dates each part covers: event dates, or without an event time the
+        load dates of the whole window (its key-hash holdout is spread over all of it)."""
+        train_start, train_end = covered_dates(self.train, self.contract, self.data.window)
+        holdout_start, holdout_end = covered_dates(self.holdout, self.contract, self.data.window)
+        keyed = self.contract.event_time is None
         return {
             **self.data.window.to_dict(),
+            "dates": "load" if keyed else "event",
             "source": self.data.source,
             "rows": self.data.rows,
             "days_with_data": self.data.lineage.get("days_with_data"),
+            "split": "key_hash" if keyed else "time",
+            **({"holdout_fraction": self.config.holdout_fraction, "seed": self.config.search.seed} if keyed else {}),
             "train_rows": len(self.train),
-            "train_start": train_dates.min().date().isoformat(),
-            "train_end": train_dates.max().date().isoformat(),
+            "train_start": train_start,
+            "train_end": train_end,
             "holdout_rows": len(self.holdout),
-            "holdout_start": holdout_dates.min().date().isoformat(),
-            "holdout_end": holdout_dates.max().date().isoformat(),
-            "served_model_trained_on": "window" if self.config.refit_full_window else "train",
+            "holdout_start": holdout_start,
+            "holdout_end": holdout_end,
+            "served_model_trained_on": "window" if self.refits_full_window else "train",
         }
 
     def all_metrics(self) -> dict[str, float]:
@@ -167,19 +194,48 @@ class TrainingOutcome:
             "holdout_start": window["holdout_start"],
             "rows": self.data.rows,
             "model_family": self.chosen,
+            "target_transform": self.model.target_transform,
             "n_trees": self.model.n_trees,
             **{f"model.{k}": v for k, v in self.model.params.items()},
             "baseline.group_by": self.baseline.params["group_by"],
         }
 
 
-def _export(family: Any, model: Any, encoding: FeatureEncoding, x: np.ndarray, expected: np.ndarray) -> LeanModel:
-    """The lean artifact of ``model``, refused unless it reproduces the model's predictions on ``x``."""
-    lean = LeanModel(family.export(model, encoding), encoding)
-    gap = float(np.max(np.abs(lean.predict_matrix(x) - expected)))
+def _export(family: Any, model: Any, encoding: FeatureEncoding, x: np.ndarray, transform: str) -> LeanModel:
+    """The lean artifact of ``model`` (trained on ``transform`` of the price), refused unless it
+    reproduces the model's output on ``x`` in the trees' own scale (the log price for a log model)."""
+    lean = LeanModel(family.export(model, encoding), encoding, {"target_transform": transform})
+    gap = float(np.max(np.abs(lean.output_matrix(x) - family.predict(model, x))))
     if not gap < PARITY_TOLERANCE:
         raise ExportError(f"the lean artifact differs from the {family.name} model by up to {gap:.3g}")
     return lean
+
+
+def _refit(
+    trial: Trial,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_holdout: np.ndarray,
+    y_holdout: np.ndarray,
+    categorical: list[int],
+    seed: int,
+) -> Candidate:
+    """A family's best trial refit on the train part (prices, trained on the trial's transform) and
+    scored in price on the holdout."""
+    family, transform = FAMILIES[trial.family], trial.target_transform
+    with single_threaded():
+        model = family.fit(trial.params, trial.n_trees, x_train, to_target(transform, y_train), categorical, seed)
+        predictions = to_price(transform, family.predict(model, x_holdout))
+    return Candidate(
+        trial.family,
+        trial.params,
+        trial.n_trees,
+        trial.validation_rmse,
+        regression_metrics(y_holdout, predictions),
+        predictions,
+        model,
+        transform,
+    )
 
 
 def _check_rows(frame: pd.DataFrame, minimum: int, what: str, hint: str) -> None:
@@ -196,17 +252,25 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
             f"no {contract.name} rows between {window.start} and {window.end} in the {data.source}: "
             "load data with the ETL first, or choose another window"
         )
-    train_part, holdout = time_split(data.frame, contract, days=config.holdout_days)
-    _check_rows(
-        holdout, config.min_holdout_rows, f"the holdout (last {config.holdout_days} days)", "widen --holdout-days"
+    parts = split(
+        data.frame,
+        contract,
+        holdout_days=config.holdout_days,
+        validation_days=config.validation_days,
+        holdout_fraction=config.holdout_fraction,
+        validation_fraction=config.validation_fraction,
+        seed=config.search.seed,
     )
+    train_part, holdout, fit_part, validation = parts.train, parts.holdout, parts.fit, parts.validation
+    keyed = parts.rule == "key_hash"
+    more = "load more rows, or raise the fractions"
+    _check_rows(holdout, config.min_holdout_rows, parts.holdout_is, more if keyed else "widen --holdout-days")
     _check_rows(train_part, config.min_train_rows, "the train part", "widen --window-days")
-    fit_part, validation = time_split(train_part, contract, days=config.effective_validation_days)
     _check_rows(
         validation,
         config.min_holdout_rows,
-        f"the validation days (last {config.effective_validation_days} before the holdout)",
-        "widen the window or the validation days",
+        parts.validation_is,
+        more if keyed else "widen the window or the validation days",
     )
     _check_rows(fit_part, config.min_train_rows // 2, "the fit part (train before validation)", "widen --window-days")
 
@@ -225,21 +289,10 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
     encoding = fit_encoding(train_part, contract)
     x_train, y_train = encode(train_part, encoding), train_part[target].to_numpy(dtype=np.float64)
     x_holdout, y_holdout = encode(holdout, encoding), holdout[target].to_numpy(dtype=np.float64)
-    candidates = {}
-    for name, trial in result.best.items():
-        family = FAMILIES[name]
-        with single_threaded():
-            model = family.fit(trial.params, trial.n_trees, x_train, y_train, categorical, config.search.seed)
-            predictions = family.predict(model, x_holdout)
-        candidates[name] = Candidate(
-            name,
-            trial.params,
-            trial.n_trees,
-            trial.validation_rmse,
-            regression_metrics(y_holdout, predictions),
-            predictions,
-            model,
-        )
+    candidates = {
+        name: _refit(trial, x_train, y_train, x_holdout, y_holdout, categorical, config.search.seed)
+        for name, trial in result.best.items()
+    }
     chosen = result.chosen.family
 
     group = choose_baseline(fit_part, validation, target, contract.categorical_features)
@@ -257,8 +310,9 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
 
     winner = candidates[chosen]
     family = FAMILIES[chosen]
-    evaluation_lean = _export(family, winner.model, encoding, x_holdout, winner.predictions)
-    if config.refit_full_window:
+    transform = winner.target_transform
+    evaluation_lean = _export(family, winner.model, encoding, x_holdout, transform)
+    if config.refit_full_window and not keyed:
         everything = data.frame
         served_encoding = fit_encoding(everything, contract)
         with single_threaded():
@@ -266,12 +320,11 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
                 winner.params,
                 winner.n_trees,
                 encode(everything, served_encoding),
-                everything[target].to_numpy(dtype=np.float64),
+                to_target(transform, everything[target].to_numpy(dtype=np.float64)),
                 [served_encoding.index[name] for name in contract.categorical_features],
                 config.search.seed,
             )
-        x_check = encode(holdout, served_encoding)
-        lean = _export(family, served_model, served_encoding, x_check, family.predict(served_model, x_check))
+        lean = _export(family, served_model, served_encoding, encode(holdout, served_encoding), transform)
         reference_rows = everything
     else:
         served_model, served_encoding, lean, reference_rows = winner.model, encoding, evaluation_lean, train_part
@@ -307,6 +360,7 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
         "contract": {"name": contract.name, "version": contract.version},
         "target": target,
         "model_family": chosen,
+        "target_transform": transform,
         "params": winner.params,
         "n_trees": winner.n_trees,
         "metrics": winner.holdout,
