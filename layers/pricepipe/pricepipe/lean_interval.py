@@ -26,16 +26,26 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from pricepipe.lean_model import LeanModel
+    from pricepipe.lean_model import FeatureEncoding, LeanModel, TreeArrays
 
 METHOD = "locally weighted split conformal (|y - prediction| / sigma(x) scores)"
 ARRAY_PREFIX = "interval."  # the artifact's arrays of this section: interval.scores, interval.sigma.<node array>
 
 
 class ConformalInterval:
-    """σ(x), the calibration scores and what training measured of them (``info``: holdout coverage)."""
+    """σ(x), the calibration scores and what training measured of them (``info``: holdout coverage).
 
-    def __init__(self, sigma: LeanModel, scores: np.ndarray, floor: float, info: Mapping[str, Any] | None = None):
+    ``sigma`` is a lean model, or its (checked) node arrays and encoding: then its lookup tables are
+    compiled by the first interval asked for, not at load (a few ms of every cold start otherwise).
+    """
+
+    def __init__(
+        self,
+        sigma: LeanModel | tuple[TreeArrays, FeatureEncoding],
+        scores: np.ndarray,
+        floor: float,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
         from pricepipe.lean_model import LeanModelError
 
         ordered = np.sort(np.asarray(scores, dtype=np.float64))
@@ -43,10 +53,19 @@ class ConformalInterval:
             raise LeanModelError("interval calibration scores must be one or more finite, non-negative numbers")
         if not (math.isfinite(floor) and floor > 0):
             raise LeanModelError(f"the interval's sigma floor must be a positive number, got {floor!r}")
-        self.sigma = sigma
+        self._sigma = None if isinstance(sigma, tuple) else sigma
+        self._parts = sigma if isinstance(sigma, tuple) else (sigma.trees, sigma.encoding)
         self.scores = ordered
         self.floor = float(floor)
         self.info: dict[str, Any] = dict(info or {})
+
+    @property
+    def sigma(self) -> LeanModel:
+        if self._sigma is None:
+            from pricepipe.lean_model import LeanModel
+
+            self._sigma = LeanModel(*self._parts)
+        return self._sigma
 
     @property
     def calibration_rows(self) -> int:
@@ -85,18 +104,18 @@ class ConformalInterval:
             "method": METHOD,
             "floor": self.floor,
             "calibration_rows": self.calibration_rows,
-            "sigma_encoding": self.sigma.encoding.to_dict(),
+            "sigma_encoding": self._parts[1].to_dict(),
             "info": self.info,
         }
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {f"{ARRAY_PREFIX}sigma.{name}": value for name, value in self.sigma.trees.arrays().items()}
+        out = {f"{ARRAY_PREFIX}sigma.{name}": value for name, value in self._parts[0].arrays().items()}
         out[f"{ARRAY_PREFIX}scores"] = self.scores
         return out
 
     @classmethod
     def from_artifact(cls, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ConformalInterval:
-        from pricepipe.lean_model import FeatureEncoding, LeanModel, LeanModelError, TreeArrays
+        from pricepipe.lean_model import FeatureEncoding, LeanModelError, TreeArrays
 
         prefix = f"{ARRAY_PREFIX}sigma."
         sigma_arrays = {name.removeprefix(prefix): value for name, value in arrays.items() if name.startswith(prefix)}
@@ -106,7 +125,9 @@ class ConformalInterval:
             floor = float(header["floor"])
         except (KeyError, TypeError, ValueError) as exc:
             raise LeanModelError(f"the artifact's interval section is malformed: {exc}") from exc
-        sigma = LeanModel(
-            TreeArrays.from_arrays(sigma_arrays), FeatureEncoding.from_dict(header.get("sigma_encoding", {}))
+        trees, encoding = (
+            TreeArrays.from_arrays(sigma_arrays),
+            FeatureEncoding.from_dict(header.get("sigma_encoding", {})),
         )
-        return cls(sigma, arrays[f"{ARRAY_PREFIX}scores"], floor, header.get("info", {}))
+        trees.check(len(encoding.features))  # a damaged σ is refused at load, as the point model is
+        return cls((trees, encoding), arrays[f"{ARRAY_PREFIX}scores"], floor, header.get("info", {}))
