@@ -71,6 +71,10 @@ bench-drift: $(STAMP)
 bench-serve: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_serve
 
+.PHONY: bench-intervals
+bench-intervals: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_intervals
+
 dev-train: $(STAMP)
 	$(BIN)/pipectl local up
 	$(BIN)/pipectl train

@@ -28,7 +28,10 @@ budget:
     Mangum app (one row) and the lean model alone (1,000 rows) measured interleaved with it;
 (d) HTTP throughput, one uvicorn worker on loopback, ``wrk`` with 8 connections, one row per request:
     our app vs ``mlflow models serve --env-manager local`` (each in its own request format);
-(e) resident memory after warm-up of each server (MLflow's whole process tree).
+(e) resident memory after warm-up of each server (MLflow's whole process tree);
+(f) what ``?interval=0.8`` and ``?explain=true`` cost: the same requests with each, measured
+    interleaved with the plain ones in the same processes, as µs per row (one row; in a 1,000-row
+    batch), and the model artifact's size and its intervals' holdout coverage from training.
 
     python -m benchmarks.bench_serve [--budget-s 20] [--runs 7] [--warm-runs 3] [--http-seconds 10]
 
@@ -433,12 +436,20 @@ def prepare(budget_s: float, reuse: bool) -> dict[str, Any]:
     frame.to_pickle(WORK / "features.pickle")
     save_mlflow_model(outcome, contract, WORK / "mlflow-model")
     model_layer(outcome, WORK / "model-layer")
+    interval = outcome.lean.interval
     summary = {
         "family": outcome.chosen,
         "n_trees": outcome.model.n_trees,
         "max_depth": outcome.lean.max_depth,
         "holdout": outcome.metrics,
-    }
+        "artifact_mb": len(outcome.lean.to_bytes()) / 1e6,
+        "interval": None if interval is None else {
+            "sigma_trees": interval.sigma.n_trees,
+            "calibration_rows": interval.calibration_rows,
+            **{k: interval.info[k] for k in ("holdout_coverage", "holdout_mean_width", "holdout_rows")},
+        },
+        "training_seconds": outcome.seconds,
+    }  # fmt: skip
     summary_file.write_text(json.dumps(summary, default=str))
     return summary
 
@@ -459,7 +470,7 @@ def main() -> None:  # noqa: PLR0915 - the benchmark's measurements run in one s
     parser.add_argument("--runs", type=int, default=7, help="cold starts per side")
     parser.add_argument("--warm-runs", type=int, default=3, help="fresh processes measuring our warm latency")
     parser.add_argument("--import-runs", type=int, default=5, help="cold starts under -X importtime")
-    parser.add_argument("--http-seconds", type=int, default=10)
+    parser.add_argument("--http-seconds", type=int, default=10, help="0: skip the HTTP figures (they need wrk)")
     parser.add_argument("--reuse-model", action="store_true", help="keep the last run's model (no training)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
@@ -544,15 +555,21 @@ def main() -> None:  # noqa: PLR0915 - the benchmark's measurements run in one s
     }
 
     print("warm:", json.dumps({"ours": {k: ours_warm[k] for k in ("one_row", "batch")}, "mlflow": mlflow_warm}))
-    print(f"HTTP throughput ({args.http_seconds} s each) ...")
-    http = {
-        "ours": http_ours(venv, model_dir, rows[0], args.http_seconds),
-        "reference_bare_fastapi": http_ours(
-            venv, model_dir, rows[0], args.http_seconds, app_dir=PROBES, app="reference_app:app"
-        ),
-    }
+    print(f"HTTP throughput ({args.http_seconds} s each) ..." if args.http_seconds else "HTTP figures skipped")
+    skipped: dict[str, Any] = {"error": "skipped (--http-seconds 0)"}
+    http: dict[str, dict[str, Any]] = (
+        {"ours": skipped, "reference_bare_fastapi": skipped, "mlflow": skipped}
+        if not args.http_seconds
+        else {
+            "ours": http_ours(venv, model_dir, rows[0], args.http_seconds),
+            "reference_bare_fastapi": http_ours(
+                venv, model_dir, rows[0], args.http_seconds, app_dir=PROBES, app="reference_app:app"
+            ),
+        }
+    )
     try:
-        http["mlflow"] = http_mlflow(mlflow_model, frame, args.http_seconds)
+        if args.http_seconds:
+            http["mlflow"] = http_mlflow(mlflow_model, frame, args.http_seconds)
     except (RuntimeError, OSError) as exc:
         http["mlflow"] = {"error": str(exc)}
 
@@ -573,6 +590,14 @@ def main() -> None:  # noqa: PLR0915 - the benchmark's measurements run in one s
         "batch_p50": 1 - batch_floor_ms / batch["handler"]["p50_ms"],
     }
     f1, f3, fx, pct = (lambda v: f"{v:.1f}"), (lambda v: f"{v:.3f}"), (lambda v: f"{v:.1f}x"), (lambda v: f"{v:.0%}")
+    # what each option adds per row: one row, and in the 1,000-row batch (explain's beside its own plain runs)
+    per_row_us = {
+        "interval_one_row": (one["handler_interval"]["p50_ms"] - mine["p50_ms"]) * 1e3,
+        "explain_one_row": (one["handler_explain"]["p50_ms"] - mine["p50_ms"]) * 1e3,
+        "interval_in_batch": batch["handler_interval"]["p50_ms"] - batch["handler"]["p50_ms"],
+        "explain_in_batch": batch["handler_explain"]["p50_ms"] - batch["handler_beside_explain"]["p50_ms"],
+    }
+    coverage = (model.get("interval") or {}).get("holdout_coverage", {})
     table = [
         ("serving function + layers, MB unzipped (with .pyc)", f1(sizes["ours_mb"]), f1(sizes["mlflow_mb"]),
          "≤ 100", _within(sizes["ours_mb"], BUDGET["size_mb"])),
@@ -610,6 +635,18 @@ def main() -> None:  # noqa: PLR0915 - the benchmark's measurements run in one s
          _within(http["ours"].get("rss_mb"), BUDGET["rss_mb"])),
         ("handler process RSS after warm-up, MB", f1(ours_warm["rss_mb"]), f1(mlflow_warm["rss_mb"]), "≤ 150",
          _within(ours_warm["rss_mb"], BUDGET["rss_mb"])),
+        ("  model artifact (model.npz, with intervals), MB", f3(model.get("artifact_mb", 0.0)), "", "", ""),
+        ("warm 1 row ?interval=0.8 p50, ms", f3(one["handler_interval"]["p50_ms"]), "", "", ""),
+        ("warm 1 row ?explain=true p50, ms", f3(one["handler_explain"]["p50_ms"]), "", "", ""),
+        ("warm 1,000 rows ?interval=0.8 p50, ms", f3(batch["handler_interval"]["p50_ms"]), "", "", ""),
+        ("warm 1,000 rows ?explain=true p50, ms", f3(batch["handler_explain"]["p50_ms"]), "", "", ""),
+        ("  interval: added per row, µs (one row / in 1,000)",
+         f"{per_row_us['interval_one_row']:.0f} / {per_row_us['interval_in_batch']:.1f}", "", "", ""),
+        ("  explain: added per row, µs (one row / in 1,000)",
+         f"{per_row_us['explain_one_row']:.0f} / {per_row_us['explain_in_batch']:.1f}", "", "", ""),
+        ("  interval holdout coverage at 0.5 / 0.8 / 0.9 / 0.95",
+         " / ".join(f"{coverage[k]:.3f}" for k in ("0.5", "0.8", "0.9", "0.95")) if coverage else "n/a", "",
+         "0.8: 0.77-0.83", _within(abs(coverage["0.8"] - 0.8), 0.03) if coverage else "n/a"),
     ]  # fmt: skip
     print_table(
         f"serving: Lambda handler vs MLflow, same LightGBM model ({model['n_trees']} trees, depth "
@@ -639,6 +676,7 @@ def main() -> None:  # noqa: PLR0915 - the benchmark's measurements run in one s
             "http": http,
             "budgets": BUDGET,
             "ours_share_of_figure": ours_share,
+            "option_cost_per_row_us": per_row_us,
             "machine_slowdown_vs_design_anchor": slowdown,
             "table": [dict(zip(("what", "ours", "mlflow", "budget", "within"), row, strict=True)) for row in table],
         },

@@ -11,16 +11,16 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
 
-def api_event(body: Any) -> dict[str, Any]:
-    """An API Gateway (REST, v1 proxy) event POSTing ``body`` as JSON to ``/predict``."""
+def api_event(body: Any, query: "dict[str, str] | None" = None) -> dict[str, Any]:
+    """An API Gateway (REST, v1 proxy) event POSTing ``body`` as JSON to ``/predict`` (``?query``)."""
     return {
         "resource": "/{proxy+}",
         "path": "/predict",
         "httpMethod": "POST",
         "headers": {"Content-Type": "application/json"},
         "multiValueHeaders": {},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
         "pathParameters": {"proxy": "predict"},
         "stageVariables": None,
         "requestContext": {

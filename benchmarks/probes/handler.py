@@ -4,7 +4,8 @@
 
 Prints when the first answer came (``answered_at``, wall clock: the spawning benchmark's cold start)
 and, with ``warm``, one-row and 1,000-row latencies, each beside references measured in the same
-process and the same moments, and the resident memory after them.
+process and the same moments, and the resident memory after them; and the same requests with
+``?interval=0.8`` and with ``?explain=true`` (what each costs is the difference to the plain request).
 """
 
 import importlib
@@ -73,11 +74,22 @@ def warm(app: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     columns = feature_columns(checked, service.contract)
     model = service.deployed.model
     e1, e1000 = _shared.api_event(rows[0]), _shared.api_event({"rows": rows[:1000]})
+    interval, explain = {"interval": "0.8"}, {"explain": "true"}
+    i1, i1000 = _shared.api_event(rows[0], interval), _shared.api_event({"rows": rows[:1000]}, interval)
+    x1, x1000 = _shared.api_event(rows[0], explain), _shared.api_event({"rows": rows[:1000]}, explain)
     ctx: Any = Context()  # what Mangum reads of a context, not its whole protocol
     body1000 = e1000["body"].encode()
     assert app.handler(e1000, ctx)["statusCode"] == 200 and bare_handler(e1, ctx)["statusCode"] == 200
+    for event in (i1, i1000, x1, x1000):  # a model without intervals would answer 409: measure nothing then
+        assert app.handler(event, ctx)["statusCode"] == 200, app.handler(event, ctx)["body"]
     one_row = interleaved(
-        {"handler": lambda: app.handler(e1, ctx), "bare_fastapi_mangum": lambda: bare_handler(e1, ctx)}, 3000
+        {
+            "handler": lambda: app.handler(e1, ctx),
+            "bare_fastapi_mangum": lambda: bare_handler(e1, ctx),
+            "handler_interval": lambda: app.handler(i1, ctx),
+            "handler_explain": lambda: app.handler(x1, ctx),
+        },
+        3000,
     )
     batch = interleaved(
         {
@@ -85,9 +97,16 @@ def warm(app: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
             "model_alone": lambda: model.predict_columns(columns),
             "json_parse": lambda: orjson.loads(body1000),  # and freeing what it built
             "bare_fastapi_mangum": lambda: bare_handler(e1000, ctx),
+            "handler_interval": lambda: app.handler(i1000, ctx),
         },
         200,
     )
+    # explanations of 1,000 rows take tens of ms: fewer calls, beside the plain request again
+    batch_explain = interleaved(
+        {"handler": lambda: app.handler(e1000, ctx), "handler_explain": lambda: app.handler(x1000, ctx)}, 40, blocks=5
+    )
+    batch["handler_explain"] = batch_explain["handler_explain"]
+    batch["handler_beside_explain"] = batch_explain["handler"]
     return {"one_row": one_row, "batch": batch, "rss_mb": _shared.resident_mb()}
 
 

@@ -10,6 +10,10 @@ version without one answers 503 and says so.
 ``POST /predict?explain=true`` also answers each row's per-feature contributions (TreeSHAP),
 ``base_value`` and ``contribution_scale``; a model whose artifact cannot explain (exported before
 node covers were recorded) answers 409, the request being fine and the model not one that can.
+``POST /predict?interval=0.8`` (any level strictly between 0 and 1) also answers each row's
+prediction interval, ``intervals: [[low, high], ...]``, from the error model and calibration scores
+exported with the model; a model exported without them answers 409 the same way. Both parameters
+can be given together; a bad value of either is a 422 located at ``["query", name]``.
 
 The body is read raw and validated by :class:`pricepipe.serving.service.PredictionService` rather
 than by FastAPI's own body parameter: that lets a 1,000-row batch be checked a column at a time
@@ -30,6 +34,7 @@ when ``/metrics`` is.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any, cast
@@ -50,8 +55,8 @@ from pricepipe.serving.requests import REF_TEMPLATE, ErrorResponse, PredictionRe
 from pricepipe.serving.service import (
     NO_MODEL,
     BatchTooLarge,
-    ExplanationUnavailable,
     InvalidRequest,
+    ModelCannotAnswer,
     NoModelDeployed,
     PredictionService,
     log_deserializer,
@@ -97,27 +102,56 @@ EXPLAIN_PARAMETER = {
 }
 
 
-def explain_flag(request: Request) -> bool:
-    """``?explain=``, read by hand rather than as a FastAPI parameter: a request without a query
-    string pays one test, not a parameter's validation. A bad value is FastAPI's 422, located."""
+INTERVAL_PARAMETER = {
+    "name": "interval",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    "description": (
+        "Also answer each row's prediction interval at this level, `intervals: [[low, high], ...]`"
+        " (0.8: the price falls inside for about 80% of rows; the holdout coverage is in /model-info)."
+        " An end is null when the level is beyond what the model's calibration rows can bound"
+    ),
+}
+
+
+def _query_error(name: str, kind: str, msg: str, value: str, **ctx: Any) -> RequestValidationError:
+    error: dict[str, Any] = {"type": kind, "loc": ("query", name), "msg": msg, "input": value, "field": name}
+    if ctx:
+        error["ctx"] = ctx
+    return RequestValidationError([error])
+
+
+def query_options(request: Request) -> tuple[bool, float | None]:
+    """``(explain, interval)`` from the query string, read by hand rather than as FastAPI parameters:
+    a request without a query string pays one test, not a parameter's validation. A bad value is
+    FastAPI's 422, located and typed as pydantic types it (the first bad parameter)."""
     if not request.scope.get("query_string"):
-        return False
-    value = request.query_params.get("explain")
-    if value is None or value.lower() in _FALSE:
-        return False
-    if value.lower() in _TRUE:
-        return True
-    raise RequestValidationError(
-        [
-            {
-                "type": "bool_parsing",
-                "loc": ("query", "explain"),
-                "msg": "Input should be a valid boolean, unable to interpret input",
-                "input": value,
-                "field": "explain",
-            }
-        ]
-    )
+        return False, None
+    params = request.query_params
+    explain = params.get("explain")
+    if explain is not None and explain.lower() not in _FALSE and explain.lower() not in _TRUE:
+        msg = "Input should be a valid boolean, unable to interpret input"
+        raise _query_error("explain", "bool_parsing", msg, explain)
+    return explain is not None and explain.lower() in _TRUE, interval_level(params.get("interval"))
+
+
+def interval_level(value: str | None) -> float | None:
+    """``?interval=``'s level: a finite number strictly between 0 and 1 (None: not asked for)."""
+    if value is None:
+        return None
+    try:
+        level = float(value)
+    except ValueError:
+        msg = "Input should be a valid number, unable to parse string as a number"
+        raise _query_error("interval", "float_parsing", msg, value) from None
+    if not math.isfinite(level):
+        raise _query_error("interval", "finite_number", "Input should be a finite number", value)
+    if not level > 0:
+        raise _query_error("interval", "greater_than", "Input should be greater than 0", value, gt=0)
+    if not level < 1:
+        raise _query_error("interval", "less_than", "Input should be less than 1", value, lt=1)
+    return level
 
 
 def _json_response(model: str, description: str) -> dict[str, Any]:
@@ -155,7 +189,10 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
         # declared as schemas, not response models (see the module docstring)
         responses={
             200: _json_response(PredictionResponse.__name__, "The predicted prices"),
-            409: _json_response(ErrorResponse.__name__, "explain=true, and the served model cannot explain"),
+            409: _json_response(
+                ErrorResponse.__name__,
+                "explain=true or interval=..., and the served model's artifact cannot answer it",
+            ),
             413: _json_response(ErrorResponse.__name__, f"More than {service.max_batch_rows} rows"),
             422: _json_response(ValidationErrorResponse.__name__, "Invalid input: every bad field, located"),
             503: _json_response(ErrorResponse.__name__, "No model deployed yet"),
@@ -165,14 +202,14 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
         if not service.ready:
             return JSONResponse({"detail": NO_MODEL}, status_code=503)
         request_id = _request_id(request.scope)
-        explain = explain_flag(request)
+        explain, interval = query_options(request)
         try:
-            result = service.predict(await request.body(), request_id, explain=explain)
+            result = service.predict(await request.body(), request_id, explain=explain, interval=interval)
         except InvalidRequest as exc:
             raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors]) from None
         except BatchTooLarge as exc:
             return JSONResponse({"detail": str(exc)}, status_code=413)
-        except ExplanationUnavailable as exc:
+        except ModelCannotAnswer as exc:
             return JSONResponse({"detail": str(exc)}, status_code=409)
         http_metrics.priced(result.model_name, result.model_version, result.rows)
         return Response(
@@ -209,7 +246,7 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
             example = service.models.example
-            schema["paths"]["/predict"]["post"]["parameters"] = [EXPLAIN_PARAMETER]
+            schema["paths"]["/predict"]["post"]["parameters"] = [EXPLAIN_PARAMETER, INTERVAL_PARAMETER]
             schema["paths"]["/predict"]["post"]["requestBody"] = {
                 "required": True,
                 "content": {

@@ -163,6 +163,11 @@ def test_training_registers_a_tracked_challenger_with_its_artifacts(  # noqa: PL
     lean = LeanModel.load(_object(s3, result["serving_artifact_uri"]))
     assert lean.info["model_version"] == "1"
     assert lean.info["contract"] == {"name": contract.name, "version": contract.version}
+    # the served artifact carries the intervals whose holdout coverage the run logged, per level
+    assert lean.interval is not None
+    for level in ("0.5", "0.8", "0.9", "0.95"):
+        logged = run.data.metrics[f"interval.holdout_coverage_{round(float(level) * 100)}"]
+        assert lean.interval.info["holdout_coverage"][level] == pytest.approx(logged)
 
     row = conn.execute(
         "SELECT stage, run_id, metrics, data_window, serving_artifact_uri, artifact_uri FROM model_registry.models"

@@ -927,9 +927,151 @@ def test_the_openapi_document_shows_the_explain_parameter_and_its_fields(api: Ap
     document = api.client.get("/openapi.json").json()
 
     post = document["paths"]["/predict"]["post"]
-    (parameter,) = post["parameters"]
+    parameter = post["parameters"][0]
     assert (parameter["name"], parameter["in"], parameter["schema"]["type"]) == ("explain", "query", "boolean")
     assert post["responses"]["409"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
     fields = document["components"]["schemas"]["PredictionResponse"]["properties"]
     assert {"contributions", "base_value", "contribution_scale"} <= set(fields)
     assert api.client.get("/model-info").json()["explainable"] is True
+
+
+# -- prediction intervals (?interval=0.8) -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def with_intervals(
+    trained: Trained, hotel_rates: pd.DataFrame, contract: Contract, tmp_path_factory: pytest.TempPathFactory
+) -> Trained:
+    """The trained model with an interval section: σ fitted on the model's errors on 1,000 later
+    bookings, scores from 1,000 more (what training does, on fewer rows)."""
+    from pricepipe.lean_interval import ConformalInterval
+    from pricepipe.training.intervals import fit_sigma
+
+    raw = hotel_rates.dropna(subset=["country"]).iloc[5000:7000]
+    features = build_features(raw.assign(arrival_date=pd.to_datetime(raw["arrival_date"])), contract)
+    model = trained.model
+    x, y = encode(features, model.encoding), features[contract.target].to_numpy(dtype=float)
+    errors = np.abs(y - model.predict_matrix(x))
+    categorical = [model.encoding.index[name] for name in contract.categorical_features]
+    sigma = fit_sigma(x[:1000], errors[:1000], model.encoding, categorical, seed=1)
+    floor = 0.05 * float(np.mean(errors[:1000]))
+    scores = errors[1000:] / np.maximum(sigma.predict_matrix(x[1000:]), floor)
+    info = {"holdout_coverage": {"0.5": 0.51, "0.8": 0.79}, "holdout_mean_width": {"0.8": 60.0}, "holdout_rows": 900}
+    lean = model.with_interval(ConformalInterval(sigma, scores, floor, info))
+    layer = tmp_path_factory.mktemp("model-layer-intervals")
+    zipfile.ZipFile(io.BytesIO(build_layer_zip(lean.to_bytes(), METADATA))).extractall(layer)
+    return Trained(lean, layer, trained.rows)
+
+
+@pytest.fixture
+def interval_api(load_api: Callable[[Path | None], Api], with_intervals: Trained) -> Api:
+    return load_api(with_intervals.layer)
+
+
+def assert_intervals(body: dict[str, Any], trained: Trained, contract: Contract, rows: list[dict[str, Any]]) -> None:
+    """Each row's [low, high] holds its price and is the artifact's own interval at 0.8."""
+    intervals = np.array(body["intervals"], dtype=float)
+    predictions = np.array(body["predictions"])
+    assert intervals.shape == (len(rows), 2) and body["interval_level"] == 0.8
+    assert np.all(intervals[:, 0] < predictions) and np.all(predictions < intervals[:, 1])
+    features = [feature_row(row, contract) for row in rows]
+    own = trained.model.intervals_rows(features, trained.model.predict_rows(features), 0.8)
+    np.testing.assert_allclose(intervals, own, rtol=0, atol=1e-9)
+
+
+def test_interval_answers_each_rows_interval_beside_its_price(
+    interval_api: Api, with_intervals: Trained, contract: Contract
+) -> None:
+    rows = with_intervals.rows[:MAX_ROWS]
+
+    single = interval_api.client.post("/predict?interval=0.8", json=rows[0])
+    batch = interval_api.client.post("/predict?interval=0.8", json={"rows": rows})
+
+    assert single.status_code == batch.status_code == 200
+    assert_intervals(single.json(), with_intervals, contract, rows[:1])
+    assert_intervals(batch.json(), with_intervals, contract, rows)
+    np.testing.assert_allclose(batch.json()["predictions"], expected(with_intervals, contract, rows), atol=1e-9)
+    widths = np.diff(np.array(batch.json()["intervals"]), axis=1).ravel()
+    assert np.std(widths) > 0.1 * np.mean(widths)  # each row its own width
+    wider = np.diff(np.array(interval_api.client.post("/predict?interval=0.95", json=rows[0]).json()["intervals"]))
+    assert wider[0, 0] > np.diff(np.array(single.json()["intervals"]))[0, 0]
+
+
+def test_interval_and_explain_together_and_through_the_lambda_handler(
+    interval_api: Api, with_intervals: Trained, contract: Contract
+) -> None:
+    rows = with_intervals.rows[:10]
+    both = interval_api.client.post("/predict?explain=true&interval=0.8", json={"rows": rows})
+    event = api_gateway_event("POST", "/predict", rows[0])
+    event["queryStringParameters"] = {"interval": "0.8"}
+    event["multiValueQueryStringParameters"] = {"interval": ["0.8"]}
+    answer = interval_api.module.handler(event, LambdaContext())
+
+    assert both.status_code == 200 and answer["statusCode"] == 200
+    assert_intervals(both.json(), with_intervals, contract, rows)
+    assert_explains(both.json(), with_intervals, len(rows))
+    assert_intervals(json.loads(answer["body"]), with_intervals, contract, rows[:1])
+    assert len(interval_api.prediction_lines()) == 2
+
+
+def test_without_interval_the_answer_of_a_model_with_intervals_is_todays(
+    interval_api: Api, with_intervals: Trained
+) -> None:
+    for body in (with_intervals.rows[0], {"rows": with_intervals.rows[:5]}):
+        answer = interval_api.client.post("/predict", json=body).json()
+        assert list(answer) == ["request_id", "model_name", "model_version", "keys", "predictions"]
+
+
+def test_a_level_beyond_the_calibration_rows_is_unbounded(interval_api: Api, with_intervals: Trained) -> None:
+    response = interval_api.client.post("/predict?interval=0.99999", json=with_intervals.rows[0])
+
+    assert response.status_code == 200
+    assert response.json()["intervals"] == [[None, None]]
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [
+        ("abc", "float_parsing"),
+        ("", "float_parsing"),
+        ("0", "greater_than"),
+        ("-0.2", "greater_than"),
+        ("1", "less_than"),
+        ("80", "less_than"),
+        ("nan", "finite_number"),
+        ("inf", "finite_number"),
+    ],
+)
+def test_a_bad_interval_level_is_a_422_naming_the_parameter(
+    interval_api: Api, with_intervals: Trained, value: str, kind: str
+) -> None:
+    response = interval_api.client.post(f"/predict?interval={value}", json=with_intervals.rows[0])
+
+    assert response.status_code == 422
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["query", "interval"] and error["field"] == "interval"
+    assert error["type"] == kind and error["input"] == value
+    assert interval_api.prediction_lines() == []
+
+
+def test_a_model_without_intervals_predicts_but_answers_interval_with_409(api: Api, trained: Trained) -> None:
+    """An artifact of format version 2 (or 1): no error model, no calibration scores."""
+    priced = api.client.post("/predict", json={"rows": trained.rows[:3]})
+    refused = api.client.post("/predict?interval=0.8", json={"rows": trained.rows[:3]})
+
+    assert priced.status_code == 200
+    assert refused.status_code == 409
+    assert "cannot answer prediction intervals: its artifact has no interval section" in refused.json()["detail"]
+    assert api.client.get("/model-info").json()["intervals"] == {"available": False}
+
+
+def test_model_info_and_the_openapi_document_describe_intervals(interval_api: Api, with_intervals: Trained) -> None:
+    info = interval_api.client.get("/model-info").json()["intervals"]
+    document = interval_api.client.get("/openapi.json").json()
+
+    assert info["available"] is True and info["holdout_coverage"]["0.8"] == 0.79
+    assert info["calibration_rows"] == 1000 and "conformal" in info["method"]
+    parameters = {p["name"]: p for p in document["paths"]["/predict"]["post"]["parameters"]}
+    assert parameters["interval"]["schema"] == {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}
+    fields = document["components"]["schemas"]["PredictionResponse"]["properties"]
+    assert {"intervals", "interval_level"} <= set(fields)

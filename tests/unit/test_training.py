@@ -281,6 +281,16 @@ def test_training_scores_every_candidate_and_the_baseline_on_the_holdout(
     assert window["train_end"] < window["holdout_start"]
     assert outcome.lean.info["metrics"] == outcome.metrics
     assert outcome.params()["model_family"] == outcome.chosen
+    # prediction intervals: measured on the holdout, carried by both artifacts, logged per level
+    interval = outcome.lean.interval
+    assert interval is not None and outcome.evaluation_lean.interval is interval
+    assert interval.info["holdout_rows"] == len(outcome.holdout)
+    validation = time_split(outcome.train, contract, days=14)[1]  # the validation days: as many as the holdout's
+    assert interval.calibration_rows == len(validation)
+    metrics = outcome.all_metrics()
+    for level in (50, 80, 90, 95):
+        assert 0 < metrics[f"interval.holdout_coverage_{level}"] <= 1
+        assert metrics[f"interval.holdout_mean_width_{level}"] > 0
 
 
 def test_the_target_transform_is_chosen_on_validation_never_the_holdout(
@@ -330,13 +340,14 @@ def test_the_served_model_is_refit_on_the_whole_window(features: pd.DataFrame, c
     config = TrainingConfig(holdout_days=14, search=QUICK, min_train_rows=100)
 
     refit = train(_data(features), contract, config)
-    kept = train(_data(features), contract, replace(config, refit_full_window=False))
+    kept = train(_data(features), contract, replace(config, refit_full_window=False, intervals=False))
 
     matrix = encode(refit.holdout, refit.served_encoding)
     assert not np.array_equal(refit.lean.predict_matrix(matrix), refit.evaluation_lean.predict_matrix(matrix))
     assert refit.reference["rows"] == len(features)
     assert refit.metrics == kept.metrics  # reported metrics always describe the evaluation model
     assert kept.lean is not None and kept.reference["rows"] == len(kept.train)
+    assert kept.lean.interval is None and not any(name.startswith("interval.") for name in kept.all_metrics())
     same = encode(kept.holdout, kept.encoding)
     assert np.array_equal(kept.lean.predict_matrix(same), kept.evaluation_lean.predict_matrix(same))
 

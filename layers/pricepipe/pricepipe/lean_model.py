@@ -21,7 +21,11 @@ code) holding
 - optionally ``cover``: per node, the training samples that reached it (format version 2). Only
   explanations read it (:meth:`LeanModel.explain_matrix`, path-dependent TreeSHAP in
   :mod:`pricepipe.lean_explain`); an artifact without it is written as version 1, and one of
-  either version predicts alike.
+  either version predicts alike;
+- optionally an interval section (format version 3): ``interval.scores`` and the node arrays of a
+  second, small ensemble σ(x) as ``interval.sigma.<name>``, with its encoding in the header's
+  ``interval`` entry. Only prediction intervals read it (:mod:`pricepipe.lean_interval`); an
+  artifact without it is written as version 2 (or 1) exactly as before.
 
 Target transform: ``info["target_transform"]`` names what the trees were trained on, ``"identity"``
 (the price; also when nothing is recorded) or ``"log"`` (the log of the price). Predictions are
@@ -61,10 +65,12 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from pricepipe.lean_explain import Explanation, TreeShap
+    from pricepipe.lean_interval import ConformalInterval
 
 FORMAT = "pricepipe.lean-trees"
-# 2 adds the optional node array ``cover``; 3 a target transform applied at predict time (log models
-# only). Each artifact is written with the lowest version that describes it; older ones read as ever.
+# 2 adds the optional node array ``cover``; 3 the optional interval section and a target transform
+# applied at predict time (log models). Each artifact is written with the lowest version that
+# describes it; older ones are read as ever.
 FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 MAX_CATEGORIES = 254  # HistGradientBoosting's ceiling (max_bins 255 less the missing bin)
@@ -81,6 +87,11 @@ class LeanModelError(PricePipeError, ValueError):
     """An artifact that cannot be read, or input that cannot be encoded, named in the message."""
 
 
+NO_INTERVAL = (
+    "this model cannot answer prediction intervals: its artifact has no interval section (an error"
+    " model and calibration scores, exported since format version 3); retrain the model to get an"
+    " artifact that can"
+)
 NO_COVER = (
     "this model cannot explain its predictions: its artifact has no node covers (the training samples"
     " per tree node, which TreeSHAP weighs paths by), as artifacts exported before format version 2 have"
@@ -374,11 +385,18 @@ class _CategoricalFeature:
 class LeanModel:
     """A tree ensemble ready to predict from feature rows, columns or an encoded matrix."""
 
-    def __init__(self, trees: TreeArrays, encoding: FeatureEncoding, info: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        trees: TreeArrays,
+        encoding: FeatureEncoding,
+        info: Mapping[str, Any] | None = None,
+        interval: ConformalInterval | None = None,
+    ) -> None:
         self.trees = trees
         self.encoding = encoding
         self.info: dict[str, Any] = dict(info or {})
         self._log_target = _scale(self.info) == "log_price"
+        self.interval = interval  # optional: what prediction intervals need (format version 3)
         trees.check(len(encoding.features))
         self._compile()
         self._explainer: TreeShap | None = None  # built by the first explanation asked for
@@ -542,6 +560,32 @@ class LeanModel:
             self._explainer = TreeShap(self.trees, {enc.index[name]: len(v) for name, v in enc.categories.items()})
         return self._explainer.explain(x, self.features, self.contribution_scale)
 
+    # -- prediction intervals ----------------------------------------------------------------------
+
+    @property
+    def can_interval(self) -> bool:
+        """Whether the artifact carries an interval section (format version 3, exported by training)."""
+        return self.interval is not None
+
+    def _conformal(self) -> ConformalInterval:
+        if self.interval is None:
+            raise LeanModelError(NO_INTERVAL)
+        return self.interval
+
+    def intervals_rows(self, rows: Sequence[Mapping[str, Any]], predictions: np.ndarray, level: float) -> np.ndarray:
+        """``(rows, 2)`` low and high ends at ``level`` around ``predictions`` (this model's, on the
+        price scale) for feature records (:mod:`pricepipe.lean_interval`)."""
+        conformal = self._conformal()
+        return conformal.bounds(predictions, conformal.scale_rows(rows), level)
+
+    def intervals_columns(self, columns: Mapping[str, Any], predictions: np.ndarray, level: float) -> np.ndarray:
+        """:meth:`intervals_rows` for columns of feature values."""
+        conformal = self._conformal()
+        return conformal.bounds(predictions, conformal.scale_columns(columns), level)
+
+    def with_interval(self, interval: ConformalInterval | None) -> LeanModel:
+        return LeanModel(self.trees, self.encoding, self.info, interval)
+
     # -- prediction ------------------------------------------------------------------------------
 
     def predict_rows(self, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:
@@ -677,26 +721,33 @@ class LeanModel:
     # -- persistence -----------------------------------------------------------------------------
 
     def header(self) -> dict[str, Any]:
-        return {
+        # without an interval section or a log target the artifact is exactly a version 2 one, and
+        # without covers too a version 1 one: older readers still read it
+        version = 3 if self.interval is not None or self._log_target else 2 if self.trees.cover is not None else 1
+        header = {
             "format": FORMAT,
-            # the lowest version that describes the artifact: older readers still read what they can
-            "format_version": FORMAT_VERSION if self._log_target else 2 if self.trees.cover is not None else 1,
+            "format_version": version,
             "encoding": self.encoding.to_dict(),
             "n_trees": self.n_trees,
             "max_depth": self.max_depth,
             "info": self.info,
         }
+        if self.interval is not None:
+            header["interval"] = self.interval.header()
+        return header
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
         header = np.array(json.dumps(self.header(), default=str, sort_keys=True))
         arrays: dict[str, Any] = self.trees.arrays()
+        if self.interval is not None:
+            arrays.update(self.interval.arrays())
         np.savez_compressed(buffer, header=header, **arrays)
         return buffer.getvalue()
 
     def with_info(self, **info: Any) -> LeanModel:
         """The same trees with more ``info`` (e.g. the registered version, known only after registering)."""
-        return LeanModel(self.trees, self.encoding, {**self.info, **info})
+        return LeanModel(self.trees, self.encoding, {**self.info, **info}, self.interval)
 
     @classmethod
     def load(cls, source: bytes | str | Path | BinaryIO) -> LeanModel:
@@ -721,7 +772,19 @@ class LeanModel:
                 f" {', '.join(map(str, READABLE_VERSIONS))}): retrain or upgrade the serving package"
             )
         encoding = FeatureEncoding.from_dict(header.get("encoding", {}))
-        return cls(TreeArrays.from_arrays(arrays), encoding, header.get("info", {}))
+        return cls(TreeArrays.from_arrays(arrays), encoding, header.get("info", {}), _interval_section(header, arrays))
+
+
+def _interval_section(header: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> ConformalInterval | None:
+    """The artifact's optional interval section (format version 3), or None."""
+    section = header.get("interval")
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise LeanModelError("the artifact's interval section is malformed: not an object")
+    from pricepipe.lean_interval import ConformalInterval
+
+    return ConformalInterval.from_artifact(section, arrays)
 
 
 def _scale(info: Mapping[str, Any]) -> str:

@@ -78,10 +78,20 @@ class PredictionResponse(BaseModel):
             ' prices, "log_price"'
         ),
     )
+    intervals: list[tuple[float | None, float | None]] | None = Field(
+        default=None,
+        description=(
+            "With interval=<level>: per row, [low, high], an interval that holds the price for about that"
+            " share of rows (split conformal, calibrated at training; /model-info gives its holdout"
+            " coverage). An end is null (unbounded) when the level is beyond what the calibration rows"
+            " can bound"
+        ),
+    )
+    interval_level: float | None = Field(default=None, description="With interval=<level>: that level")
 
 
 class ErrorResponse(BaseModel):
-    """A request that could not be served (no model, batch too large, no explanations), and why."""
+    """A request that could not be served (no model, batch too large, no explanations or intervals), and why."""
 
     model_config = _DOCUMENTATION_ONLY
 

@@ -15,6 +15,10 @@ The path of a request, cheapest first:
 With ``explain`` (``POST /predict?explain=true``) the same features are also split into per-feature
 contributions (:meth:`pricepipe.lean_model.LeanModel.explain_columns`, TreeSHAP); without it nothing
 of that is imported or computed. A model whose artifact cannot explain is :class:`ExplanationUnavailable`.
+With ``interval`` (``POST /predict?interval=0.8``, any level in (0, 1)) each row also gets its
+prediction interval from the artifact's error model and calibration scores
+(:meth:`pricepipe.lean_model.LeanModel.intervals_columns`); a model exported without them is
+:class:`IntervalUnavailable`. Both can be asked together; without either the path is as before.
 
 Bodies are parsed with orjson (3x faster than ``json`` here, the largest cost of a 1,000-row
 request after validation) and responses encoded with it; the prediction log line is encoded once,
@@ -34,7 +38,8 @@ from pydantic import BaseModel, ValidationError
 
 from pricepipe.errors import PricePipeError
 from pricepipe.features import feature_row
-from pricepipe.lean_model import NO_COVER
+from pricepipe.lean_interval import METHOD
+from pricepipe.lean_model import NO_COVER, NO_INTERVAL
 from pricepipe.serving.columns import ColumnCheck, feature_columns, plain
 from pricepipe.serving.prediction_log import (
     KEY_SEPARATOR,
@@ -50,6 +55,8 @@ from pricepipe.serving.requests import RequestModels, request_models
 if TYPE_CHECKING:
     from pricepipe.contract import Contract
     from pricepipe.lean_explain import Explanation
+    from pricepipe.lean_interval import ConformalInterval
+    from pricepipe.lean_model import LeanModel
     from pricepipe.serving.model_layer import DeployedModel
     from pricepipe.serving.prediction_log import _InfoLogger
 
@@ -85,9 +92,17 @@ class InvalidRequest(PricePipeError):
         super().__init__(f"{len(errors)} invalid field(s)")
 
 
-class ExplanationUnavailable(PricePipeError):
-    """Explanations were asked of a model whose artifact cannot give them (HTTP 409: the request is
-    fine, the deployed model is not one that can answer it; a 5xx would count against the version)."""
+class ModelCannotAnswer(PricePipeError):
+    """Something was asked of a model whose artifact cannot give it (HTTP 409: the request is fine,
+    the deployed model is not one that can answer it; a 5xx would count against the version)."""
+
+
+class ExplanationUnavailable(ModelCannotAnswer):
+    """``explain=true`` of a model whose artifact has no node covers."""
+
+
+class IntervalUnavailable(ModelCannotAnswer):
+    """``interval=`` of a model whose artifact has no interval section."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,8 @@ class Prediction:
     keys: list[str]
     predictions: Any  # a float array, one per row
     explanation: Explanation | None = None  # asked for with explain
+    intervals: Any = None  # asked for with interval: a (rows, 2) float array, ±inf where unbounded
+    interval_level: float | None = None
 
     def to_json(self) -> bytes:
         body = {
@@ -107,6 +124,10 @@ class Prediction:
             "keys": self.keys,
             "predictions": self.predictions,
         }
+        if self.intervals is not None:
+            # orjson writes an infinite end (a level beyond what the calibration rows can bound) as null
+            body["intervals"] = self.intervals
+            body["interval_level"] = self.interval_level
         if self.explanation is not None:
             body["contributions"] = self.explanation.records()
             body["base_value"] = self.explanation.base_value
@@ -181,16 +202,19 @@ class PredictionService:
 
     # -- /predict ----------------------------------------------------------------------------------
 
-    def predict(self, body: bytes, request_id: str, *, explain: bool = False) -> Prediction:  # noqa: C901 - the request path in one function: parse, validate, predict, explain, log
+    def predict(  # noqa: C901 - the request path in one function: parse, validate, predict, explain, interval, log
+        self, body: bytes, request_id: str, *, explain: bool = False, interval: float | None = None
+    ) -> Prediction:
         """Validate ``body``, predict, and write the prediction log line(s) with the request's metrics;
-        with ``explain``, each row's per-feature contributions too (the log line is the same)."""
+        with ``explain``, each row's per-feature contributions too, with ``interval`` (a level in
+        (0, 1), checked by the caller) each row's prediction interval (the log line is the same)."""
         began = time.perf_counter()
         deployed = self.deployed
         if deployed is None:
             raise NoModelDeployed
-        explanation = None
-        if explain and not deployed.model.can_explain:
-            raise ExplanationUnavailable(NO_COVER)
+        explanation = bounds = None
+        if explain or interval is not None:
+            _refuse_unanswerable(deployed.model, explain, interval)
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
@@ -225,15 +249,15 @@ class PredictionService:
             keys = self._keys(columns)
             features = feature_columns(columns, self.contract)
             values = deployed.model.predict_columns(features)
-            if explain:
-                explanation = deployed.model.explain_columns(features)
+            if interval is not None or explain:
+                bounds, explanation = _asked(deployed.model, features, values, interval, explain, columns=True)
         else:
             record = self._validated(self._row_validate, payload).__dict__
             keys = [record_key([record[k] for k in self._key])]
             row = feature_row(record, self.contract)
             values = deployed.model.predict_rows([row])
-            if explain:
-                explanation = deployed.model.explain_rows([row])
+            if interval is not None or explain:
+                bounds, explanation = _asked(deployed.model, [row], values, interval, explain, columns=False)
             features = {name: [value] for name, value in row.items()}
             moments = [record[event_time]] if event_time else []
         if event_time:  # logged beside the features: drift checks window by event time
@@ -257,7 +281,7 @@ class PredictionService:
                 as_lists=False,
             ),
         )
-        return Prediction(request_id, self.model_name, self.model_version, keys, values, explanation)
+        return Prediction(request_id, self.model_name, self.model_version, keys, values, explanation, bounds, interval)
 
     @staticmethod
     def _validated(validate: Any, payload: Any) -> BaseModel:
@@ -318,7 +342,44 @@ class PredictionService:
             "max_depth": model.max_depth,
             "max_batch_rows": self.max_batch_rows,
             "explainable": model.can_explain,  # POST /predict?explain=true answers contributions
+            "intervals": _interval_info(model.interval),  # POST /predict?interval=0.8 answers intervals
         }
+
+
+def _refuse_unanswerable(model: LeanModel, explain: bool, interval: float | None) -> None:
+    """Before any work: what the request asks that this model's artifact cannot give is a 409."""
+    if explain and not model.can_explain:
+        raise ExplanationUnavailable(NO_COVER)
+    if interval is not None and not model.can_interval:
+        raise IntervalUnavailable(NO_INTERVAL)
+
+
+def _asked(
+    model: LeanModel, features: Any, values: Any, interval: float | None, explain: bool, *, columns: bool
+) -> tuple[Any, Explanation | None]:
+    """``(intervals, explanation)`` asked of the model for the request's features (columns or records)."""
+    bounds = explanation = None
+    if interval is not None:
+        bounds = (model.intervals_columns if columns else model.intervals_rows)(features, values, interval)
+    if explain:
+        explanation = model.explain_columns(features) if columns else model.explain_rows(features)
+    return bounds, explanation
+
+
+def _interval_info(interval: ConformalInterval | None) -> dict[str, Any]:
+    """What /model-info says of the served intervals: whether there are any, and their holdout coverage."""
+    if interval is None:
+        return {"available": False}
+    info = interval.info
+    return {
+        "available": True,
+        "method": METHOD,
+        "calibration_rows": interval.calibration_rows,
+        "holdout_coverage": info.get("holdout_coverage", {}),  # level → share of holdout rows covered
+        "holdout_mean_width": info.get("holdout_mean_width", {}),
+        "holdout_rows": info.get("holdout_rows"),
+        "measured_with": info.get("measured_with"),
+    }
 
 
 def _key_formatter(column_type: str) -> Callable[[Any], str] | None:

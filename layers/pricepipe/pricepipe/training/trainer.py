@@ -19,6 +19,10 @@ recent weeks out of the model that serves cost 2.6 RMSE on the DESIGN §3 split 
 A contract without an event time is split by a seeded hash of the key instead
 (:func:`pricepipe.training.data.split`), and serves the evaluation model: refit on its holdout
 keys, the champion would later be compared with challengers on rows it was trained on.
+
+Both artifacts also carry the prediction intervals (``intervals``, the default): an error model σ(x)
+fitted on *fit* and calibration scores from *val*, with their coverage measured on the holdout by
+the evaluation model (:mod:`pricepipe.training.intervals` says why that is the figure to report).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from pricepipe.drift.reference import reference_statistics
 from pricepipe.errors import PricePipeError
 from pricepipe.lean_model import LeanModel
 from pricepipe.training.data import TrainingData, TrainingDataError, covered_dates, encode, fit_encoding, split
+from pricepipe.training.intervals import conformal_interval, coverage, tracking_metrics
 from pricepipe.training.metrics import regression_metrics
 from pricepipe.training.search import (
     FAMILIES,
@@ -52,7 +57,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from pricepipe.contract import Contract
+    from pricepipe.lean_interval import ConformalInterval
     from pricepipe.lean_model import FeatureEncoding
+    from pricepipe.training.search import Family
 
 # largest |lean - original| output accepted at export, in the trees' own scale (for a log model the
 # log price: the prices then agree within a relative 1e-6)
@@ -74,6 +81,7 @@ class TrainingConfig:
     min_holdout_rows: int = 30
     reference_sample_size: int = 200
     refit_full_window: bool = True
+    intervals: bool = True  # export prediction intervals (costs four more fits of the chosen settings)
 
     @property
     def effective_validation_days(self) -> int:
@@ -94,6 +102,7 @@ class TrainingConfig:
             "sampler": self.search.sampler,
             "target_transforms": ",".join(self.search.transforms),
             "refit_full_window": self.refit_full_window,
+            "intervals": self.intervals,
         }
 
 
@@ -176,6 +185,8 @@ class TrainingOutcome:
             if name != "baseline":
                 out[f"{name}.validation_rmse"] = candidate.validation_rmse
                 out[f"{name}.n_trees"] = float(candidate.n_trees)
+        if self.lean.interval is not None:
+            out.update(tracking_metrics(self.lean.interval.info))
         out["search.trials"] = float(len(self.search.trials))
         out["search.seconds"] = self.search.seconds
         out["training.seconds"] = self.seconds
@@ -236,6 +247,45 @@ def _refit(
         model,
         transform,
     )
+
+
+def _interval(
+    family: Family,
+    winner: Candidate,
+    parts: tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame],
+    encoding: FeatureEncoding,
+    target: str,
+    seed: int,
+) -> ConformalInterval:
+    """The winner's prediction intervals (σ on fit, scores on val), with their coverage on the holdout
+    measured by the evaluation model's predictions there (see :mod:`pricepipe.training.intervals`)."""
+    fit_part, validation, holdout = parts
+    transform = winner.target_transform  # the interval's arithmetic is in price; the fits on the trial's scale
+    categorical = [j for j, name in enumerate(encoding.features) if encoding.is_categorical(name)]
+
+    def fit_predict(x: np.ndarray, y: np.ndarray, x_new: np.ndarray) -> np.ndarray:
+        with single_threaded():
+            model = family.fit(winner.params, winner.n_trees, x, to_target(transform, y), categorical, seed)
+            return to_price(transform, family.predict(model, x_new))
+
+    interval = conformal_interval(
+        (encode(fit_part, encoding), fit_part[target].to_numpy(dtype=np.float64)),
+        (encode(validation, encoding), validation[target].to_numpy(dtype=np.float64)),
+        fit_predict,
+        encoding,
+        categorical,
+        seed,
+    )
+    measured = coverage(
+        interval, encode(holdout, encoding), holdout[target].to_numpy(dtype=np.float64), winner.predictions
+    )
+    interval.info.update(
+        holdout_coverage=measured["coverage"],
+        holdout_mean_width=measured["mean_width"],
+        holdout_rows=len(holdout),
+        measured_with="the evaluation model (fit + validation) on the holdout; served: the same sigma and scores",
+    )
+    return interval
 
 
 def _check_rows(frame: pd.DataFrame, minimum: int, what: str, hint: str) -> None:
@@ -311,6 +361,11 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
     winner = candidates[chosen]
     family = FAMILIES[chosen]
     transform = winner.target_transform
+    interval = (
+        _interval(family, winner, (fit_part, validation, holdout), search_encoding, target, config.search.seed)
+        if config.intervals
+        else None
+    )
     evaluation_lean = _export(family, winner.model, encoding, x_holdout, transform)
     if config.refit_full_window and not keyed:
         everything = data.frame
@@ -368,7 +423,7 @@ def train(data: TrainingData, contract: Contract, config: TrainingConfig) -> Tra
         "trained_at": outcome.trained_at,
         "seed": config.search.seed,
     }
-    outcome.lean = lean.with_info(**info, role="serving")
-    outcome.evaluation_lean = evaluation_lean.with_info(**info, role="evaluation")
+    outcome.lean = lean.with_interval(interval).with_info(**info, role="serving")
+    outcome.evaluation_lean = evaluation_lean.with_interval(interval).with_info(**info, role="evaluation")
     outcome.seconds = round(time.monotonic() - began, 3)
     return outcome
