@@ -15,11 +15,11 @@ import pytest
 from pricepipe.lean_interval import ConformalInterval
 from pricepipe.lean_model import FeatureEncoding, LeanModel, LeanModelError
 from pricepipe.training.intervals import conformal_interval, coverage, fit_sigma, tracking_metrics
-from pricepipe.training.search import FAMILIES
+from pricepipe.training.search import FAMILIES, SearchSettings
 
 ENCODING = FeatureEncoding(["x", "noise", "kind"], {"kind": ["a", "b", "c"]})
 CATEGORICAL = [2]
-POINT = {**FAMILIES["lightgbm"].sample(np.random.default_rng(0), 0), "max_depth": 5}
+POINT = {**FAMILIES["lightgbm"].defaults(SearchSettings()), "max_depth": 5}
 
 
 def heteroscedastic(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
