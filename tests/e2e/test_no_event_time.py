@@ -20,15 +20,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from infrastructure import catalog
 from pipectl import flows
 from pipectl.commands import data as data_commands
 from pipectl.localcloud import LocalCloud
 from pipectl.localcloud.daemon import run_migrations
-from pipectl.localcloud.gateway import Gateway, moto_api_keys
+from pipectl.localcloud.gateway import Gateway
 from pipectl.localcloud.provision import Resources, provision
 from pipectl.target import Target
-from tests.e2e.support import JOB_SETTINGS, SEARCH_GUARD_S, SEARCH_TRIALS
+from tests.e2e.support import JOB_SETTINGS, SEARCH_GUARD_S, SEARCH_TRIALS, start_gateway
 
 pytestmark = pytest.mark.e2e
 FIRST, SECOND = 600, 200  # houses in the first file, and in a later one
@@ -66,15 +65,7 @@ def cli(target: Target) -> Any:
 
 @pytest.fixture(scope="module")
 def gateway(cloud: LocalCloud, deployed: Resources) -> Iterator[Gateway]:
-    started = Gateway(
-        cloud.client("lambda"),
-        catalog.function(catalog.SERVING_FUNCTION).name,
-        catalog.LIVE_ALIAS,
-        moto_api_keys(cloud.client("apigateway")),
-        rate=100,
-        burst=100,
-        port=0,
-    ).start()
+    started = start_gateway(cloud)
     yield started
     started.stop()
 
