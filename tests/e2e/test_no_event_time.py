@@ -55,9 +55,9 @@ def cli(target: Target) -> Any:
     data_commands.register(app, lambda kind, state_dir=None: target)
     runner = CliRunner()
 
-    def run(*args: str) -> str:
+    def run(*args: str, exit_code: int = 0) -> str:
         result = runner.invoke(app, list(args), env={"COLUMNS": "200"})
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == exit_code, result.output
         return result.output
 
     return run
@@ -176,3 +176,8 @@ def test_search_stopped_on_its_trial_count(target: Target, champion: dict[str, A
     result = storage.get_json(target.client("s3"), *storage.split_uri(champion["result_uri"]))
     assert (result["search"]["trials"], result["search"]["stopped_by"]) == (2 * SEARCH_TRIALS, "trials")
     assert result["holdout"]["split"] == "key_hash" and result["holdout"]["fraction"] == 0.2
+
+
+def test_the_hotel_rates_replay_is_refused_on_this_deployment(cli: Any) -> None:
+    output = cli("land", "--days", "3", exit_code=2)
+    assert "replays hotel_rates, but this deployment's contract is 'ames'" in " ".join(output.split())
