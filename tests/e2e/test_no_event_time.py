@@ -181,3 +181,12 @@ def test_search_stopped_on_its_trial_count(target: Target, champion: dict[str, A
 def test_the_hotel_rates_replay_is_refused_on_this_deployment(cli: Any) -> None:
     output = cli("land", "--days", "3", exit_code=2)
     assert "replays hotel_rates, but this deployment's contract is 'ames'" in " ".join(output.split())
+
+
+def test_the_etl_refuses_another_contracts_folder(target: Target, cli: Any) -> None:
+    target.client("s3").put_object(
+        Bucket=target.landing_bucket, Key="landing/hotel_rates/bookings.csv", Body=b"booking_id\n1\n"
+    )
+    output = " ".join(cli("etl", "--prefix", "landing/hotel_rates/", exit_code=1).split())
+    assert "prefix 'landing/hotel_rates/' is outside the landing folder 'landing/ames/' of contract 'ames'" in output
+    assert "landing/hotel_rates/bookings.csv" not in [key for key, *_ in ledger(target)]
