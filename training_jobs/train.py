@@ -42,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="serve the chosen settings refit on the whole window (default: settings, on)",
     )
     parser.add_argument("--source", choices=("postgres", "lake"), default="postgres", help="where to read features")
-    parser.add_argument("--end", type=dt.date.fromisoformat, help="last event date to train on (default: latest)")
+    parser.add_argument(
+        "--end", type=dt.date.fromisoformat, help="last event (or load) date to train on (default: latest)"
+    )
     parser.add_argument(
         "--result-uri",
         default=os.environ.get("PRICEPIPE_TRAINING_RESULT_URI"),

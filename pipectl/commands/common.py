@@ -13,6 +13,7 @@ from typing import Annotated, Protocol
 import typer
 from rich.console import Console
 
+from pipectl.datasource import DATASET as REPLAYED  # what the demo, replay and sample commands replay
 from pipectl.target import DEFAULT_STATE_DIR, Target
 from pricepipe.settings import DEFAULTS
 
@@ -23,6 +24,16 @@ console = Console()
 TargetOption = Annotated[str, typer.Option("--target", "-t", envvar="PIPECTL_TARGET", help="local or aws")]
 StateDirOption = Annotated[Path, typer.Option("--state-dir", envvar="PIPECTL_STATE_DIR", help="local cloud state")]
 LANDING_PREFIX = DEFAULTS.landing_prefix
+
+
+def require_replayed_dataset(target: Target, what: str) -> None:
+    """Exit with a clear message when ``what`` (a hotel_rates replay) meets a deployment of another contract."""
+    if target.dataset != REPLAYED:
+        console.print(
+            f"[red]{what} replays {REPLAYED}, but this deployment's contract is {target.dataset!r}:"
+            f" land its files with `pipectl land --file` and post its rows to /predict[/red]"
+        )
+        raise typer.Exit(2)
 
 
 class ResolveTarget(Protocol):

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from pipectl import datasource, flows
-from pipectl.commands.common import LANDING_PREFIX, ResolveTarget, TargetOption, console
+from pipectl.commands.common import LANDING_PREFIX, ResolveTarget, TargetOption, console, require_replayed_dataset
 from pipectl.target import Target
 from pricepipe.settings import DEFAULTS
 
@@ -40,12 +40,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
                 raise typer.Exit(2) from exc
             console.print(f"landed s3://{target.landing_bucket}/{landed.key}")
             return
-        if target.dataset != datasource.DATASET:
-            console.print(
-                f"[red]--date/--from/--days replay hotel_rates, but this deployment's contract is"
-                f" {target.dataset!r}: land its files with --file[/red]"
-            )
-            raise typer.Exit(2)
+        require_replayed_dataset(target, "land --date/--from/--days")
         try:
             chosen = datasource.select_days(
                 date.date() if date else None, start.date() if start else None, end.date() if end else None, days

@@ -10,7 +10,13 @@ import typer
 
 from pipectl import datasource
 from pipectl.commands import local
-from pipectl.commands.common import LANDING_PREFIX, ResolveTarget, StateDirOption, console
+from pipectl.commands.common import (
+    LANDING_PREFIX,
+    ResolveTarget,
+    StateDirOption,
+    console,
+    require_replayed_dataset,
+)
 from pipectl.commands.data import land_with_progress, print_destinations, run_etl
 from pipectl.commands.drift import last_loaded_day, replay_weeks
 from pipectl.commands.promotion import Traffic
@@ -40,6 +46,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         drift checks, retraining and canary promotion, week by week. Safe to run again."""
         local.up(state_dir=state_dir, port=int(os.environ.get("PIPECTL_LOCAL_PORT", "4577")))
         target = resolve_target("local", state_dir)
+        require_replayed_dataset(target, "demo")
         console.rule(f"1. land {days} day(s) of hotel_rates")
         chosen = datasource.select_days(days=days)
         land_with_progress(target, chosen)

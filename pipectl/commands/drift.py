@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from pipectl import datasource, flows
-from pipectl.commands.common import LANDING_PREFIX, ResolveTarget, TargetOption, console
+from pipectl.commands.common import LANDING_PREFIX, ResolveTarget, TargetOption, console, require_replayed_dataset
 from pipectl.commands.promotion import Traffic, follow_promotion
 from pipectl.commands.serving import post_predict
 from pipectl.commands.training import print_training
@@ -44,6 +44,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         """Replay the timeline week by week: quotes through the API, land, ETL, drift check, and the
         retraining and canary promotion drift starts; then print what happened and why."""
         target = resolve_target(target_kind)
+        require_replayed_dataset(target, "replay")
         timeline = replay_weeks(target, weeks, start.date() if start else None)
         if any(step.get("failed") for step in timeline):
             raise typer.Exit(1)

@@ -16,6 +16,7 @@ from rich.table import Table
 from infrastructure import catalog
 from pipectl.commands.common import ResolveTarget, StateDirOption, console
 from pipectl.target import DEFAULT_STATE_DIR, Target, TargetUnavailable, local_target
+from pricepipe.settings import DEFAULTS
 
 
 def up(
@@ -119,6 +120,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:  # noqa: 
         table.add_column("name / ARN")
         for label, value in (
             ("landing bucket", target.landing_bucket),
+            ("contract", f"{target.dataset}: its files land under {DEFAULTS.contract_landing_prefix(target.dataset)}"),
             ("lake bucket", target.lake_bucket),
             ("artifacts bucket", target.artifacts_bucket),
             ("database", _redact(target.database_url or "")),

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from pipectl import datasource
-from pipectl.commands.common import ResolveTarget, TargetOption, console
+from pipectl.commands.common import ResolveTarget, TargetOption, console, require_replayed_dataset
 from pipectl.target import Target
 
 
@@ -30,6 +30,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
     ) -> None:
         """Price sample hotel_rates bookings through the API (API key, throttling, the live alias)."""
         target = resolve_target(target_kind)
+        require_replayed_dataset(target, "predict")
         if not predict_sample(target, rows, date.date() if date else None, url, api_key):
             raise typer.Exit(1)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from infrastructure import catalog
+from pipectl.localcloud import LocalCloud
+from pipectl.localcloud.gateway import Gateway, moto_api_keys
 from pipectl.target import Target
 
 # Every e2e deployment's training search stops on its trial count, never on the clock, so the model
@@ -14,6 +17,19 @@ from pipectl.target import Target
 SEARCH_TRIALS = 2
 SEARCH_GUARD_S = 600
 JOB_SETTINGS = {"PRICEPIPE_SEARCH_MAX_TRIALS": str(SEARCH_TRIALS)}
+
+
+def start_gateway(cloud: LocalCloud, rate: float = 500, burst: int = 500) -> Gateway:
+    """The local HTTP gateway in front of the API function's ``live`` alias, started on a free port."""
+    return Gateway(
+        cloud.client("lambda"),
+        catalog.function(catalog.SERVING_FUNCTION).name,
+        catalog.LIVE_ALIAS,
+        moto_api_keys(cloud.client("apigateway")),
+        rate=rate,
+        burst=burst,
+        port=0,
+    ).start()
 
 
 def metrics_named(target: Target, name: str, at_least: int = 1) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from pipectl import datasource, flows
 from pipectl.commands.promotion import CommandFailed, _command
 from pipectl.localcloud import LocalCloud
 from pipectl.localcloud.daemon import run_migrations
-from pipectl.localcloud.gateway import Gateway, moto_api_keys
+from pipectl.localcloud.gateway import Gateway
 from pipectl.localcloud.provision import Resources, provision, redeploy
 from pipectl.target import Target
 from pricepipe import db, registry
@@ -45,7 +45,7 @@ from pricepipe.training import TrainingWindow, load_postgres
 from pricepipe.training.search import SearchSettings
 from pricepipe.training.trainer import TrainingConfig, train
 from tests.conftest import land_and_load
-from tests.e2e.support import SEARCH_GUARD_S
+from tests.e2e.support import SEARCH_GUARD_S, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -109,15 +109,7 @@ def versions(cloud: LocalCloud, deployed: Resources, contract: Contract) -> dict
 
 @pytest.fixture(scope="module")
 def gateway(cloud: LocalCloud, deployed: Resources) -> Iterator[Gateway]:
-    started = Gateway(
-        cloud.client("lambda"),
-        API,
-        catalog.LIVE_ALIAS,
-        moto_api_keys(cloud.client("apigateway")),
-        rate=500,
-        burst=500,
-        port=0,
-    ).start()
+    started = start_gateway(cloud)
     yield started
     started.stop()
 

@@ -143,3 +143,17 @@ def test_ames_trains_without_an_event_time() -> None:
     assert not held & set(outcome.train["rownames"])
     assert outcome.metrics["r2"] > 0.7
     assert covered_dates(outcome.holdout.iloc[:0], ames, window) == (None, None)
+
+
+def test_the_job_checks_fractions_not_days_for_a_contract_without_event_time() -> None:
+    from pricepipe.settings import Settings
+    from pricepipe.training.job import JobOptions
+
+    ames, hotel = load_contract("ames"), load_contract("hotel_rates")
+    short = JobOptions.from_settings(Settings(), window_days=10)  # shorter than 28 + 28 holdout days
+
+    short.check(ames)
+    with pytest.raises(TrainingDataError, match="leaves no training days"):
+        short.check(hotel)
+    with pytest.raises(TrainingDataError, match="nothing would be left to fit on"):
+        JobOptions.from_settings(Settings(holdout_fraction=0.5)).check(ames)

@@ -1,9 +1,11 @@
 """The drift state machine's step (infrastructure/statemachines/drift.asl.json): check and decide.
 
 The champion's training reference (its MLflow run's ``reference/reference_stats.json``) against the
-most recent loaded days: feature drift on the window's model-ready rows, prediction drift of the
-champion's own predictions on them, and performance drift where the actual prices are known — the
-loaded rows carry them, so the champion's error on the newest days is measured directly. Calendar
+most recent loaded days (event days; for a contract without an event time, the days its rows were
+loaded, see :mod:`pricepipe.training.data`): feature drift on the window's model-ready rows,
+prediction drift of the champion's own predictions on them, and performance drift where the actual
+prices are known — the loaded rows carry them, so the champion's error on the newest days is
+measured directly. Calendar
 features (month, day of year, ...) are left out of feature drift: against a reference that spans
 months, a week-long window always "drifts" in them, and the seasonal shift they stand for shows up
 where it matters, in the prices and the champion's errors.
@@ -34,7 +36,7 @@ Decision = Literal["retrain", "none"]
 class DriftRequest(TypedDict, total=False):
     """What a caller may ask of a check (the execution's input): both default sensibly."""
 
-    end: str  # the window's last event day, ISO; default the newest loaded day
+    end: str  # the window's last event (or, without an event time, load) day, ISO; default the newest
     window_days: int  # default the ``drift_window_days`` setting
 
 

@@ -1,6 +1,7 @@
 """Training: load a time window of features, search and choose a model, export it for serving.
 
-- :mod:`~pricepipe.training.data`: the training frame from PostgreSQL or the lake, time splits.
+- :mod:`~pricepipe.training.data`: the training frame from PostgreSQL or the lake, the split (by
+  time, or by a seeded key hash without an event time).
 - :mod:`~pricepipe.training.search`: LightGBM / HistGradientBoosting candidates, the time-budgeted
   search, the baseline.
 - :mod:`~pricepipe.training.trainer`: one training run end to end, without side effects.
@@ -20,6 +21,7 @@ from pricepipe.training.data import (
     frame_columns,
     load_lake,
     load_postgres,
+    split,
     time_split,
 )
 from pricepipe.training.metrics import regression_metrics
@@ -39,6 +41,7 @@ __all__ = [
     "load_lake",
     "load_postgres",
     "regression_metrics",
+    "split",
     "time_split",
     "train",
 ]

@@ -58,9 +58,12 @@ def log_run(client: MlflowClient, run_id: str, outcome: TrainingOutcome) -> None
         )
         from pricepipe.training.data import encode, event_dates
 
-        (root / "plots" / "residuals_over_time.png").write_bytes(
-            plots.residuals_over_time(event_dates(outcome.holdout, outcome.contract), actual, chosen.predictions, title)
-        )
+        if outcome.contract.event_time is not None:  # without one, the holdout's rows have no dates
+            (root / "plots" / "residuals_over_time.png").write_bytes(
+                plots.residuals_over_time(
+                    event_dates(outcome.holdout, outcome.contract), actual, chosen.predictions, title
+                )
+            )
         (root / "plots" / "feature_importance.png").write_bytes(
             plots.feature_importance(outcome.lean.feature_importance(), f"{outcome.chosen}: split gain")
         )
