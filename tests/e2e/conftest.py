@@ -12,7 +12,7 @@ from pipectl.localcloud.daemon import run_migrations
 from pipectl.localcloud.provision import Resources, provision
 from pipectl.target import Target
 from tests.conftest import create_database, drop_database
-from tests.e2e.support import JOB_SETTINGS
+from tests.e2e.support import FUNCTION_SETTINGS, JOB_SETTINGS
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def cloud(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCloud]:
 
 @pytest.fixture(scope="module")
 def deployed(cloud: LocalCloud, cloud_database: str) -> Resources:
-    resources = provision(cloud, cloud_database, job_settings=JOB_SETTINGS)
+    resources = provision(cloud, cloud_database, job_settings=JOB_SETTINGS, function_settings=FUNCTION_SETTINGS)
     run_migrations(cloud, resources)  # as the CDK custom resource does on deploy
     return resources
 

@@ -17,6 +17,10 @@ from pipectl.target import Target
 SEARCH_TRIALS = 2
 SEARCH_GUARD_S = 600
 JOB_SETTINGS = {"PRICEPIPE_SEARCH_MAX_TRIALS": str(SEARCH_TRIALS)}
+# A promotion a flow starts on its own (a retrained challenger that beats the champion) is a canary
+# by default, baking 600 s up to 3 times: in a module that sends it no traffic, one bake of a second
+# ends it (too little traffic: rolled back), so a test can wait for it to finish.
+FUNCTION_SETTINGS = {"PRICEPIPE_CANARY_BAKE_SECONDS": "1", "PRICEPIPE_CANARY_MAX_BAKES": "1"}
 
 
 def start_gateway(cloud: LocalCloud, rate: float = 500, burst: int = 500) -> Gateway:
