@@ -70,6 +70,10 @@ class FunctionSpec:
     needs_registry: bool = False
     s3: tuple[Grant, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()  # on top of environment(): what only this function needs
+    # Lambda's reserved concurrency (None: the account's unreserved pool). AWS keeps at least 100
+    # executions unreserved and new accounts may have a quota of 10 in all, so a reservation can make
+    # the deploy fail: https://docs.aws.amazon.com/lambda/latest/dg/configuration-concurrency.html
+    reserved_concurrency: int | None = None
 
     @property
     def name(self) -> str:
@@ -116,6 +120,16 @@ PROMOTION_ENVIRONMENT = (
     ("PRICEPIPE_MODEL_LAYER_NAME", MODEL_LAYER),
     ("PRICEPIPE_MODEL_LAYER_PARAMETER", MODEL_LAYER_PARAMETER),
 )
+# -- layers ----------------------------------------------------------------------------------------
+# Fixed names of the layers the stacks publish (a fixed name lets a policy grant ``layer:<name>:*``,
+# see infrastructure/stacks/layer_names.py), and AWS's managed layer, published per Python version.
+DEPS_LAYER = f"{PROJECT}-deps"  # the shared package's third-party dependencies (layers/requirements/pricepipe-deps.txt)
+NUMPY_LAYER = f"{PROJECT}-numpy"  # numpy where the AWS SDK for pandas layer is not attached
+MLFLOW_LAYER = f"{PROJECT}-mlflow"  # MLflow's registry client (needs_registry)
+PACKAGE_LAYER = f"{PROJECT}-package"  # the shared pricepipe package
+SERVING_LAYER = f"{PROJECT}-serving"  # the serving function's own dependencies (layers/requirements/serving-deps.txt)
+# AWS's AWS SDK for pandas layer (needs_data_layer): AWSSDKPandas-Python312 for python3.12
+PANDAS_LAYER = f"AWSSDKPandas-Python{LAMBDA_RUNTIME.removeprefix('python').replace('.', '')}"
 MLFLOW_ARTIFACTS = Grant("artifacts", DEFAULTS.mlflow_artifact_prefix, "read")  # registered models' lean artifacts
 
 
@@ -423,6 +437,22 @@ STATE_MACHINES: tuple[StateMachineSpec, ...] = (
 
 def function(key: str) -> FunctionSpec:
     return next(f for f in FUNCTIONS if f.key == key)
+
+
+def function_layers(spec: FunctionSpec) -> tuple[str, ...]:
+    """The names of the layers a function is deployed with, in Lambda's extraction order (a later
+    layer's files win where paths collide): the managed pandas layer (or our numpy) first, our pinned
+    dependencies after it, the shared package last. The serving function has its own dependencies and
+    no numpy; its model layer is the promotion flow's to attach, after these (SERVING_FUNCTION_LAYERS).
+    The stacks and the local cloud both attach exactly these."""
+    if spec.key == SERVING_FUNCTION:
+        return (SERVING_LAYER, PACKAGE_LAYER)
+    return (
+        PANDAS_LAYER if spec.needs_data_layer else NUMPY_LAYER,
+        DEPS_LAYER,
+        *((MLFLOW_LAYER,) if spec.needs_registry else ()),
+        PACKAGE_LAYER,
+    )
 
 
 def state_machine(key: str) -> StateMachineSpec:

@@ -9,15 +9,16 @@ the serving stack, which is deployed after the pipeline stack.
 
 from __future__ import annotations
 
-from infrastructure.catalog import MODEL_LAYER, PROJECT
+from infrastructure import catalog
 
-DEPS = f"{PROJECT}-deps"  # third-party dependencies of the shared package (layers/requirements/pricepipe-deps.txt)
-NUMPY = f"{PROJECT}-numpy"  # numpy where the AWS SDK for pandas layer is not attached
-MLFLOW = f"{PROJECT}-mlflow"  # MLflow's registry client (catalog needs_registry)
-PACKAGE = f"{PROJECT}-package"  # the shared pricepipe package
-SERVING = f"{PROJECT}-serving"  # the serving function's own dependencies (layers/requirements/serving-deps.txt)
-MODEL = MODEL_LAYER  # one version per deployed model (pricepipe.serving.model_layer), plus the "no model" one
+# Defined in the catalog, which the local cloud reads too (catalog.function_layers: which, in what order).
+DEPS = catalog.DEPS_LAYER
+NUMPY = catalog.NUMPY_LAYER
+MLFLOW = catalog.MLFLOW_LAYER
+PACKAGE = catalog.PACKAGE_LAYER
+SERVING = catalog.SERVING_LAYER
+MODEL = catalog.MODEL_LAYER  # one version per deployed model (pricepipe.serving.model_layer), plus the "no model" one
 
 # The serving function's layers in order; the model comes last so nothing shadows it
 # (pricepipe.promotion.deployer.with_model_layer keeps that order when it swaps the model).
-SERVING_FUNCTION_LAYERS = (SERVING, PACKAGE, MODEL)
+SERVING_FUNCTION_LAYERS = (*catalog.function_layers(catalog.function(catalog.SERVING_FUNCTION)), MODEL)

@@ -90,6 +90,7 @@ class PipelineFunction(Construct):
             layers=list(layers),
             memory_size=spec.memory_mb,
             timeout=Duration.seconds(spec.timeout_s),
+            reserved_concurrent_executions=spec.reserved_concurrency,
             environment=dict(environment),
             role=self.role,
             log_group=self.log_group,

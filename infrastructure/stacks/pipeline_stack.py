@@ -72,7 +72,7 @@ NO_BYTECODE_WARNING = "pricepipe:layers:noBytecode"
 MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
 BUNDLED_CONTRACTS_DIR = PACKAGE_DIR / "contracts"
 # AWS publishes the layer per Python version: AWSSDKPandas-Python312 for python3.12.
-PANDAS_LAYER_NAME = f"AWSSDKPandas-Python{catalog.LAMBDA_RUNTIME.removeprefix('python').replace('.', '')}"
+PANDAS_LAYER_NAME = catalog.PANDAS_LAYER
 # Step Functions service integrations with AWS Batch, as ASL Task states name them.
 BATCH_SUBMIT_JOB = "arn:aws:states:::batch:submitJob"
 BATCH_SUBMIT_JOB_SYNC = f"{BATCH_SUBMIT_JOB}.sync"
@@ -252,14 +252,16 @@ class PipelineStack(Stack):
         )
 
     def function_layers(self, spec: catalog.FunctionSpec) -> list[lambda_.ILayerVersion]:
-        """A pipeline function's layers in extraction order: later layers win where paths collide, so
-        our pinned dependencies come after the managed layer's and the shared package last."""
-        found: list[lambda_.ILayerVersion] = [self.pandas_layer if spec.needs_data_layer else self.numpy_layer]
-        found.append(self.deps_layer)
-        if spec.needs_registry:
-            found.append(self.mlflow_layer)
-        found.append(self.package_layer)
-        return found
+        """A pipeline function's layers, as :func:`infrastructure.catalog.function_layers` names and orders
+        them (the local cloud attaches the same)."""
+        by_name: dict[str, lambda_.ILayerVersion] = {
+            catalog.PANDAS_LAYER: self.pandas_layer,
+            layer_names.NUMPY: self.numpy_layer,
+            layer_names.DEPS: self.deps_layer,
+            layer_names.MLFLOW: self.mlflow_layer,
+            layer_names.PACKAGE: self.package_layer,
+        }
+        return [by_name[name] for name in catalog.function_layers(spec)]
 
     # -- functions ---------------------------------------------------------------------------------
 

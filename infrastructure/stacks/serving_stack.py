@@ -150,7 +150,10 @@ class ServingStack(Stack):
             catalog.camel(spec.key),
             spec=spec,
             code=function_code(spec),
-            layers=[self.serving_layer, self.package_layer],
+            layers=[
+                {layer_names.SERVING: self.serving_layer, layer_names.PACKAGE: self.package_layer}[name]
+                for name in catalog.function_layers(spec)
+            ],
             environment=environment,
             log_retention=self.config.log_retention,
         )

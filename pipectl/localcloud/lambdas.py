@@ -265,6 +265,8 @@ class LambdaRuntime:
             }
         )
         if layer_paths:
+            # Lambda extracts layers in order into /opt and a later layer's file wins: the first path wins here
+            layer_paths.reverse()
             env["PYTHONPATH"] = os.pathsep.join([*layer_paths, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         stream = env["AWS_LAMBDA_LOG_STREAM_NAME"]
         return Container(

@@ -1,8 +1,11 @@
 """Create the pipeline's resources on a running local cloud, from the same catalog as the CDK app.
 
 Functions are created from their real code folders (zipped, as CDK packages them) with the
-environment :func:`infrastructure.catalog.function_environment` gives on AWS too; state machines
-from the same ASL files with local ARNs substituted.
+environment :func:`infrastructure.catalog.function_environment` gives on AWS too, the layers
+:func:`infrastructure.catalog.function_layers` names, in its order (stand-ins: see
+:func:`layer_stand_in`), and the catalog's reserved concurrency; state machines from the same ASL
+files with local ARNs substituted. tests/infrastructure/test_local_parity.py compares all of it with
+the synthesized templates.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from infrastructure import catalog
 from pipectl.localcloud.cloud import ACCOUNT, REGION, LocalCloud
 
 if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
+    from mypy_boto3_lambda.literals import RuntimeType
 
 ROLE_NAME = "pricepipe-local-execution"
 SECRET_NAME = "pricepipe/database"  # noqa: S105 - a name, not a password
+LAYER_NOTE = "LOCAL-STAND-IN.txt"  # the one file of a local layer version (layer_stand_in)
 
 
 @dataclass
@@ -143,6 +148,7 @@ def provision(
     )["Role"]["Arn"]
 
     lam = cloud.client("lambda")
+    layers = _layers(lam)
     packages: dict[Path, bytes] = {}
     for spec in catalog.FUNCTIONS:
         code = packages.setdefault(spec.code_dir, zip_folder(spec.code_dir))
@@ -165,7 +171,10 @@ def provision(
             Timeout=spec.timeout_s,
             MemorySize=spec.memory_mb,
             Environment={"Variables": env},
+            Layers=[layers[name] for name in catalog.function_layers(spec)],
         )["FunctionArn"]
+        if spec.reserved_concurrency is not None:
+            lam.put_function_concurrency(FunctionName=spec.name, ReservedConcurrentExecutions=spec.reserved_concurrency)
 
     arns = {spec.substitution: resources.functions[spec.key] for spec in catalog.FUNCTIONS if spec.substitution}
     arns.update(_batch(cloud, resources, role_arn, contract, stage, job_settings or {}))
@@ -180,6 +189,38 @@ def provision(
         if machine.substitution:
             arns[machine.substitution] = resources.state_machines[machine.key]
     return resources
+
+
+def layer_stand_in(name: str) -> bytes:
+    """The content of a local layer version: an empty ``python/`` folder with a note. The local cloud
+    attaches each function's layers by name, in the catalog's order, as the stacks do; their packages
+    still come from the development virtualenv (its interpreter is not the runtime's CPython, so the
+    layer builds, which are for python3.12 x86_64, cannot run in it)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        info = zipfile.ZipInfo(f"python/{LAYER_NOTE}", date_time=(2020, 1, 1, 0, 0, 0))
+        info.external_attr = 0o644 << 16
+        archive.writestr(info, f"local stand-in for the {name} layer: its packages come from the virtualenv\n")
+    return buffer.getvalue()
+
+
+def _layers(lam: LambdaClient) -> dict[str, str]:
+    """One version of every layer a catalog function names (catalog.function_layers); name -> version ARN.
+
+    AWS's managed pandas layer belongs to AWS's account: here it is a layer of the local account under
+    the same name (only its name and position are what the stacks give a function)."""
+    arns: dict[str, str] = {}
+    for spec in catalog.FUNCTIONS:
+        for name in catalog.function_layers(spec):
+            if name not in arns:
+                arns[name] = lam.publish_layer_version(
+                    LayerName=name,
+                    Description=f"local stand-in of {name}",
+                    Content={"ZipFile": layer_stand_in(name)},
+                    CompatibleRuntimes=[cast("RuntimeType", catalog.LAMBDA_RUNTIME)],
+                    CompatibleArchitectures=["x86_64"],
+                )["LayerVersionArn"]
+    return arns
 
 
 def _serving(cloud: LocalCloud, resources: Resources, api_key: str | None) -> str:
