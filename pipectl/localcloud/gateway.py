@@ -209,7 +209,9 @@ class Gateway:
         self, method: str, path: str, headers: list[tuple[str, str]], request_id: str, fields: dict[str, Any]
     ) -> tuple[Answer | None, dict[str, Any] | None]:
         """The gateway's own answer before any integration, in API Gateway's order: no such method, the
-        authorizer's refusal, no valid API key, throttled; (None, the token's claims) to go on."""
+        authorizer's refusal, no valid API key, throttled; (None, the token's claims) to go on. The
+        authorizer comes before the usage plan's key check: a REST API can even take the key from its
+        authorizer ("Choose an API key source in API Gateway", API Gateway developer guide)."""
         if not has_method(method, path):
             return _message(403, MISSING_ROUTE, request_id, {**fields, "error": "no such method or resource"}), None
         api_key = _header(headers, "x-api-key")
