@@ -113,6 +113,32 @@ MODEL_LAYER_PARAMETER = f"/{PROJECT}/serving/model-layer-arn"
 PREDICTION_LOG_MARKER = "prediction_log"  # the API's log message for predictions; the subscription's filter
 # The subscription filter's pattern: the marker as a quoted term, as FilterPattern.all_terms writes it.
 PREDICTION_LOG_FILTER = f'"{PREDICTION_LOG_MARKER}"'
+# OAuth2 on the API (a Cognito user pool on AWS, the local cloud's on a laptop): the resource server,
+# its scopes, and the scope each path needs. API Gateway's Cognito authorizer lets a request through
+# when its access token carries one of the method's scopes; the local gateway reads the same table.
+# The docs paths need none (serving_stack.PUBLIC_DOC_PATHS).
+API_RESOURCE_SERVER = f"{PROJECT}-api"
+API_CLIENTS_POOL = f"{PROJECT}-api-clients"  # the user pool of the API's app clients
+API_USAGE_PLAN = f"{PROJECT}-api-default"  # the usage plan every client's API key joins
+API_SCOPES = {
+    "predict": "Price rows and check health: POST /predict, GET /health",
+    "admin": "Read what is served: GET /model-info and /metrics",
+}
+ADMIN_PATHS = ("/model-info", "/metrics")  # each its own API Gateway resource, needing the admin scope
+
+
+def api_scope(name: str) -> str:
+    """A scope as a token carries it and a method lists it: ``pricepipe-api/predict``."""
+    if name not in API_SCOPES:
+        raise ValueError(f"unknown API scope {name!r}: one of {', '.join(API_SCOPES)}")
+    return f"{API_RESOURCE_SERVER}/{name}"
+
+
+def required_scopes(path: str) -> tuple[str, ...]:
+    """The scopes a request to ``path`` must carry one of (``admin`` for :data:`ADMIN_PATHS`)."""
+    return (api_scope("admin"),) if path in ADMIN_PATHS else (api_scope("predict"),)
+
+
 # What the promotion functions act on (pricepipe.settings.Settings has the same defaults).
 PROMOTION_ENVIRONMENT = (
     ("PRICEPIPE_SERVING_FUNCTION", f"{PROJECT}-{SERVING_FUNCTION}"),

@@ -36,6 +36,11 @@ class Target:
     database_url: str | None = None  # reachable from here (local only; RDS is private)
     api_url: str | None = None  # the prediction API (local: the gateway in front of the live alias)
     api_key: str | None = None
+    # OAuth2: the API clients' user pool, its token endpoint and the first app client (id and secret)
+    user_pool_id: str | None = None
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret: str | None = None
     dataset: str = "hotel_rates"  # the deployed contract's name: where `pipectl land --file` puts files
 
     def client(self, service: str) -> Any:
@@ -71,6 +76,10 @@ def local_target(state_dir: Path = DEFAULT_STATE_DIR) -> Target:
         database_url=state["database_url"],
         api_url=state.get("gateway_url") or None,
         api_key=state.get("api_key") or None,
+        user_pool_id=state.get("user_pool_id") or None,
+        token_url=state.get("token_url") or None,
+        client_id=state.get("client_id") or None,
+        client_secret=state.get("client_secret") or None,
         dataset=state.get("dataset") or state["contract"],
     )
 
@@ -102,6 +111,11 @@ def aws_target(region: str | None = None) -> Target:
         api_key = boto3.client("apigateway", region_name=region).get_api_key(
             apiKey=outputs["ApiKeyId"], includeValue=True
         )["value"]
+    pool, client_id, client_secret = outputs.get("UserPoolId"), outputs.get("DefaultClientId"), None
+    if pool and client_id:  # the stack outputs the client's id, never its secret
+        client_secret = boto3.client("cognito-idp", region_name=region).describe_user_pool_client(
+            UserPoolId=pool, ClientId=client_id
+        )["UserPoolClient"]["ClientSecret"]
     return Target(
         kind="aws",
         region=region,
@@ -112,6 +126,10 @@ def aws_target(region: str | None = None) -> Target:
         functions=functions,
         api_url=outputs.get("ApiUrl", "").rstrip("/") or None,
         api_key=api_key,
+        user_pool_id=pool,
+        token_url=outputs.get("TokenUrl") or None,
+        client_id=client_id,
+        client_secret=client_secret,
         dataset=outputs.get("DatasetName") or "hotel_rates",
     )
 

@@ -27,6 +27,10 @@ DEFAULT_DRIFT_SCHEDULE = "cron(0 5 * * ? *)"  # after the 02:00 ETL and the 04:0
 DEFAULT_API_THROTTLE_RATE = 50.0
 DEFAULT_API_THROTTLE_BURST = 100
 DEFAULT_API_QUOTA_PER_DAY = 1_000_000
+# AWS WAF's rate-based rule: requests a client IP may send in 5 minutes before it is blocked (AWS WAF
+# accepts 10 to 2,000,000,000; "Rate-based rule statement", AWS WAF Developer Guide). 3,000 is 10 a
+# second on average, a fifth of the stage's rate: one address cannot take the API from the others.
+DEFAULT_WAF_RATE_PER_5_MIN = 3_000
 # An ETL run whose quarantined rows exceed this share of its input raises an alarm.
 DEFAULT_QUARANTINE_ALARM_PERCENT = 5.0
 
@@ -78,6 +82,10 @@ class DeployConfig:
     # (AWS::ApiGateway::Account). On by default so a fresh account works; turn it off where the
     # account already has one managed elsewhere (-c pricepipe:apiGatewayAccountRole=false).
     api_gateway_account_role: bool = True
+    # A WAF web ACL on the API stage (AWS managed common rule set, known bad inputs, a rate limit per
+    # client IP): on by default for prod, off for dev and test unless -c pricepipe:apiWaf=true.
+    api_waf: bool = True
+    api_waf_rate_per_5_min: int = DEFAULT_WAF_RATE_PER_5_MIN
     alarm_email: str | None = None  # subscribed to the alarm topic when given
     quarantine_alarm_percent: float = DEFAULT_QUARANTINE_ALARM_PERCENT
 
@@ -97,6 +105,10 @@ class DeployConfig:
             raise ValueError(
                 "pricepipe:apiThrottleRate must be positive, apiThrottleBurst and apiQuotaPerDay at least 1, got "
                 f"{self.api_throttle_rate}, {self.api_throttle_burst}, {self.api_quota_per_day}"
+            )
+        if not 10 <= self.api_waf_rate_per_5_min <= 2_000_000_000:
+            raise ValueError(
+                f"pricepipe:apiWafRatePer5Min must be between 10 and 2000000000, got {self.api_waf_rate_per_5_min}"
             )
         if not 0 < self.quarantine_alarm_percent <= 100:
             raise ValueError(
@@ -137,6 +149,8 @@ class DeployConfig:
             api_throttle_burst=int(get("apiThrottleBurst") or cls.api_throttle_burst),
             api_quota_per_day=int(get("apiQuotaPerDay") or cls.api_quota_per_day),
             api_gateway_account_role=_flag(get("apiGatewayAccountRole"), default=cls.api_gateway_account_role),
+            api_waf=_flag(get("apiWaf"), default=stage == "prod"),
+            api_waf_rate_per_5_min=int(get("apiWafRatePer5Min") or cls.api_waf_rate_per_5_min),
             alarm_email=get("alarmEmail") or None,
             quarantine_alarm_percent=float(get("quarantineAlarmPercent") or cls.quarantine_alarm_percent),
         )

@@ -1,8 +1,9 @@
 """Serving: the prediction API behind API Gateway, its live alias and the prediction log.
 
 Reads top to bottom like a request: layers (dependencies, the shared package) -> the function, its
-bootstrap version and the ``live`` alias -> API Gateway (API keys, usage plan, throttling, access
-logs) -> the prediction log, from the function's log group to the prediction-writer.
+bootstrap version and the ``live`` alias -> API Gateway (a Cognito authorizer on OAuth2 scopes, API
+keys in a usage plan, throttling, access logs, a WAF web ACL) -> the prediction log, from the
+function's log group to the prediction-writer.
 
 A stack of its own, after the pipeline stack: the serving path changes on its own rhythm and its
 blast radius is the public API, apart from the batch flows. Everything the pipeline stack's promotion
@@ -39,11 +40,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_cdk import ArnFormat, CfnOutput, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, CfnOutput, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_cognito as cognito
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_logs_destinations as log_destinations
+from aws_cdk import aws_wafv2 as wafv2
 from constructs import Construct
 
 from infrastructure import catalog, nag
@@ -58,8 +61,8 @@ from infrastructure.stacks.pipeline_stack import REQUIREMENTS_DIR, PipelineStack
 SERVING_REQUIREMENTS = REQUIREMENTS_DIR / "serving-deps.txt"
 API_NAME = f"{catalog.PROJECT}-api"  # the REST API's name: the ApiName dimension of its metrics
 API_STAGE = "v1"  # the stage: the URL prefix and the Stage dimension
-# Open without an API key, so the interactive docs work in a browser (which sends no x-api-key
-# header): FastAPI's Swagger page, the OpenAPI document it loads, and its OAuth2 redirect page.
+# Open without a token or an API key, so the interactive docs work in a browser (which sends neither):
+# FastAPI's Swagger page, the OpenAPI document it loads, and its OAuth2 redirect page.
 # They describe the API and run nothing; the stage's throttling still applies to them.
 PUBLIC_DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
 # Everything the template ever says about the live alias, fixed for the stack's life (see the module
@@ -209,15 +212,36 @@ class ServingStack(Stack):
         # Every request goes through the live alias: FastAPI routes and validates (a request validator
         # at the gateway would only duplicate the data contract's checks).
         integration = apigw.LambdaIntegration(self.alias, allow_test_invoke=False)
-        self.api.root.add_method("ANY", integration, api_key_required=True)
-        self.api.root.add_resource("{proxy+}").add_method("ANY", integration, api_key_required=True)
+        authorizer = self._clients()
+        # Every method but the docs needs an access token with the path's scope (catalog.required_scopes)
+        # and an API key: the token authorizes, the key only names the client's usage plan (API Gateway
+        # developer guide, "Usage plans and API keys": do not rely on API keys for authorization).
+        protected = {"/": self.api.root, "/{proxy+}": self.api.root.add_resource("{proxy+}")}
+        protected |= {path: self.api.root.resource_for_path(path) for path in catalog.ADMIN_PATHS}
+        for path, resource in protected.items():
+            resource.add_method(
+                "ANY",
+                integration,
+                api_key_required=True,
+                authorizer=authorizer,
+                authorization_type=apigw.AuthorizationType.COGNITO,
+                authorization_scopes=list(catalog.required_scopes(path)),
+            )
         for path in PUBLIC_DOC_PATHS:
             resource = self.api.root.resource_for_path(path)
-            resource.add_method("GET", integration, api_key_required=False)
+            method = resource.add_method("GET", integration, api_key_required=False)
+            for rule in ("APIG4", "COG4"):  # these three methods only: every other one has the authorizer
+                nag.acknowledge(
+                    method,
+                    rule,
+                    f"GET {path} is open on purpose, so the interactive docs work in a browser: it describes the API "
+                    "and runs nothing; every other method needs a Cognito access token with its scope.",
+                )
+        self._web_acl()
 
         plan = self.api.add_usage_plan(
             "UsagePlan",
-            name=f"{API_NAME}-default",
+            name=catalog.API_USAGE_PLAN,
             description="Throttling and a daily quota per API key",
             throttle=apigw.ThrottleSettings(rate_limit=config.api_throttle_rate, burst_limit=config.api_throttle_burst),
             quota=apigw.QuotaSettings(limit=config.api_quota_per_day, period=apigw.Period.DAY),
@@ -232,24 +256,6 @@ class ServingStack(Stack):
             "Requests are validated by the API itself: FastAPI checks every body against the data contract's "
             "models and answers 422 naming each bad field, which a gateway validator would only duplicate.",
         )
-        nag.acknowledge(
-            self.api,
-            "APIG3",
-            "No WAF web ACL: clients authenticate with API keys and a usage plan throttles and caps each key; "
-            "the stage throttles the whole API. A web ACL can be associated with the stage later if needed.",
-        )
-        nag.acknowledge(
-            self.api,
-            "APIG4",
-            "Clients are identified by API keys with a usage plan (throttling and quota per key), the access "
-            f"control chosen for this API; only {', '.join(PUBLIC_DOC_PATHS)} are open, for the docs page.",
-        )
-        nag.acknowledge(
-            self.api,
-            "COG4",
-            "No Cognito user pool: machine clients use API keys with a usage plan, and there are no end users "
-            "to sign in; an authorizer can be added in front of the same alias later.",
-        )
         if config.api_gateway_account_role:
             account_role = self.api.node.try_find_child("CloudWatchRole")
             assert account_role is not None
@@ -261,6 +267,138 @@ class ServingStack(Stack):
                 "where the account already has one.",
                 finding="Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs",
             )
+
+    def _clients(self) -> apigw.CognitoUserPoolsAuthorizer:
+        """OAuth2 for machine callers: a Cognito user pool nobody signs in to, its resource server with
+        the API's scopes (catalog.API_SCOPES), the token endpoint's domain and a first app client using
+        the client-credentials grant (``pipectl client create`` adds more); the authorizer checks the
+        access tokens it issues."""
+        config = self.config
+        self.user_pool = cognito.UserPool(
+            self,
+            "ApiClients",
+            user_pool_name=catalog.API_CLIENTS_POOL,
+            self_sign_up_enabled=False,  # clients are app clients, made by an operator
+            sign_in_aliases=cognito.SignInAliases(username=True),
+            password_policy=cognito.PasswordPolicy(
+                min_length=14, require_lowercase=True, require_uppercase=True, require_digits=True, require_symbols=True
+            ),
+            mfa=cognito.Mfa.REQUIRED,
+            mfa_second_factor=cognito.MfaSecondFactor(otp=True, sms=False),
+            account_recovery=cognito.AccountRecovery.NONE,
+            deletion_protection=config.retain_data,
+            removal_policy=RemovalPolicy.RETAIN if config.retain_data else RemovalPolicy.DESTROY,
+        )
+        nag.acknowledge(
+            self.user_pool,
+            "COG8",
+            "Essentials, not Plus: no user signs in to this pool (machine clients use the client-credentials grant "
+            "with an app client secret), and the Plus plan's threat protection judges user sign-ins and passwords.",
+        )
+        scopes = [cognito.ResourceServerScope(scope_name=n, scope_description=d) for n, d in catalog.API_SCOPES.items()]
+        server = self.user_pool.add_resource_server("Api", identifier=catalog.API_RESOURCE_SERVER, scopes=scopes)
+        domain = self.user_pool.add_domain(
+            "TokenDomain",
+            cognito_domain=cognito.CognitoDomainOptions(
+                domain_prefix=f"{catalog.PROJECT}-{config.stage}-{self.account}"
+            ),
+        )
+        self.app_client = self.user_pool.add_client(
+            "DefaultClient",
+            user_pool_client_name=f"{API_NAME}-default",
+            generate_secret=True,
+            o_auth=cognito.OAuthSettings(
+                flows=cognito.OAuthFlows(client_credentials=True),
+                scopes=[cognito.OAuthScope.resource_server(server, scope) for scope in scopes],
+            ),
+            access_token_validity=Duration.hours(1),
+            enable_token_revocation=True,
+            prevent_user_existence_errors=True,
+        )
+        # No user sign-in flow: CloudFormation's default (ExplicitAuthFlows omitted) allows SRP and custom
+        # auth; refresh alone is the least Cognito takes, and the client-credentials grant issues no refresh token.
+        client = self.app_client.node.default_child
+        assert isinstance(client, cognito.CfnUserPoolClient)
+        client.explicit_auth_flows = ["ALLOW_REFRESH_TOKEN_AUTH"]
+        CfnOutput(self, "UserPoolId", value=self.user_pool.user_pool_id, description="The API clients' user pool")
+        CfnOutput(self, "TokenUrl", value=f"{domain.base_url()}/oauth2/token", description="OAuth2 token endpoint")
+        CfnOutput(
+            self,
+            "DefaultClientId",
+            value=self.app_client.user_pool_client_id,
+            description="aws cognito-idp describe-user-pool-client reveals its secret",
+        )
+        return apigw.CognitoUserPoolsAuthorizer(
+            self, "ClientAuthorizer", authorizer_name=f"{API_NAME}-clients", cognito_user_pools=[self.user_pool]
+        )
+
+    def _web_acl(self) -> None:
+        """AWS WAF on the stage (config.api_waf): AWS's common and known-bad-inputs rule sets and a
+        rate limit per client IP, in front of the authorizer and the usage plan."""
+        config = self.config
+        if not config.api_waf:
+            nag.acknowledge(
+                self.api,
+                "APIG3",
+                "No WAF web ACL on this stage (pricepipe:apiWaf=false, the default outside prod): every method but "
+                "the docs needs a Cognito access token and an API key, and the stage and usage plan throttle.",
+            )
+            return
+
+        def visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+            return wafv2.CfnWebACL.VisibilityConfigProperty(
+                cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=True
+            )
+
+        def managed(name: str, priority: int, counted: tuple[str, ...] = ()) -> wafv2.CfnWebACL.RuleProperty:
+            group = wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
+                vendor_name="AWS",
+                name=name,
+                rule_action_overrides=[
+                    wafv2.CfnWebACL.RuleActionOverrideProperty(
+                        name=rule, action_to_use=wafv2.CfnWebACL.RuleActionProperty(count={})
+                    )
+                    for rule in counted
+                ]
+                or None,
+            )
+            return wafv2.CfnWebACL.RuleProperty(
+                name=name,
+                priority=priority,
+                statement=wafv2.CfnWebACL.StatementProperty(managed_rule_group_statement=group),
+                override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
+                visibility_config=visibility(name),
+            )
+
+        rate = wafv2.CfnWebACL.RuleProperty(
+            name="RatePerClientIp",
+            priority=2,
+            statement=wafv2.CfnWebACL.StatementProperty(
+                rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                    limit=config.api_waf_rate_per_5_min, aggregate_key_type="IP", evaluation_window_sec=300
+                )
+            ),
+            action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+            visibility_config=visibility("RatePerClientIp"),
+        )
+        acl = wafv2.CfnWebACL(
+            self,
+            "WebAcl",
+            name=f"{API_NAME}-acl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            visibility_config=visibility(f"{API_NAME}-acl"),
+            rules=[
+                # SizeRestrictions_BODY blocks bodies over 8 KB: a /predict batch (PRICEPIPE_MAX_BATCH_ROWS rows)
+                # is larger by design, and the API itself answers 413 past its limit; the rule only counts.
+                managed("AWSManagedRulesCommonRuleSet", 0, counted=("SizeRestrictions_BODY",)),
+                managed("AWSManagedRulesKnownBadInputsRuleSet", 1),
+                rate,
+            ],
+        )
+        wafv2.CfnWebACLAssociation(
+            self, "WebAclAssociation", resource_arn=self.api.deployment_stage.stage_arn, web_acl_arn=acl.attr_arn
+        )
 
     # -- prediction log ----------------------------------------------------------------------------
 

@@ -71,12 +71,13 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         console.rule(f"5. predictions through the API at {target.api_url}")
         last = last_loaded_day(target) or chosen[-1]
         following = datasource.select_days(start=last + dt.timedelta(days=1))[:1] or [last]
-        if not predict_sample(target, 5, following[0], None, None):
+        if not predict_sample(target, 5, following[0], None):
             console.print("(no model serves yet: land more days and run `pipectl train`)")
         console.print(
-            f"The local cloud keeps running with the API at {target.api_url} (key: {target.api_key}, docs:"
-            f" {target.api_url}/docs). Try `pipectl predict`, `pipectl replay --weeks 4`, `pipectl deployments`,"
-            " `make mlflow-ui`, `pipectl local status`; stop it with `pipectl local down`."
+            f"The local cloud keeps running with the API at {target.api_url} (an access token from"
+            f" {target.token_url} and the key {target.api_key}; docs: {target.api_url}/docs). Try `pipectl predict`,"
+            " `pipectl client create NAME`, `pipectl replay --weeks 4`, `pipectl deployments`, `make mlflow-ui`,"
+            " `pipectl local status`; stop it with `pipectl local down`."
         )
 
 

@@ -13,6 +13,7 @@ from pipectl.commands.common import LANDING_PREFIX, ResolveTarget, TargetOption,
 from pipectl.commands.promotion import Traffic, follow_promotion
 from pipectl.commands.serving import post_predict
 from pipectl.commands.training import print_training
+from pipectl.oauth import client_of
 from pipectl.target import Target
 
 
@@ -163,7 +164,7 @@ def _quote(target: Target, days: list[dt.date], rows: int = 40) -> int:
     coming = frame[frame[datasource.EVENT_TIME].isin([d.isoformat() for d in days])]
     if coming.empty:
         return 0
-    status, _ = post_predict(target.api_url, target.api_key, coming.sample(min(rows, len(coming)), random_state=0))
+    status, _ = post_predict(target.api_url, client_of(target), coming.sample(min(rows, len(coming)), random_state=0))
     return min(rows, len(coming)) if status == 200 else 0
 
 

@@ -132,7 +132,9 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:  # noqa: 
             table.add_row(f"function {key}", arn)
         table.add_section()
         table.add_row("API (gateway)", f"{target.api_url}  (docs: {target.api_url}/docs)")
-        table.add_row("API key", f"{target.api_key}  (send it as the x-api-key header)")
+        table.add_row("API key", f"{target.api_key}  (send it as the x-api-key header, with a token)")
+        table.add_row("OAuth2 token endpoint", f"{target.token_url}  (client-credentials grant)")
+        table.add_row("API client", f"{target.client_id}  (`pipectl client create NAME` makes another)")
         for route in _live_routes(target):
             served = f"model {route['model_version']}" if route["model_version"] else "no model deployed yet"
             table.add_row(

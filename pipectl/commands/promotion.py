@@ -20,6 +20,7 @@ from infrastructure import catalog
 from pipectl import datasource, flows
 from pipectl.commands.common import ResolveTarget, TargetOption, console
 from pipectl.commands.serving import post_predict
+from pipectl.oauth import client_of
 from pipectl.target import Target
 
 PROMOTION_COMMAND = "promotion-command"
@@ -205,7 +206,7 @@ class Traffic:
             sample = frame.sample(self.rows, random_state=seed)
             seed += 1
             with contextlib.suppress(OSError):
-                post_predict(self.target.api_url or "", self.target.api_key, sample)
+                post_predict(self.target.api_url or "", client_of(self.target), sample)
                 self.sent += 1
             self._stop.wait(self.interval_s)
 

@@ -34,6 +34,7 @@ class LocalCloud:
         self.host = host
         self.port = port
         self._server: Any = None
+        self._tokens: Any = None  # the user pools' token endpoint (auth.TokenEndpoint)
         from infrastructure.catalog import ROOT
         from pipectl.localcloud.batch import BatchRuntime
         from pipectl.localcloud.lambdas import LambdaRuntime
@@ -46,6 +47,13 @@ class LocalCloud:
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def token_url(self) -> str:
+        """The OAuth2 token endpoint of the cloud's user pools (client-credentials grant)."""
+        if self._tokens is None:
+            raise RuntimeError("the local cloud is not running")
+        return str(self._tokens.url)
 
     def client_env(self) -> dict[str, str]:
         """Environment under which the AWS SDK (and anything built on it) talks to this cloud."""
@@ -81,12 +89,18 @@ class LocalCloud:
         self.port = self._server.get_host_and_port()[1]
         # the Step Functions engine's own clients call localhost:$MOTO_PORT
         os.environ["MOTO_PORT"] = str(self.port)
+        from pipectl.localcloud.auth import TokenEndpoint
+
+        self._tokens = TokenEndpoint(host=self.host).start()
         return self
 
     def stop(self) -> None:
         global _active
         self.batch.shutdown()
         self.lambdas.shutdown()
+        if self._tokens is not None:
+            self._tokens.stop()
+            self._tokens = None
         if self._server is not None:
             self._server.stop()
             self._server = None

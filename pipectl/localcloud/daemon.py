@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipectl.localcloud import snapshot
+from pipectl.localcloud.auth import authorizer_of
 from pipectl.localcloud.cloud import LocalCloud
 from pipectl.localcloud.gateway import INTEGRATION_TIMEOUT_S, Gateway, moto_api_keys
 from pipectl.localcloud.postgres import database_url
@@ -95,6 +96,7 @@ def start_gateway(cloud: LocalCloud, state_dir: Path, port: int) -> Gateway:
         catalog.function(catalog.SERVING_FUNCTION).name,
         catalog.LIVE_ALIAS,
         moto_api_keys(cloud.client("apigateway")),
+        authorizer=authorizer_of(cloud),
         rate=settings.api_throttle_rate,
         burst=settings.api_throttle_burst,
         port=port,
@@ -137,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
         resources = deploy(cloud, state_dir, args.contract)
         gateway = start_gateway(cloud, state_dir, args.gateway_port)
         resources.gateway_url = gateway.url
+        state_file.touch(mode=0o600)  # it holds the first API client's secret and the API key
+        state_file.chmod(0o600)
         state_file.write_text(json.dumps({"pid": os.getpid(), **resources.to_dict()}, indent=2))
         print(f"local cloud ready at {cloud.endpoint}; API at {gateway.url}", flush=True)
         stop.wait()

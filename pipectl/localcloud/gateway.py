@@ -4,19 +4,26 @@ What it does as a REST API with a Lambda proxy integration, an API key and a usa
 
 - answers a method or path the serving stack's API does not have (TRACE, POST /docs, ...) with 403
   ``Missing Authentication Token`` in JSON, as a REST API does, before looking at the key;
-- requires the ``x-api-key`` header to hold an enabled API key of the cloud (403 ``Forbidden``), except
-  for ``GET /docs`` and ``GET /openapi.json`` (and Swagger UI's OAuth redirect), so the docs page
-  opens in a browser; the serving stack leaves the same methods open;
+- requires an access token of the API clients' user pool in the ``Authorization`` header, checked as
+  API Gateway's Cognito authorizer checks it (signature, issuer, app client, expiry, and one of the
+  path's scopes, ``catalog.required_scopes``; :class:`~pipectl.localcloud.auth.CognitoAuthorizer`):
+  401 ``Unauthorized`` without a valid token, 403 when it lacks the scope; then the ``x-api-key``
+  header to hold an enabled API key of the cloud (403 ``Forbidden``): the key names the client's
+  usage plan, it authorizes nothing by itself. ``GET /docs`` and ``GET /openapi.json`` (and Swagger
+  UI's OAuth redirect) need neither, so the docs page opens in a browser; the serving stack leaves
+  the same methods open;
 - throttles each key with a token bucket (``rate`` requests per second, ``burst`` at once; 429
   ``Too Many Requests``), as a usage plan does;
-- turns each request into an API Gateway v1 proxy event and invokes ``<function>:<alias>`` through
-  the Lambda API, so the alias's canary weights decide which version answers;
+- turns each request into an API Gateway v1 proxy event (the token's claims in
+  ``requestContext.authorizer.claims``, as the Cognito authorizer passes them) and invokes
+  ``<function>:<alias>`` through the Lambda API, so the alias's canary weights decide which version
+  answers;
 - returns the function's status, headers and body (decoding ``isBase64Encoded``), 502 when the
   function fails and 504 when it runs past the integration timeout;
 - writes one access log line (JSON) per request.
 
 What it does not: custom domains and stage paths (the API is at the root), request validation and
-models, authorizers other than API keys, per-method throttling, caching, quotas, CORS, payload limits.
+models, Lambda and IAM authorizers, per-method throttling, caching, quotas, CORS, payload limits.
 """
 
 from __future__ import annotations
@@ -36,8 +43,12 @@ from urllib.parse import parse_qs, urlsplit
 
 from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
+from infrastructure import catalog
+
 if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
+
+    from pipectl.localcloud.auth import CognitoAuthorizer
 
 PUBLIC_ROUTES = {("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/docs/oauth2-redirect")}
 # The serving stack's methods: ANY on / and on /{proxy+}, and GET alone on each public doc path (an
@@ -83,6 +94,7 @@ def proxy_event(
     source_ip: str,
     api_key: str | None,
     request_id: str,
+    claims: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The API Gateway REST (v1) Lambda proxy event for one request on a ``/{proxy+}`` resource."""
     parts = urlsplit(target)
@@ -98,7 +110,7 @@ def proxy_event(
         text, encoded = base64.b64encode(body).decode(), True
     resource = "/" if path == "/" else "/{proxy+}"
     now = dt.datetime.now(dt.UTC)
-    return {
+    event: dict[str, Any] = {
         "resource": resource,
         "path": path,
         "httpMethod": method,
@@ -132,6 +144,9 @@ def proxy_event(
         "body": text,
         "isBase64Encoded": encoded,
     }
+    if claims is not None:  # the Cognito authorizer passes the claims as strings
+        event["requestContext"]["authorizer"] = {"claims": {k: str(v) for k, v in claims.items()}}
+    return event
 
 
 class Gateway:
@@ -142,8 +157,9 @@ class Gateway:
         lambda_client: LambdaClient,
         function: str,
         alias: str,
-        api_keys: Callable[[], set[str]],
+        api_keys: Callable[..., set[str]],
         *,
+        authorizer: CognitoAuthorizer,
         rate: float,
         burst: int,
         host: str = "127.0.0.1",
@@ -154,6 +170,7 @@ class Gateway:
         self.lambda_client = lambda_client
         self.function, self.alias = function, alias
         self.api_keys = api_keys
+        self.authorizer = authorizer
         self.rate, self.burst = rate, burst
         self.clock = clock  # the token buckets' (tests drive it)
         self.host, self.port = host, port
@@ -175,16 +192,12 @@ class Gateway:
             if exc.errno != errno.EADDRINUSE or not fall_back_to_any_port:
                 raise
             self._server = ThreadingHTTPServer((self.host, 0), handler)
-        self._server.daemon_threads = True
-        self.port = int(self._server.server_address[1])
-        threading.Thread(target=self._server.serve_forever, name="gateway", daemon=True).start()
+        self.port = serve_in_background(self._server, "gateway")
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        close(self._server)
+        self._server = None
 
     def _bucket(self, key: str) -> TokenBucket:
         with self._buckets_lock:
@@ -193,29 +206,42 @@ class Gateway:
             return self._buckets[key]
 
     def _refusal(
-        self, method: str, path: str, api_key: str | None, request_id: str, fields: dict[str, Any]
-    ) -> Answer | None:
-        """The gateway's own answer before any integration, in API Gateway's order: no such method,
-        no valid API key, throttled; None to go on."""
+        self, method: str, path: str, headers: list[tuple[str, str]], request_id: str, fields: dict[str, Any]
+    ) -> tuple[Answer | None, dict[str, Any] | None]:
+        """The gateway's own answer before any integration, in API Gateway's order: no such method, the
+        authorizer's refusal, no valid API key, throttled; (None, the token's claims) to go on. The
+        authorizer comes before the usage plan's key check: a REST API can even take the key from its
+        authorizer ("Choose an API key source in API Gateway", API Gateway developer guide)."""
         if not has_method(method, path):
-            return _message(403, MISSING_ROUTE, request_id, {**fields, "error": "no such method or resource"})
-        public = (method, path) in PUBLIC_ROUTES
-        if not public and (not api_key or api_key not in self.api_keys()):
-            return _message(403, "Forbidden", request_id, {**fields, "error": "missing or unknown API key"})
+            return _message(403, MISSING_ROUTE, request_id, {**fields, "error": "no such method or resource"}), None
+        api_key = _header(headers, "x-api-key")
+        claims = None
+        if (method, path) not in PUBLIC_ROUTES:
+            decision = self.authorizer.check(_header(headers, "authorization"), catalog.required_scopes(path))
+            if decision.status:
+                return _message(
+                    decision.status, decision.message, request_id, {**fields, "error": decision.reason}
+                ), None
+            claims = decision.claims
+            fields["clientId"] = (claims or {}).get("client_id")
+            if not api_key or (api_key not in self.api_keys() and api_key not in self.api_keys(fresh=True)):
+                return _message(403, "Forbidden", request_id, {**fields, "error": "missing or unknown API key"}), None
         if not self._bucket(api_key or "anonymous").take():
-            return _message(429, "Too Many Requests", request_id, {**fields, "error": "throttled"})
-        return None
+            return _message(429, "Too Many Requests", request_id, {**fields, "error": "throttled"}), None
+        return None, claims
 
     def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, source_ip: str) -> Answer:
         """The answer to one request, with its access log fields."""
         request_id = str(uuid.uuid4())
         path = urlsplit(target).path or "/"
-        api_key = next((v for k, v in headers if k.lower() == "x-api-key"), None)
         fields: dict[str, Any] = {"requestId": request_id, "ip": source_ip, "httpMethod": method, "path": path}
-        refused = self._refusal(method, path, api_key, request_id, fields)
+        refused, claims = self._refusal(method, path, headers, request_id, fields)
         if refused is not None:
             return refused
-        event = proxy_event(method, target, headers, body, source_ip=source_ip, api_key=api_key, request_id=request_id)
+        api_key = _header(headers, "x-api-key")
+        event = proxy_event(
+            method, target, headers, body, source_ip=source_ip, api_key=api_key, request_id=request_id, claims=claims
+        )
         began = time.perf_counter()
         try:
             answer = self.lambda_client.invoke(
@@ -249,6 +275,25 @@ class Gateway:
         return Answer(status, out_headers, content, fields)
 
 
+def serve_in_background(server: ThreadingHTTPServer, name: str) -> int:
+    """Serve on a daemon thread (a thread per request); returns the port it listens on."""
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return int(server.server_address[1])
+
+
+def close(server: ThreadingHTTPServer | None) -> None:
+    """Stop serving and release the port (nothing when not started)."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
+def _header(headers: list[tuple[str, str]], name: str) -> str | None:
+    """The last value of header ``name`` (case-insensitive), if any."""
+    return next((v for k, v in reversed(headers) if k.lower() == name), None)
+
+
 def has_method(method: str, path: str) -> bool:
     """Whether the serving stack's API has ``method`` on ``path`` (see :data:`ANY_METHODS`)."""
     return method == "GET" if path in _PUBLIC_PATHS else method in ANY_METHODS
@@ -268,6 +313,8 @@ def _message(status: int, message: str, request_id: str, log: dict[str, Any]) ->
     if status == 403:
         kind = "MissingAuthenticationTokenException" if message == MISSING_ROUTE else "ForbiddenException"
         headers.append(("x-amzn-ErrorType", kind))
+    elif status == 401:
+        headers.append(("x-amzn-ErrorType", "UnauthorizedException"))
     return Answer(status, headers, json.dumps({"message": message}).encode(), log)
 
 
@@ -316,15 +363,15 @@ def _handler_for(gateway: Gateway) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def moto_api_keys(apigateway: Any, ttl_s: float = 5.0) -> Callable[[], set[str]]:
-    """The enabled API keys of the cloud, re-read every ``ttl_s`` (a key created or disabled with the
-    API Gateway API takes effect within that)."""
+def moto_api_keys(apigateway: Any, ttl_s: float = 5.0) -> Callable[..., set[str]]:
+    """The enabled API keys of the cloud, re-read every ``ttl_s`` or when asked ``fresh`` (a key just
+    created is accepted at once; a disabled one is refused within ``ttl_s``)."""
     cached: dict[str, Any] = {"at": -1e9, "keys": set()}
     lock = threading.Lock()
 
-    def keys() -> set[str]:
+    def keys(fresh: bool = False) -> set[str]:
         with lock:
-            if time.monotonic() - cached["at"] > ttl_s:
+            if fresh or time.monotonic() - cached["at"] > ttl_s:
                 items = apigateway.get_api_keys(includeValues=True).get("items", [])
                 cached["keys"] = {item["value"] for item in items if item.get("enabled")}
                 cached["at"] = time.monotonic()

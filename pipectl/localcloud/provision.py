@@ -50,6 +50,11 @@ class Resources:
     job_queues: dict[str, str] = field(default_factory=dict)  # job key -> queue ARN
     job_definitions: dict[str, str] = field(default_factory=dict)  # job key -> definition ARN
     api_key: str = ""  # the value clients send as x-api-key to the gateway
+    # OAuth2: the API clients' user pool, its first app client and the token endpoint (auth.py)
+    user_pool_id: str = ""
+    client_id: str = ""
+    client_secret: str = ""
+    token_url: str = ""
     gateway_url: str = ""  # set once the daemon's gateway listens
 
     def to_dict(self) -> dict[str, Any]:
@@ -179,6 +184,7 @@ def provision(
     arns = {spec.substitution: resources.functions[spec.key] for spec in catalog.FUNCTIONS if spec.substitution}
     arns.update(_batch(cloud, resources, role_arn, contract, stage, job_settings or {}))
     resources.api_key = _serving(cloud, resources, api_key)
+    _clients(cloud, resources)
 
     sfn = cloud.client("stepfunctions")
     for machine in catalog.STATE_MACHINES:  # in catalog order: one a flow starts exists before that flow
@@ -250,6 +256,28 @@ def _serving(cloud: LocalCloud, resources: Resources, api_key: str | None) -> st
     if api_key:
         request["value"] = api_key
     return str(cloud.client("apigateway").create_api_key(**request)["value"])
+
+
+def _clients(cloud: LocalCloud, resources: Resources) -> None:
+    """What the serving stack's user pool holds: the resource server with the API's scopes and a first
+    app client with the client-credentials grant and every scope; tokens come from the cloud's token
+    endpoint (pipectl.localcloud.auth)."""
+    from pipectl.localcloud.auth import API_CLIENTS_POOL
+    from pipectl.oauth import create_app_client
+
+    cognito = cloud.client("cognito-idp")
+    pool = cognito.create_user_pool(PoolName=API_CLIENTS_POOL)["UserPool"]["Id"]
+    cognito.create_resource_server(
+        UserPoolId=pool,
+        Identifier=catalog.API_RESOURCE_SERVER,
+        Name=catalog.API_RESOURCE_SERVER,
+        Scopes=[{"ScopeName": name, "ScopeDescription": text} for name, text in catalog.API_SCOPES.items()],
+    )
+    resources.user_pool_id = pool
+    resources.client_id, resources.client_secret = create_app_client(
+        cognito, pool, "default", tuple(catalog.API_SCOPES)
+    )
+    resources.token_url = cloud.token_url
 
 
 def _batch(

@@ -47,5 +47,10 @@ def target(deployed: Resources) -> Target:
         functions=deployed.functions,
         endpoint=deployed.endpoint,
         database_url=deployed.database_url,
+        api_key=deployed.api_key,
+        user_pool_id=deployed.user_pool_id,
+        token_url=deployed.token_url,
+        client_id=deployed.client_id,
+        client_secret=deployed.client_secret,
         dataset=deployed.dataset,
     )

@@ -7,7 +7,10 @@ from typing import Any
 
 from infrastructure import catalog
 from pipectl.localcloud import LocalCloud
+from pipectl.localcloud.auth import authorizer_of
 from pipectl.localcloud.gateway import Gateway, moto_api_keys
+from pipectl.localcloud.provision import Resources
+from pipectl.oauth import ApiClient
 from pipectl.target import Target
 
 # Every e2e deployment's training search stops on its trial count, never on the clock, so the model
@@ -30,10 +33,30 @@ def start_gateway(cloud: LocalCloud, rate: float = 500, burst: int = 500) -> Gat
         catalog.function(catalog.SERVING_FUNCTION).name,
         catalog.LIVE_ALIAS,
         moto_api_keys(cloud.client("apigateway")),
+        authorizer=authorizer_of(cloud),
         rate=rate,
         burst=burst,
         port=0,
     ).start()
+
+
+_clients: dict[tuple[str, tuple[str, ...]], ApiClient] = {}
+
+
+def api_client(deployed: Resources, *scopes: str) -> ApiClient:
+    """The deployment's first API client (its token, kept until it is about to expire, and its API
+    key): ``.headers()`` is what every call to the gateway sends. ``scopes`` (names of
+    catalog.API_SCOPES) narrow its token; none: all of them."""
+    key = (f"{deployed.token_url} {deployed.client_id}", scopes)
+    if key not in _clients:
+        _clients[key] = ApiClient(
+            deployed.token_url,
+            deployed.client_id,
+            deployed.client_secret,
+            api_key=deployed.api_key,
+            scopes=tuple(catalog.api_scope(scope) for scope in scopes),
+        )
+    return _clients[key]
 
 
 def metrics_named(target: Target, name: str, at_least: int = 1) -> list[dict[str, Any]]:

@@ -27,7 +27,7 @@ from pipectl.localcloud.daemon import run_migrations
 from pipectl.localcloud.gateway import Gateway
 from pipectl.localcloud.provision import Resources, provision
 from pipectl.target import Target
-from tests.e2e.support import JOB_SETTINGS, SEARCH_GUARD_S, SEARCH_TRIALS, start_gateway
+from tests.e2e.support import JOB_SETTINGS, SEARCH_GUARD_S, SEARCH_TRIALS, api_client, start_gateway
 
 pytestmark = pytest.mark.e2e
 FIRST, SECOND = 600, 200  # houses in the first file, and in a later one
@@ -136,7 +136,7 @@ def test_the_champion_prices_houses_over_the_gateway(
         gateway.url + "/predict",
         method="POST",
         data=json.dumps({"rows": rows}).encode(),
-        headers={"content-type": "application/json", "x-api-key": deployed.api_key},
+        headers={"content-type": "application/json", **api_client(deployed).headers()},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:

@@ -35,6 +35,7 @@ from pipectl.localcloud import LocalCloud
 from pipectl.localcloud.daemon import run_migrations
 from pipectl.localcloud.gateway import Gateway
 from pipectl.localcloud.provision import Resources, provision, redeploy
+from pipectl.oauth import ApiClient
 from pipectl.target import Target
 from pricepipe import db, registry
 from pricepipe.contract import Contract
@@ -45,7 +46,7 @@ from pricepipe.training import TrainingWindow, load_postgres
 from pricepipe.training.search import SearchSettings
 from pricepipe.training.trainer import TrainingConfig, train
 from tests.conftest import land_and_load
-from tests.e2e.support import SEARCH_GUARD_S, start_gateway
+from tests.e2e.support import SEARCH_GUARD_S, api_client, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -157,12 +158,16 @@ def deployments(target: Target, execution_arn: str | None = None) -> list[dict[s
     return [r for r in reversed(rows) if execution_arn is None or r["execution_arn"] == execution_arn]
 
 
-def http(gateway: Gateway, method: str, path: str, body: Any = None, key: str | None = None) -> tuple[int, bytes]:
+def http(
+    gateway: Gateway, method: str, path: str, body: Any = None, client: ApiClient | dict[str, str] | None = None
+) -> tuple[int, bytes]:
+    """One call through the gateway as ``client`` (its token and API key), or with these headers."""
+    headers = client.headers() if isinstance(client, ApiClient) else client or {}
     request = urllib.request.Request(
         gateway.url + path,
         method=method,
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"content-type": "application/json", **({"x-api-key": key} if key else {})},
+        headers={"content-type": "application/json", **headers},
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -194,14 +199,14 @@ def _a_model_serves(target: Target, versions: dict[str, str]) -> None:
 
 
 def run_with_traffic(
-    target: Target, gateway: Gateway, key: str, version: str | None, **options: Any
+    target: Target, gateway: Gateway, api: ApiClient, version: str | None, **options: Any
 ) -> flows.Execution:
     """A canary promotion (or, with ``version`` None and ``kind="code"``, a code rollout) with
     CANARY_REQUESTS 20-row batches sent through the gateway once it started."""
     statuses: list[int] = []
 
     def client(seeds: range) -> None:
-        statuses.extend(http(gateway, "POST", "/predict", {"rows": rows(20, seed)}, key)[0] for seed in seeds)
+        statuses.extend(http(gateway, "POST", "/predict", {"rows": rows(20, seed)}, api)[0] for seed in seeds)
 
     request = {"reason": "test", **options} | ({"model_version": version} if version else {})
     arn = flows.start(target, "promotion", request)
@@ -290,7 +295,7 @@ def test_a_bad_canary_rolls_back_by_itself(
     execution = run_with_traffic(
         target,
         gateway,
-        deployed.api_key,
+        api_client(deployed),
         versions["bad"],
         strategy="canary",
         canary_percent=30,
@@ -318,7 +323,7 @@ def test_a_good_canary_reaches_all_traffic_and_becomes_champion(
     execution = run_with_traffic(
         target,
         gateway,
-        deployed.api_key,
+        api_client(deployed),
         versions["good_again"],
         strategy="canary",
         canary_percent=30,
@@ -366,8 +371,8 @@ def changed_api_code(folder: Path) -> Path:
     return copy
 
 
-def build_header(gateway: Gateway, key: str) -> str | None:
-    request = urllib.request.Request(gateway.url + "/model-info", headers={"x-api-key": key})
+def build_header(gateway: Gateway, api: ApiClient) -> str | None:
+    request = urllib.request.Request(gateway.url + "/model-info", headers=api.headers())
     with urllib.request.urlopen(request, timeout=30) as answer:
         return answer.headers.get("x-pricepipe-build")
 
@@ -387,7 +392,7 @@ def test_a_code_deploy_reaches_live_traffic_by_a_canary_with_the_champions_model
         # THEN the deploy changed $LATEST only: live traffic stays where the promotion put it
         assert new_code != old_code
         assert alias(target) | {"revision_id": None} == before | {"revision_id": None}
-        assert build_header(gateway, deployed.api_key) is None
+        assert build_header(gateway, api_client(deployed)) is None
 
         # WHEN a code rollout starts while a promotion waits for approval, THEN it is refused, naming it
         waiting = wait_for_approval(target, versions["spare"])
@@ -400,7 +405,7 @@ def test_a_code_deploy_reaches_live_traffic_by_a_canary_with_the_champions_model
 
         # WHEN the code rollout runs alone, as a canary while clients send requests
         rollout = run_with_traffic(
-            target, gateway, deployed.api_key, None, kind="code", canary_percent=30, bake_seconds=BAKE_SECONDS
+            target, gateway, api_client(deployed), None, kind="code", canary_percent=30, bake_seconds=BAKE_SECONDS
         )
         # THEN the new code serves all traffic with the champion's model, after a healthy canary
         assert rollout.status == "SUCCEEDED", rollout.cause
@@ -411,7 +416,7 @@ def test_a_code_deploy_reaches_live_traffic_by_a_canary_with_the_champions_model
         assert serving["CodeSha256"] == new_code
         assert served_model(target, now["function_version"]) == versions["good"]
         assert mlflow_aliases(target)["champion"] == versions["good"]
-        assert build_header(gateway, deployed.api_key) == "lifecycle-2"
+        assert build_header(gateway, api_client(deployed)) == "lifecycle-2"
         history = deployments(target, rollout.arn)
         assert [r["action"] for r in history] == ["deployed", "canary-started", "promoted"]
         assert all(r["reason"].startswith("code rollout: ") for r in history)
@@ -438,7 +443,7 @@ def test_a_code_deploy_reaches_live_traffic_by_a_canary_with_the_champions_model
         assert back.status == "SUCCEEDED", back.cause
         serving = deployer.version_configuration(lam, API, alias(target)["function_version"])
         assert serving["CodeSha256"] == old_code and served_model(target, serving["Version"]) == versions["good_again"]
-        assert build_header(gateway, deployed.api_key) is None
+        assert build_header(gateway, api_client(deployed)) is None
     finally:
         redeploy(lam)  # the module's other tests run the API's own code
 
@@ -525,17 +530,25 @@ def test_promoting_an_unknown_version_fails_before_changing_anything(target: Tar
 # -- the gateway -------------------------------------------------------------------------------------------
 
 
-def test_the_gateway_requires_an_api_key_but_serves_the_docs(
+def test_the_gateway_requires_a_token_with_the_paths_scope_and_an_api_key_but_serves_the_docs(
     target: Target, versions: dict[str, str], gateway: Gateway, deployed: Resources
 ) -> None:
     champion_serves(target, versions["good"])
-    assert http(gateway, "GET", "/health")[0] == 403
-    assert http(gateway, "GET", "/health", key="not-a-key")[0] == 403
-    status, body = http(gateway, "GET", "/health", key=deployed.api_key)
+    client, pricing_only = api_client(deployed), api_client(deployed, "predict")
+    unauthorized = (401, b'{"message": "Unauthorized"}')
+    # no token, or the API key alone: the authorizer refuses before the key is looked at
+    assert http(gateway, "GET", "/health") == unauthorized
+    assert http(gateway, "GET", "/health", client={"x-api-key": deployed.api_key}) == unauthorized
+    # a valid token without the client's API key: no usage plan names the caller
+    assert http(gateway, "GET", "/health", client={"Authorization": f"Bearer {client.token()}"})[0] == 403
+    status, body = http(gateway, "GET", "/health", client=client)
     assert status == 200 and json.loads(body)["model_loaded"] is True
+    # /model-info needs the admin scope: a pricing-only token is authentic but denied
+    assert http(gateway, "GET", "/model-info", client=pricing_only)[0] == 403
+    assert http(gateway, "GET", "/model-info", client=client)[0] == 200
     status, body = http(gateway, "GET", "/docs")
     assert status == 200 and b"swagger" in body.lower()
     status, body = http(gateway, "GET", "/openapi.json")
     assert status == 200 and "/predict" in json.loads(body)["paths"]
-    status, body = http(gateway, "POST", "/predict", {"rows": rows(3, 0)}, deployed.api_key)
+    status, body = http(gateway, "POST", "/predict", {"rows": rows(3, 0)}, pricing_only)
     assert status == 200 and len(json.loads(body)["predictions"]) == 3

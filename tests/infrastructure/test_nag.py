@@ -66,7 +66,25 @@ def test_given_the_app_when_synthesized_then_cdk_reports_no_error_or_warning(syn
     assert messages == []
 
 
-@pytest.mark.parametrize("context", [{}, {"pricepipe:bastion": "true"}], ids=["default", "bastion"])
+def test_given_the_app_then_the_api_passes_apig3_apig4_and_cog4_except_the_open_docs_methods(
+    synthesized: Synthesized,
+) -> None:
+    """A WAF, a Cognito authorizer on every method: only the three docs methods are acknowledged, by design."""
+    from infrastructure.stacks.serving_stack import PUBLIC_DOC_PATHS
+
+    acknowledged = {
+        (path, rule)
+        for path, rule, _ in _acknowledgments(synthesized.app)
+        if rule.split("[")[0] in {nag.rule_id(r) for r in ("APIG3", "APIG4", "COG4")}
+    }
+    docs = {f"PricePipe-Serving/RestApi/Default{path}/GET" for path in PUBLIC_DOC_PATHS}
+    assert acknowledged == {(path, nag.rule_id(rule)) for path in docs for rule in ("APIG4", "COG4")}
+
+
+# dev: no WAF on the stage, so APIG3 is acknowledged there (and the disposable database's findings)
+@pytest.mark.parametrize(
+    "context", [{}, {"pricepipe:bastion": "true", "pricepipe:stage": "dev"}], ids=["default", "bastion-dev"]
+)
 def test_given_the_acknowledgments_then_each_one_silences_a_real_finding(context: dict[str, str]) -> None:
     """Build the app again without acknowledging anything: every acknowledgment must match a finding there."""
     recorded: list[tuple[str, str]] = []

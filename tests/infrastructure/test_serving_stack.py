@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aws_cdk import App, Stack
 from aws_cdk import aws_logs as logs
-from aws_cdk.assertions import Template
 
 from infrastructure import catalog
 from infrastructure.stacks import PIPELINE_STACK, SERVING_STACK
@@ -16,6 +15,7 @@ from infrastructure.stacks.config import (
     DEFAULT_API_QUOTA_PER_DAY,
     DEFAULT_API_THROTTLE_BURST,
     DEFAULT_API_THROTTLE_RATE,
+    DEFAULT_WAF_RATE_PER_5_MIN,
 )
 from infrastructure.stacks.model_layer import NO_MODEL_DESCRIPTION, NO_MODEL_FILES
 from infrastructure.stacks.serving_stack import (
@@ -141,19 +141,98 @@ def test_given_the_live_alias_then_the_template_never_moves_it_after_creating_it
 # -- API Gateway -------------------------------------------------------------------------------------
 
 
-def test_given_the_api_then_every_method_requires_an_api_key_except_getting_the_docs(
+def test_given_the_api_then_every_method_but_the_docs_needs_a_cognito_token_with_its_paths_scope_and_a_key(
     serving_resources: Resources,
 ) -> None:
     methods = _method_paths(serving_resources)
-    assert {("ANY", "/"), ("ANY", "/{proxy+}")} <= set(methods)
-    open_methods = {key for key, props in methods.items() if not props.get("ApiKeyRequired")}
-    assert open_methods == {("GET", path) for path in PUBLIC_DOC_PATHS}
+    protected = {("ANY", "/"), ("ANY", "/{proxy+}"), ("ANY", "/model-info"), ("ANY", "/metrics")}
+    assert set(methods) == protected | {("GET", path) for path in PUBLIC_DOC_PATHS}
     assert set(PUBLIC_DOC_PATHS) == {"/docs", "/openapi.json", "/docs/oauth2-redirect"}
+    authorizer, props = _one(serving_resources, "AWS::ApiGateway::Authorizer")
+    assert props["Properties"]["Type"] == "COGNITO_USER_POOLS"
+    pool, _ = _one(serving_resources, "AWS::Cognito::UserPool")
+    assert props["Properties"]["ProviderARNs"] == [{"Fn::GetAtt": [pool, "Arn"]}]
+    for (verb, path), method in methods.items():
+        if (verb, path) in protected:
+            assert method["ApiKeyRequired"] is True, "the key names the usage plan"
+            assert method["AuthorizationType"] == "COGNITO_USER_POOLS"
+            assert method["AuthorizerId"] == {"Ref": authorizer}
+            assert method["AuthorizationScopes"] == list(catalog.required_scopes(path))
+        else:
+            assert method["AuthorizationType"] == "NONE" and not method.get("ApiKeyRequired")
+    assert methods[("ANY", "/model-info")]["AuthorizationScopes"] == ["pricepipe-api/admin"]
+    assert methods[("ANY", "/{proxy+}")]["AuthorizationScopes"] == ["pricepipe-api/predict"]
     alias, _ = _one(serving_resources, "AWS::Lambda::Alias")
     for props in methods.values():
         integration = props["Integration"]
         assert integration["Type"] == "AWS_PROXY"
         assert {"Ref": alias} in integration["Uri"]["Fn::Join"][1], "every method invokes the live alias"
+
+
+def test_given_the_user_pool_then_machine_clients_get_tokens_by_client_credentials_and_nobody_signs_up(
+    synthesized: Synthesized, serving_resources: Resources
+) -> None:
+    _, pool = _one(serving_resources, "AWS::Cognito::UserPool")
+    props = pool["Properties"]
+    assert props["UserPoolName"] == catalog.API_CLIENTS_POOL
+    assert props["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"] is True
+    assert props["MfaConfiguration"] == "ON" and props["Policies"]["PasswordPolicy"]["MinimumLength"] >= 14
+    assert pool["DeletionPolicy"] == "Retain"
+    _, server = _one(serving_resources, "AWS::Cognito::UserPoolResourceServer")
+    assert server["Properties"]["Identifier"] == catalog.API_RESOURCE_SERVER
+    assert {s["ScopeName"] for s in server["Properties"]["Scopes"]} == set(catalog.API_SCOPES)
+    _, client = _one(serving_resources, "AWS::Cognito::UserPoolClient")
+    client_props = client["Properties"]
+    assert client_props["GenerateSecret"] is True
+    assert client_props["AllowedOAuthFlows"] == ["client_credentials"]
+    assert client_props["AllowedOAuthFlowsUserPoolClient"] is True
+    scopes = json.dumps(client_props["AllowedOAuthScopes"])
+    assert all(f"/{name}" in scopes for name in catalog.API_SCOPES)
+    assert client_props["ExplicitAuthFlows"] == ["ALLOW_REFRESH_TOKEN_AUTH"], "no user sign-in flow"
+    _one(serving_resources, "AWS::Cognito::UserPoolDomain")
+    outputs = synthesized.raw_template(SERVING_STACK)["Outputs"]
+    assert {"UserPoolId", "TokenUrl", "DefaultClientId"} <= set(outputs)
+    assert "oauth2/token" in json.dumps(outputs["TokenUrl"]["Value"])
+    assert "ClientSecret" not in json.dumps(outputs), "the secret stays in Cognito"
+
+
+def test_given_prod_then_a_waf_web_acl_with_aws_managed_rules_and_a_rate_limit_per_ip_guards_the_stage(
+    serving_resources: Resources,
+) -> None:
+    _, acl = _one(serving_resources, "AWS::WAFv2::WebACL")
+    props = acl["Properties"]
+    assert props["Scope"] == "REGIONAL" and props["DefaultAction"] == {"Allow": {}}
+    rules = {rule["Name"]: rule for rule in props["Rules"]}
+    assert set(rules) == {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet", "RatePerClientIp"}
+    common = rules["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]
+    assert common["VendorName"] == "AWS"
+    assert common["RuleActionOverrides"] == [{"Name": "SizeRestrictions_BODY", "ActionToUse": {"Count": {}}}]
+    rate = rules["RatePerClientIp"]
+    assert rate["Action"] == {"Block": {}}
+    assert rate["Statement"]["RateBasedStatement"] == {
+        "Limit": DEFAULT_WAF_RATE_PER_5_MIN,
+        "AggregateKeyType": "IP",
+        "EvaluationWindowSec": 300,
+    }
+    _, association = _one(serving_resources, "AWS::WAFv2::WebACLAssociation")
+    stage, _ = _one(serving_resources, "AWS::ApiGateway::Stage")
+    assert {"Ref": stage} in association["Properties"]["ResourceArn"]["Fn::Join"][1]
+    assert association["Properties"]["WebACLArn"]["Fn::GetAtt"][1] == "Arn"
+
+
+def test_given_the_stage_context_then_the_waf_is_on_for_prod_and_off_elsewhere_unless_asked() -> None:
+    from infrastructure.stacks import DeployConfig
+
+    def config(**context: str) -> DeployConfig:
+        return DeployConfig.from_context(App(context={f"pricepipe:{k}": v for k, v in context.items()}).node)
+
+    assert config().api_waf is True
+    assert config(stage="dev").api_waf is False and config(stage="test").api_waf is False
+    assert config(stage="dev", apiWaf="true").api_waf is True
+    assert config(apiWaf="false").api_waf is False
+    assert config(apiWafRatePer5Min="500").api_waf_rate_per_5_min == 500
+    with pytest.raises(ValueError, match="apiWafRatePer5Min"):
+        DeployConfig(api_waf_rate_per_5_min=5)
 
 
 def test_given_the_api_then_a_usage_plan_throttles_and_caps_each_key_of_the_stage(
@@ -330,9 +409,3 @@ def test_given_a_changed_config_then_throttling_follows_the_context() -> None:
         DeployConfig(api_throttle_rate=0)
     with pytest.raises(ValueError, match="driftSchedule"):
         DeployConfig(drift_schedule="daily")
-
-
-def test_given_the_serving_template_then_no_method_uses_an_authorizer_other_than_api_keys(
-    serving_template: Template,
-) -> None:
-    serving_template.all_resources_properties("AWS::ApiGateway::Method", {"AuthorizationType": "NONE"})
