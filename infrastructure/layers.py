@@ -348,12 +348,22 @@ def stage_package_layer(
     """Copy a pure-Python package to ``<cache_root>/<name>-<hash>/python/<name>`` and compile it;
     return that root."""
     files = sorted(_package_files(package_dir))
-    return stage_layer(
-        package_dir.name,
-        {f"{package_dir.name}/{path.relative_to(package_dir).as_posix()}": path.read_bytes() for path in files},
-        cache_root,
-        bytecode,
-    )
+    staged = {f"{package_dir.name}/{path.relative_to(package_dir).as_posix()}": path.read_bytes() for path in files}
+    return stage_layer(package_dir.name, {**staged, **compiled_contracts(staged)}, cache_root, bytecode)
+
+
+def compiled_contracts(files: Mapping[str, bytes]) -> dict[str, bytes]:
+    """Each bundled data contract (``pricepipe/contracts/<name>.yaml``) compiled to the JSON shipped
+    beside it (:func:`pricepipe.contract.compile_contract`): the serving function's cold start then reads
+    its contract without importing a YAML parser. The YAML stays the one definition; the JSON is made
+    from it on every build, so the two cannot drift."""
+    from pricepipe.contract import COMPILED_SUFFIX, compile_contract
+
+    return {
+        relative.removesuffix(".yaml") + COMPILED_SUFFIX: compile_contract(content.decode("utf-8"), relative)
+        for relative, content in files.items()
+        if relative.startswith("pricepipe/contracts/") and relative.endswith(".yaml")
+    }
 
 
 def stage_layer(

@@ -61,6 +61,7 @@ from pricepipe.serving.service import (
     PredictionService,
     log_deserializer,
 )
+from pricepipe.serving.snapshot import register_restore_hooks
 from pricepipe.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -281,6 +282,7 @@ service = PredictionService(
 )
 http_metrics = HttpMetrics()
 app = create_app(service, http_metrics)
+register_restore_hooks()  # under SnapStart this init is snapshotted: pricepipe.serving.snapshot says what was checked
 
 
 def stage_root_path(event: Mapping[str, Any]) -> str:

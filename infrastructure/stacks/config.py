@@ -1,8 +1,9 @@
 """Deploy-time choices, read once from CDK context (``cdk.json`` or ``cdk deploy -c key=value``).
 
 Every key is optional. The defaults are the production posture: deletion protection, a final
-snapshot, a Multi-AZ database. ``-c pricepipe:stage=dev`` switches to a disposable stack (no
-deletion protection, no snapshot, single AZ); each of those can still be set on its own.
+snapshot, a Multi-AZ database, SnapStart on the API function. ``-c pricepipe:stage=dev`` (or
+``test``) switches to a disposable stack (no deletion protection, no snapshot, single AZ, no
+SnapStart); each of those can still be set on its own.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ DEFAULT_API_QUOTA_PER_DAY = 1_000_000
 DEFAULT_WAF_RATE_PER_5_MIN = 3_000
 # An ETL run whose quarantined rows exceed this share of its input raises an alarm.
 DEFAULT_QUARANTINE_ALARM_PERCENT = 5.0
+
+SNAPSTART_WITH_PROVISIONED_CONCURRENCY = (
+    "pricepipe:snapStart and pricepipe:provisionedConcurrency cannot both be true: AWS Lambda does not "
+    "support provisioned concurrency on a SnapStart function (AWS Lambda Developer Guide, 'Improving startup "
+    "performance with Lambda SnapStart'). Choose one for this stage: snapStart=true (each published version "
+    "snapshots its initialised app, restored on demand) or provisionedConcurrency=true with snapStart=false "
+    "(containers kept initialised by `pipectl scale-serving`, paid per hour)"
+)
 
 _RETENTION = {
     1: logs.RetentionDays.ONE_DAY,
@@ -88,6 +97,13 @@ class DeployConfig:
     api_waf_rate_per_5_min: int = DEFAULT_WAF_RATE_PER_5_MIN
     alarm_email: str | None = None  # subscribed to the alarm topic when given
     quarantine_alarm_percent: float = DEFAULT_QUARANTINE_ALARM_PERCENT
+    # How the API function's cold starts are paid for, one choice per stage (README "Cold starts"):
+    # SnapStart (every published version snapshots its initialised app; on by default in prod), or
+    # provisioned concurrency set on the live alias by `pipectl scale-serving`. AWS Lambda supports
+    # only one of the two on a function ("Improving startup performance with Lambda SnapStart",
+    # Supported features and limitations: "SnapStart does not support provisioned concurrency").
+    snap_start: bool = True
+    provisioned_concurrency: bool = False
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -110,6 +126,8 @@ class DeployConfig:
             raise ValueError(
                 f"pricepipe:apiWafRatePer5Min must be between 10 and 2000000000, got {self.api_waf_rate_per_5_min}"
             )
+        if self.snap_start and self.provisioned_concurrency:
+            raise ValueError(SNAPSTART_WITH_PROVISIONED_CONCURRENCY)
         if not 0 < self.quarantine_alarm_percent <= 100:
             raise ValueError(
                 f"pricepipe:quarantineAlarmPercent must be in (0, 100], got {self.quarantine_alarm_percent}"
@@ -131,6 +149,7 @@ class DeployConfig:
 
         stage = str(get("stage") or cls.stage)
         disposable = stage == "dev"
+        provisioned = _flag(get("provisionedConcurrency"), default=cls.provisioned_concurrency)
         return cls(
             stage=stage,
             contract=str(get("contract") or cls.contract),
@@ -153,6 +172,9 @@ class DeployConfig:
             api_waf_rate_per_5_min=int(get("apiWafRatePer5Min") or cls.api_waf_rate_per_5_min),
             alarm_email=get("alarmEmail") or None,
             quarantine_alarm_percent=float(get("quarantineAlarmPercent") or cls.quarantine_alarm_percent),
+            # prod's default, unless the stage chose provisioned concurrency instead
+            snap_start=_flag(get("snapStart"), default=stage == "prod" and not provisioned),
+            provisioned_concurrency=provisioned,
         )
 
 

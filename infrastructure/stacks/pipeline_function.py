@@ -50,6 +50,7 @@ class PipelineFunction(Construct):
         vpc: ec2.IVpc | None = None,
         vpc_subnets: ec2.SubnetSelection | None = None,
         security_groups: Sequence[ec2.ISecurityGroup] = (),
+        snap_start: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         self.spec = spec
@@ -97,6 +98,10 @@ class PipelineFunction(Construct):
             vpc=vpc,
             vpc_subnets=vpc_subnets if vpc is not None else None,
             security_groups=list(security_groups) if vpc is not None else None,
+            # Each published version is initialised once and snapshotted; new execution environments
+            # resume from it ("Improving startup performance with Lambda SnapStart", AWS Lambda Developer
+            # Guide: python3.12 and later; $LATEST is never snapshotted).
+            snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if snap_start else None,
         )
         # Active tracing is set on the L1 because the L2 ``tracing`` prop would add its X-Ray
         # statement to the role's default policy, next to the scoped grants (see module docstring).

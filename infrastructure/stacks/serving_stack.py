@@ -33,6 +33,14 @@ and ``model_registry.deployments`` rows as a model promotion. A rollout (or prom
 one runs is refused, naming the running one (the ``model_registry.promotions`` lock). A deploy while
 a canary bakes moves nothing: versions are immutable, and a promotion step publishing at that moment
 is refused by Lambda's revision check instead of publishing a mix of the two.
+
+**SnapStart** (``pricepipe:snapStart``, on by default in prod): every version published from $LATEST,
+the bootstrap version and each one the promotion flow publishes, is initialised once and snapshotted,
+and new containers resume from that snapshot (``SnapStart: {ApplyOn: PublishedVersions}``; AWS Lambda
+Developer Guide, "Improving startup performance with Lambda SnapStart"). AWS does not combine it with
+provisioned concurrency, which ``pipectl scale-serving`` sets on the live alias: the stage's config
+(:class:`~infrastructure.stacks.config.DeployConfig`) chooses one, and scale-serving refuses while
+SnapStart is on.
 """
 
 from __future__ import annotations
@@ -159,6 +167,10 @@ class ServingStack(Stack):
             ],
             environment=environment,
             log_retention=self.config.log_retention,
+            # The promotion flow publishes a version per model (and per code rollout): with SnapStart each
+            # is initialised once, model loaded, and restored from its snapshot at every cold start after.
+            # What init leaves in the snapshot was checked for uniqueness (functions/api/app.py, "SnapStart").
+            snap_start=self.config.snap_start,
         )
         # An S3 contract is read at every cold start (pricepipe.contract): the role must reach that object.
         contract_access = attach_data_access(

@@ -209,6 +209,38 @@ class ProvisioningFailed(RuntimeError):
     """Provisioned concurrency did not become READY: FAILED (with AWS's reason) or still in progress."""
 
 
+class SnapStartIsOn(RuntimeError):
+    """The serving function uses SnapStart, which AWS Lambda does not combine with provisioned concurrency."""
+
+
+def snap_start_versions(lam: Any, function: str) -> list[str]:
+    """$LATEST and the live alias's versions (its canary's too) that have SnapStart on. $LATEST counts:
+    the next promotion publishes from it and moves the alias there."""
+    alias = lam.get_alias(FunctionName=function, Name=catalog.LIVE_ALIAS)
+    weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
+    on = []
+    for qualifier in ("$LATEST", alias["FunctionVersion"], *sorted(weights)):
+        named = {} if qualifier == "$LATEST" else {"Qualifier": qualifier}
+        configuration = lam.get_function_configuration(FunctionName=function, **named)
+        if (configuration.get("SnapStart") or {}).get("ApplyOn") == "PublishedVersions" and qualifier not in on:
+            on.append(qualifier)
+    return on
+
+
+def refuse_with_snap_start(lam: Any, function: str) -> None:
+    """Provisioned concurrency is refused where SnapStart is on, saying why and what to choose instead."""
+    on = snap_start_versions(lam, function)
+    if on:
+        raise SnapStartIsOn(
+            f"{function} has SnapStart on ({', '.join(on)}): AWS Lambda does not support provisioned concurrency"
+            " on a SnapStart function (AWS Lambda Developer Guide, 'Improving startup performance with Lambda"
+            " SnapStart'). This stage chose SnapStart (cdk context pricepipe:snapStart, on by default in prod);"
+            " to keep containers warm instead, deploy it with -c pricepipe:snapStart=false"
+            " -c pricepipe:provisionedConcurrency=true, then `pipectl rollout` so the live alias serves a"
+            " version without SnapStart, and scale again"
+        )
+
+
 def scale_serving(
     target: Target,
     containers: int,
@@ -217,12 +249,14 @@ def scale_serving(
     sleep: Callable[[float], None] = time.sleep,
     timeout_s: float = PROVISIONING_TIMEOUT_S,
 ) -> dict[str, Any]:
-    """Provisioned concurrency on the live alias (0 removes it), returned once it is READY."""
+    """Provisioned concurrency on the live alias (0 removes it), returned once it is READY; refused
+    (:class:`SnapStartIsOn`) while the function uses SnapStart."""
     lam = target.client("lambda")
     function = target.functions.get(catalog.SERVING_FUNCTION, f"{catalog.PROJECT}-{catalog.SERVING_FUNCTION}")
     if containers == 0:
         lam.delete_provisioned_concurrency_config(FunctionName=function, Qualifier=catalog.LIVE_ALIAS)
         return {"Status": "REMOVED"}
+    refuse_with_snap_start(lam, function)
     lam.put_provisioned_concurrency_config(
         FunctionName=function, Qualifier=catalog.LIVE_ALIAS, ProvisionedConcurrentExecutions=containers
     )
@@ -309,6 +343,6 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
             raise typer.BadParameter("containers must be 0 or more")
         try:
             console.print(scale_serving(resolve_target(target_kind), containers))
-        except ProvisioningFailed as exc:
+        except (ProvisioningFailed, SnapStartIsOn) as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc

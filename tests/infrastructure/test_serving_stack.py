@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aws_cdk import App, Stack
 from aws_cdk import aws_logs as logs
+from aws_cdk.assertions import Template
 
 from infrastructure import catalog
 from infrastructure.stacks import PIPELINE_STACK, SERVING_STACK
@@ -409,3 +410,67 @@ def test_given_a_changed_config_then_throttling_follows_the_context() -> None:
         DeployConfig(api_throttle_rate=0)
     with pytest.raises(ValueError, match="driftSchedule"):
         DeployConfig(drift_schedule="daily")
+
+
+# -- SnapStart or provisioned concurrency: one choice per stage ---------------------------------------
+
+
+def test_given_the_prod_stage_then_the_api_function_snapshots_its_published_versions(
+    serving_resources: Resources, pipeline_resources: Resources
+) -> None:
+    _, function = _api_function(serving_resources)
+    props = function["Properties"]
+    assert props["SnapStart"] == {"ApplyOn": "PublishedVersions"}
+    # what SnapStart requires of the function (AWS Lambda Developer Guide, "Improving startup
+    # performance with Lambda SnapStart"): python3.12 or later, no EFS, at most 512 MB of /tmp
+    assert props["Runtime"] in ("python3.12", "python3.13")
+    assert "FileSystemConfigs" not in props
+    assert props.get("EphemeralStorage", {"Size": 512})["Size"] <= 512
+    # only the API: the batch flows' functions are invoked as $LATEST and gain nothing from a snapshot
+    others = of_type(pipeline_resources, "AWS::Lambda::Function").values()
+    assert not [f for f in others if "SnapStart" in f["Properties"]]
+
+
+def test_given_the_stages_then_snapstart_is_prods_default_and_provisioned_concurrency_turns_it_off() -> None:
+    from infrastructure.stacks import DeployConfig
+
+    def config(**context: str) -> DeployConfig:
+        return DeployConfig.from_context(App(context={f"pricepipe:{k}": v for k, v in context.items()}).node)
+
+    assert config().snap_start and not config().provisioned_concurrency  # prod is the default stage
+    assert not config(stage="dev").snap_start and not config(stage="test").snap_start
+    assert config(stage="dev", snapStart="true").snap_start
+    chosen = config(provisionedConcurrency="true")
+    assert (chosen.snap_start, chosen.provisioned_concurrency) == (False, True)
+
+
+def test_given_snapstart_and_provisioned_concurrency_together_then_the_config_is_refused_saying_why() -> None:
+    from infrastructure.stacks import DeployConfig
+
+    app = App(context={"pricepipe:snapStart": "true", "pricepipe:provisionedConcurrency": "true"})
+    with pytest.raises(ValueError, match=r"cannot both be true: AWS Lambda does not support provisioned concurrency"):
+        DeployConfig.from_context(app.node)
+    with pytest.raises(ValueError, match=r"Choose one for this stage"):
+        DeployConfig(stage="dev", snap_start=True, provisioned_concurrency=True)
+
+
+def test_given_snapstart_off_then_the_function_has_no_snapstart_property() -> None:
+    from aws_cdk import aws_lambda as lambda_
+
+    from infrastructure.stacks.pipeline_function import PipelineFunction
+
+    stack = Stack(App(), "Bare")
+    for construct_id, snap_start in (("Off", False), ("On", True)):
+        PipelineFunction(
+            stack,
+            construct_id,
+            spec=API,
+            code=lambda_.Code.from_inline("def handler(event, context):\n    return None\n"),
+            layers=[],
+            environment={},
+            log_retention=logs.RetentionDays.ONE_DAY,
+            snap_start=snap_start,
+        )
+    functions = Template.from_stack(stack).find_resources("AWS::Lambda::Function")
+    snap = {name.split("Function")[0]: f["Properties"].get("SnapStart") for name, f in functions.items()}
+    assert snap == {"Off": None, "On": {"ApplyOn": "PublishedVersions"}}

@@ -46,3 +46,22 @@ def test_each_contract_lands_and_is_quarantined_in_its_own_folder() -> None:
     assert settings.contract_quarantine_prefix("hotel_rates") == "bad/hotel_rates/"
     with pytest.raises(ValueError, match="without '/'"):
         settings.contract_landing_prefix("ames/../hotel_rates")
+
+
+def test_environment_names_match_in_any_case_and_the_first_alias_set_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("pricepipe_max_batch_rows", "25")  # read as pydantic-settings read it: any case
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("PRICEPIPE_REGION", "eu-central-1")  # the first of the field's variables
+    monkeypatch.setenv("PRICEPIPE_REFIT_FULL_WINDOW", "false")
+    settings = Settings()
+    assert (settings.max_batch_rows, settings.region, settings.refit_full_window) == (25, "eu-central-1", False)
+    assert Settings(max_batch_rows=7, region="ap-south-1").max_batch_rows == 7  # a given value wins
+
+
+def test_a_bad_environment_value_is_refused_naming_its_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PRICEPIPE_MAX_BATCH_ROWS", "many")
+    with pytest.raises(ValidationError, match=r"max_batch_rows\n  Input should be a valid integer"):
+        Settings()
+    monkeypatch.setenv("PRICEPIPE_MAX_BATCH_ROWS", "0")
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        Settings()

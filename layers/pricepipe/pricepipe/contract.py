@@ -11,6 +11,7 @@ it was rejected, in the form ``"<column>: <what is wrong>"`` joined by ``"; "``.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -18,7 +19,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pricepipe.errors import ContractError
@@ -35,6 +35,8 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 RESERVED_COLUMNS = frozenset({"_ingest_id", "_loaded_at", "_load_date", "_reasons", "_source_key"})
 LOAD_DATE_PARTITION = "_load_date"  # the lake's partition key for a contract without an event time
 REASONS_COLUMN = "_reasons"
+
+COMPILED_SUFFIX = ".json"  # a bundled contract compiled at build time, beside its YAML (compile_contract)
 
 _TRUE = ("true", "t", "yes", "y", "1")
 _FALSE = ("false", "f", "no", "n", "0")
@@ -259,10 +261,20 @@ class Contract(BaseModel):
 
 def parse_contract(text: str, source: str = "<string>") -> Contract:
     """Parse a contract's YAML text; every problem is reported with its location."""
+    return contract_from_data(_yaml_data(text, source), source)
+
+
+def _yaml_data(text: str, source: str) -> Any:
+    import yaml  # here, not at import: the serving function reads its contract compiled to JSON
+
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ContractError(f"contract {source} is not valid YAML: {exc}") from exc
+
+
+def contract_from_data(data: Any, source: str) -> Contract:
+    """A contract from its parsed document (YAML's or its compiled JSON's), every problem located."""
     if not isinstance(data, dict):
         raise ContractError(f"contract {source} must be a mapping, got {type(data).__name__}")
     try:
@@ -272,6 +284,20 @@ def parse_contract(text: str, source: str = "<string>") -> Contract:
             f"{'.'.join(str(p) for p in err['loc']) or '<contract>'}: {err['msg']}" for err in exc.errors()
         )
         raise ContractError(f"contract {source} is invalid: {problems}") from exc
+
+
+def compile_contract(text: str, source: str) -> bytes:
+    """A bundled contract's YAML as the JSON document shipped beside it in the package layer
+    (infrastructure/layers.py compiles them at build time): the same data, so the same contract, which
+    :func:`load_contract` reads without importing a YAML parser (the serving function's cold start). It
+    is checked first, so a layer never ships a contract that does not load; data JSON cannot hold (a
+    YAML date) is refused by name."""
+    data = _yaml_data(text, source)
+    contract_from_data(data, source)
+    try:
+        return json.dumps(data, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    except TypeError as exc:
+        raise ContractError(f"contract {source} holds a value JSON cannot: {exc}") from exc
 
 
 def bundled_contracts() -> list[str]:
@@ -294,7 +320,11 @@ def load_contract(ref: str, s3_client: S3Client | None = None) -> Contract:
             raise ContractError(f"contract {ref} could not be read: {exc}") from exc
         return parse_contract(body.decode("utf-8"), ref)
     if "/" not in ref and not ref.endswith((".yaml", ".yml")):
-        resource = resources.files("pricepipe") / "contracts" / f"{ref}.yaml"
+        folder = resources.files("pricepipe") / "contracts"
+        compiled = folder / f"{ref}{COMPILED_SUFFIX}"  # only in a built layer (compile_contract)
+        if compiled.is_file():
+            return contract_from_data(json.loads(compiled.read_bytes()), f"{ref}.yaml (compiled)")
+        resource = folder / f"{ref}.yaml"
         if not resource.is_file():
             raise ContractError(f"no bundled contract named {ref!r}; bundled: {', '.join(bundled_contracts())}")
         return parse_contract(resource.read_text(encoding="utf-8"), f"{ref}.yaml")

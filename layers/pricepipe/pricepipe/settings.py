@@ -2,22 +2,37 @@
 
 The same code runs on AWS, LocalStack and the local cloud: only these values differ. AWS endpoints
 are not settings here; boto3 reads the SDK's standard ``AWS_ENDPOINT_URL*`` variables itself.
+
+The environment is read by :func:`environment_values`, a plain pydantic model's few lines, rather
+than by pydantic-settings: every field is a scalar that pydantic parses from its text, and importing
+pydantic-settings (with python-dotenv and its CLI, cloud and file sources) was ~50 ms of the serving
+function's cold start for reading a dozen variables.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+ENV_PREFIX = "PRICEPIPE_"
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Configuration of every function, job and command, from ``PRICEPIPE_*`` variables."""
 
-    model_config = SettingsConfigDict(env_prefix="PRICEPIPE_", extra="ignore", frozen=True)
+    # by field name only: a field's validation_alias lists the variables it is read from (environment_values)
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, validate_default=True, validate_by_name=True, validate_by_alias=False
+    )
+
+    def __init__(self, **values: Any) -> None:
+        """The environment's values (:func:`environment_values`), those given here winning over them."""
+        super().__init__(**{**environment_values(), **values})
 
     stage: Literal["dev", "test", "prod"] = "dev"
     region: str = Field(
@@ -164,6 +179,23 @@ PREFIXES = (
     "drift_report_prefix",
     "mlflow_artifact_prefix",
 )
+
+
+def environment_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each field's text from the environment, by field name: from ``PRICEPIPE_<FIELD>``, or from the
+    variables its ``validation_alias`` names, the first one set winning; names match whatever their
+    case (as pydantic-settings matched them). Pydantic then parses each text as its field's type."""
+    upper = {name.upper(): value for name, value in (os.environ if environ is None else environ).items()}
+    found: dict[str, str] = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        candidates = alias.choices if isinstance(alias, AliasChoices) else [alias or f"{ENV_PREFIX}{name}"]
+        for candidate in candidates:
+            if isinstance(candidate, str) and candidate.upper() in upper:
+                found[name] = upper[candidate.upper()]
+                break
+    return found
+
 
 # Every field at its default, environment unread: what the stacks deploy the functions with.
 DEFAULTS = Settings.model_construct()

@@ -151,21 +151,32 @@ def find_version(
     return None
 
 
-def _wait_until_updated(lam: LambdaClient, function: str, timeout_s: float) -> dict[str, Any]:
+def _wait_until_updated(
+    lam: LambdaClient, function: str, timeout_s: float, version: str | None = None
+) -> dict[str, Any]:
+    """$LATEST once its last update is applied (``LastUpdateStatus``), or, given ``version``, that
+    published version once it is ``Active``. A version of a SnapStart function stays ``Pending`` while
+    Lambda initialises it and takes its snapshot, and a Pending function is not invoked: invocations fail
+    ("Lambda function states" and "Activating and managing Lambda SnapStart", AWS Lambda Developer Guide),
+    so no alias may route to it before."""
     deadline = time.monotonic() + timeout_s
     delay = 0.25
+    what, field, done = (function, "LastUpdateStatus", "Successful")
+    if version is not None:
+        what, field, done = (f"{function} version {version}", "State", "Active")
     while True:
-        configuration = dict(lam.get_function_configuration(FunctionName=function))
-        status = configuration.get("LastUpdateStatus", "Successful")
-        if status == "Successful":
+        if version is None:
+            configuration = dict(lam.get_function_configuration(FunctionName=function))
+        else:
+            configuration = dict(lam.get_function_configuration(FunctionName=function, Qualifier=version))
+        status = configuration.get(field, done)
+        if status == done:
             return configuration
         if status == "Failed":
-            raise DeploymentError(
-                f"updating {function} failed: {configuration.get('LastUpdateStatusReasonCode')}:"
-                f" {configuration.get('LastUpdateStatusReason')}"
-            )
+            reason = f"{configuration.get(f'{field}ReasonCode')}: {configuration.get(f'{field}Reason')}"
+            raise DeploymentError(f"{'updating ' if version is None else ''}{what} failed: {reason}")
         if time.monotonic() > deadline:
-            raise DeploymentError(f"{function} was still updating after {timeout_s:.0f} s")
+            raise DeploymentError(f"{what} was still {status} after {timeout_s:.0f} s")
         time.sleep(delay)
         delay = min(delay * 2, 2.0)
 
@@ -204,6 +215,8 @@ def publish_function_version(
             f"{function} version {published.get('Version')} does not carry {layer_arn}: $LATEST changed while"
             " it was published; run the promotion again"
         )
+    if published.get("State", "Active") != "Active":  # a SnapStart version: initialised and snapshotted first
+        _wait_until_updated(lam, function, timeout_s, version=str(published["Version"]))
     return _published_version(published, layer_arn)
 
 
@@ -231,7 +244,8 @@ def reusable_version(
 
 
 # What a version freezes of $LATEST besides its layers (GetFunctionConfiguration's fields), and a
-# ``cdk deploy`` may change: the code, and the configuration the function runs with.
+# ``cdk deploy`` may change: the code, and the configuration the function runs with (SnapStart too:
+# same_build compares it, so a rollout after switching it publishes a version that has it or not).
 BUILD_FIELDS = ("CodeSha256", "Handler", "Runtime", "MemorySize", "Timeout", "Environment")
 
 
@@ -241,7 +255,9 @@ def same_build(configuration: dict[str, Any], latest: dict[str, Any], layer_name
 
     def build(of: dict[str, Any]) -> tuple[Any, ...]:
         others = [arn for arn in _layer_arns(of) if layer_name_of(arn) != layer_name]
-        return (*(of.get(name) for name in BUILD_FIELDS), others)
+        # SnapStart's ApplyOn only: OptimizationStatus is "Off" on $LATEST and "On" on its versions
+        snap_start = (of.get("SnapStart") or {}).get("ApplyOn", "None")
+        return (*(of.get(name) for name in BUILD_FIELDS), others, snap_start)
 
     return build(configuration) == build(latest)
 
@@ -264,6 +280,8 @@ def deploy_model(
     if existing is not None:
         layer_arn = model_layer_of(existing, layer_name)
         assert layer_arn is not None  # reusable_version only finds versions carrying a model layer
+        if existing.get("State", "Active") != "Active":  # a retry after a SnapStart publish timed out
+            _wait_until_updated(lam, function, UPDATE_TIMEOUT_S, version=str(existing["Version"]))
         return {**_published_version(existing, layer_arn), "reused": True}
     # new code for a model served before (a code rollout, or a promotion after a deploy): its layer again
     earlier = find_version(lam, function, model_name, version, layer_name)
