@@ -78,7 +78,9 @@ class PredictionResponse(BaseModel):
             ' prices, "log_price"'
         ),
     )
-    intervals: list[tuple[float | None, float | None]] | None = Field(
+    # [low, high] as a two-item array: a tuple's schema (an array of item schemas) is not a valid
+    # OpenAPI 3.1 schema object, which schemathesis refuses (tests/unit/test_openapi_fuzz.py)
+    intervals: list[Annotated[list[float | None], Field(min_length=2, max_length=2)]] | None = Field(
         default=None,
         description=(
             "With interval=<level>: per row, [low, high], an interval that holds the price for about that"
