@@ -1,0 +1,47 @@
+"""Probe: one scoring child (the scoring-score function's work) on one core, in a fresh process.
+
+    python score_child.py EVENT_FILE
+
+The event is a Map item as the state machine hands it over (part, run, model, interval); S3 and
+PostgreSQL come from the environment (AWS_ENDPOINT_URL, PRICEPIPE_DATABASE_URL), as in a function.
+Prints the rows it scored, the seconds the call took (imports, clients and the scorer made first,
+as a warm container has them) and the process's peak resident memory.
+"""
+
+import json
+import os
+import sys
+import time
+
+
+def main() -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core, as the goal states
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import boto3
+    import pyarrow as pa
+
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    from benchmarks.common import peak_rss_mb
+    from pricepipe import db, scoring
+    from pricepipe.contract import load_contract
+    from pricepipe.settings import get_settings
+
+    with open(sys.argv[1]) as handle:
+        event = json.load(handle)
+    settings = get_settings()
+    s3 = boto3.client("s3", region_name=settings.region)
+    contract = load_contract(settings.contract)
+    scorer = scoring.Scorer(contract)
+    with db.connect(db.resolve_dsn(settings), autocommit=True) as conn:
+        began = time.perf_counter()
+        result = scoring.score_part(conn, s3, settings, scorer, event)
+        seconds = time.perf_counter() - began
+    print(
+        json.dumps({"rows": result.rows_in, "scored": result.rows_scored, "seconds": seconds, "peak_mb": peak_rss_mb()})
+    )
+
+
+if __name__ == "__main__":
+    main()
