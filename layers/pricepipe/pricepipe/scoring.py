@@ -294,6 +294,12 @@ class RangeReader(io.RawIOBase):
     def __init__(self, s3: S3Client, ref: ObjectRef) -> None:
         super().__init__()
         self.s3, self.ref, self.position = s3, ref, 0
+        self._held, self._held_at = b"", 0  # bytes fetched ahead (prefetch), served without a request
+
+    def prefetch(self, start: int, end: int) -> None:
+        """Fetch ``[start, end)`` in one request: pyarrow then reads the column chunks in it from memory
+        (otherwise every column chunk of every row group is a GET of its own)."""
+        self._held, self._held_at = self.range(start, end), start
 
     def readable(self) -> bool:
         return True
@@ -310,7 +316,12 @@ class RangeReader(io.RawIOBase):
         return self.position
 
     def readinto(self, buffer: Any) -> int:
-        data = self.range(self.position, min(self.ref.size, self.position + len(buffer)))
+        end = min(self.ref.size, self.position + len(buffer))
+        offset = self.position - self._held_at
+        if offset >= 0 and end - self._held_at <= len(self._held):
+            data = self._held[offset : offset + end - self.position]
+        else:
+            data = self.range(self.position, end)
         buffer[: len(data)] = data
         self.position += len(data)
         return len(data)
@@ -327,6 +338,18 @@ class RangeReader(io.RawIOBase):
         except Exception as exc:
             storage._raise_known(exc, self.ref.bucket, f"reading s3://{self.ref.bucket}/{self.ref.key}")
             raise
+
+
+def _row_groups_span(meta: Any, groups: range) -> tuple[int, int]:
+    """The bytes holding these row groups' column chunks (dictionary pages included)."""
+    start, end = None, 0
+    for group in groups:
+        for index in range(meta.row_group(group).num_columns):
+            chunk = meta.row_group(group).column(index)
+            first = chunk.dictionary_page_offset if chunk.has_dictionary_page else chunk.data_page_offset
+            start = first if start is None else min(start, first)
+            end = max(end, first + chunk.total_compressed_size)
+    return start or 0, end
 
 
 def _csv_header(s3: S3Client, ref: ObjectRef) -> bytes:
@@ -365,8 +388,11 @@ def read_part(s3: S3Client, contract: Contract, part: dict[str, Any]) -> pa.Tabl
 
     ref = ObjectRef.from_dict(part)
     if part["unit"] == "row_groups":
-        file = pq.ParquetFile(RangeReader(s3, ref))
-        return file.read_row_groups(range(part["start"], part["end"]))
+        reader = RangeReader(s3, ref)
+        file = pq.ParquetFile(reader)
+        groups = range(part["start"], part["end"])
+        reader.prefetch(*_row_groups_span(file.metadata, groups))
+        return file.read_row_groups(groups)
     header = _csv_header(s3, ref)
     lines = _csv_lines(s3, ref, part["start"], part["end"], len(header))
     table = read_csv_table(header + lines, contract)

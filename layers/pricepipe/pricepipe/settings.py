@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     # scoring_part_bytes (cut at line ends), a Parquet file by runs of whole row groups of at least
     # scoring_part_rows rows. A run's input may override both.
     scoring_part_bytes: int = Field(default=64 * 2**20, ge=1024)
-    scoring_part_rows: int = Field(default=500_000, ge=1)
+    scoring_part_rows: int = Field(default=250_000, ge=1)
 
     # -- promotion (pricepipe.promotion, infrastructure/statemachines/promotion.asl.json) -----------
     # How a registered version reaches the `live` alias of the serving function. A run's input may
