@@ -389,7 +389,10 @@ def read_part(s3: S3Client, contract: Contract, part: dict[str, Any]) -> pa.Tabl
     ref = ObjectRef.from_dict(part)
     if part["unit"] == "row_groups":
         reader = RangeReader(s3, ref)
-        file = pq.ParquetFile(reader)
+        # text columns stay dictionary-encoded as Parquet writers store them: the checks judge each
+        # distinct value once and the model looks each up once
+        text = [n for n, c in contract.columns.items() if c.type in ("string", "category")]
+        file = pq.ParquetFile(reader, read_dictionary=text)
         groups = range(part["start"], part["end"])
         reader.prefetch(*_row_groups_span(file.metadata, groups))
         return file.read_row_groups(groups)
@@ -579,7 +582,7 @@ def _typed(batch: pa.Table, contract: Contract) -> tuple[dict[str, pa.Array], di
             continue
         values = batch.column(name).combine_chunks()
         wanted = _arrow_type(contract.columns[name].type)
-        if values.type == wanted:
+        if values.type == wanted or _text_dictionary(values.type, wanted):
             columns[name] = values
             continue
         try:
@@ -593,6 +596,17 @@ def _typed(batch: pa.Table, contract: Contract) -> tuple[dict[str, pa.Array], di
 
 
 _FAILED = object()
+
+
+def _text_dictionary(found: pa.DataType, wanted: pa.DataType) -> bool:
+    """Dictionary-encoded text where text is wanted: kept as it is (see :func:`read_part`)."""
+    import pyarrow as pa
+
+    return (
+        pa.types.is_dictionary(found)
+        and pa.types.is_large_string(wanted)
+        and (pa.types.is_string(found.value_type) or pa.types.is_large_string(found.value_type))
+    )
 
 
 def _convert_one(value: Any, wanted: pa.DataType) -> Any:
@@ -673,6 +687,9 @@ def _with_reasons(table: pa.Table, reasons: list[str], offset: int, rows: Any = 
     import pyarrow as pa
 
     positions = np.arange(table.num_rows) if rows is None else np.asarray(rows)
+    for index, field in enumerate(table.schema):  # rows as they came, as plain columns (CSV has no dictionaries)
+        if pa.types.is_dictionary(field.type):
+            table = table.set_column(index, field.name, table.column(index).cast(field.type.value_type))
     table = table.append_column(ROW_COLUMN, pa.array(positions + offset, pa.int64()))
     return table.append_column(REASONS_COLUMN, pa.array(reasons, pa.large_string()))
 
@@ -702,7 +719,7 @@ def _predict(contract: Contract, model: LeanModel, ref: ModelRef, interval: floa
             else pa.nulls(n, _arrow_type(contract.columns[name].type))
         )
         if contract.columns[name].type in ("string", "category", "boolean"):
-            columns[name] = values.dictionary_encode()
+            columns[name] = values if pa.types.is_dictionary(values.type) else values.dictionary_encode()
         else:
             columns[name] = values.to_numpy(zero_copy_only=False)
     if contract.event_time is not None:

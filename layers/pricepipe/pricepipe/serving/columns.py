@@ -14,6 +14,7 @@ models.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from array import array
@@ -249,6 +250,10 @@ def _refused(rule: _Rule, values: Any) -> Any:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    if pa.types.is_dictionary(values.type):  # judged once per distinct value, spread to the rows
+        distinct = _refused(dataclasses.replace(rule, nullable=True), values.dictionary)
+        refused = pc.take(distinct, values.indices)
+        return refused if rule.nullable else pc.or_kleene(refused, values.is_null())
     refused = pa.nulls(len(values), pa.bool_()) if rule.nullable else values.is_null()
     if rule.allowed is not None:
         allowed = pa.array(sorted(v for v in rule.allowed if v is not None), values.type)
