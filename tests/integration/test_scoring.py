@@ -83,6 +83,7 @@ def test_every_row_is_scored_or_rejected_with_its_reasons_across_split_files(
     bucket = settings.landing_bucket
     csv_rows = with_bad_rows(rows(hotel_rates, 5000, 400))
     parquet_rows = rows(hotel_rates, 6000, 300)
+    parquet_rows.loc[5, "meal"] = "room_only"  # refused in a dictionary-encoded Parquet column
     put_csv(s3, bucket, f"{INPUT}a.csv", csv_rows)
     put_parquet(s3, bucket, f"{INPUT}b.parquet", parquet_rows, row_group_size=50)
 
@@ -91,15 +92,14 @@ def test_every_row_is_scored_or_rejected_with_its_reasons_across_split_files(
     assert summary["planned"]["parts"] > 4, "the CSV cut in byte ranges, the Parquet file in row groups"
     country_missing = int(csv_rows["country"].isna().sum() + parquet_rows["country"].isna().sum())
     assert summary["rows_in"] == 700
-    assert summary["rows_rejected"] == 3 + country_missing
+    assert summary["rows_rejected"] == 4 + country_missing
     assert summary["rows_scored"] == 700 - summary["rows_rejected"]
     assert summary["status"] == "succeeded" and summary["parts_failed"] == 0
 
     scored = read_predictions(s3, settings.artifacts_bucket, "exec-1")
     every = pd.concat([csv_rows, parquet_rows], ignore_index=True)
-    bad_ids = {int(csv_rows.loc[i, "booking_id"]) for i in (3, 7, 11)} | set(
-        every.loc[every["country"].isna(), "booking_id"].astype(int)
-    )
+    bad_ids = {int(csv_rows.loc[i, "booking_id"]) for i in (3, 7, 11)} | {int(parquet_rows.loc[5, "booking_id"])}
+    bad_ids |= set(every.loc[every["country"].isna(), "booking_id"].astype(int))
     assert sorted(scored["booking_id"]) == sorted(set(every["booking_id"].astype(int)) - bad_ids), "each row once"
     assert set(scored["model_name"]) == {"price-model"} and set(scored["model_version"]) == {"1"}
     good = parquet_rows[~parquet_rows["booking_id"].isin(bad_ids)]
@@ -115,6 +115,7 @@ def test_every_row_is_scored_or_rejected_with_its_reasons_across_split_files(
     reasons = dict(zip(rejected["booking_id"].astype(int), rejected["_reasons"], strict=True))
     assert "lead_time: Input should be greater than or equal to 0" in reasons[int(csv_rows.loc[3, "booking_id"])]
     assert reasons[int(csv_rows.loc[7, "booking_id"])].startswith("meal: Input should be")
+    assert reasons[int(parquet_rows.loc[5, "booking_id"])].startswith("meal: Input should be")
     assert "adults: Input should be a valid integer" in reasons[int(csv_rows.loc[11, "booking_id"])]
     assert set(reasons) == bad_ids
 
