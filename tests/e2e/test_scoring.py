@@ -85,3 +85,19 @@ def test_a_model_that_does_not_exist_fails_the_run_naming_it(target: Target, cha
 
     assert (execution.status, execution.error) == ("FAILED", "ScoringRefused")
     assert "no version '42'" in (execution.cause or "")
+
+
+def test_pipectl_score_uploads_local_files_and_prints_the_runs_totals(
+    target: Target, champion: None, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pipectl.commands import scoring as command
+
+    hotel_rates().dropna(subset=["country"]).iloc[:300].to_csv(tmp_path / "catalogue.csv", index=False)
+
+    staged = command.stage_input(target, str(tmp_path), "cli")
+    execution = command.run_scoring(target, {"input": staged, "run": "cli", "interval": 0.8})
+
+    assert staged == f"s3://{target.landing_bucket}/scoring/cli/"
+    assert execution.succeeded, execution.cause
+    assert (execution.output["rows_in"], execution.output["rows_scored"]) == (300, 300)
+    assert "scoring run cli" in capsys.readouterr().out
