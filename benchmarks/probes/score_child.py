@@ -4,8 +4,8 @@
 
 The event is a Map item as the state machine hands it over (part, run, model, interval); S3 and
 PostgreSQL come from the environment (AWS_ENDPOINT_URL, PRICEPIPE_DATABASE_URL), as in a function.
-Prints the rows it scored, the seconds the call took (imports, clients and the scorer made first,
-as a warm container has them) and the process's peak resident memory.
+Prints the rows it scored, the seconds the call took (imports, clients, the scorer and its model
+made first, as a warm container has them) and the process's peak resident memory.
 """
 
 import json
@@ -34,6 +34,8 @@ def main() -> None:
     s3 = boto3.client("s3", region_name=settings.region)
     contract = load_contract(settings.contract)
     scorer = scoring.Scorer(contract)
+    # a warm container holds its model (loaded by its first invocation, as the API's at cold start)
+    scorer.model(s3, scoring.ModelRef(**event["model"]), event.get("interval"))
     with db.connect(db.resolve_dsn(settings), autocommit=True) as conn:
         began = time.perf_counter()
         result = scoring.score_part(conn, s3, settings, scorer, event)
