@@ -11,7 +11,8 @@ one Parquet file of 50,000-row row groups under the scoring folder. Then, side b
     three rounds, each round right after one of (b)'s, medians of the rounds;
 (b) one scoring child: the ``scoring-score`` function's work on one part of the run's plan (default
     part size), in a fresh process pinned to one core (``benchmarks/probes/score_child.py``), rows/s
-    over the call, and the process's peak resident memory (a 1 GB Lambda's limit);
+    over the call, and the process's peak resident memory (a 1 GB Lambda's limit); beside it, in the
+    same process, the lean model alone on the same rows' features (the ceiling of (b));
 (c) the whole run: the scoring state machine on the local cloud (its Distributed Map's children in
     the local cloud's Lambda containers, two per function, warmed by a small run first), rows/s from
     start to SUCCEEDED.
@@ -241,6 +242,8 @@ def main() -> None:  # noqa: PLR0915 - the benchmark's measurements in one seque
         "handler_rows_per_s": handler_rate,
         "child_rows_per_s": child_rate,
         "child_seconds": child["seconds"],
+        "model_alone_rows_per_s": child["rows"] / child["model_seconds"],
+        "handler_vs_model_alone": statistics.median(handler_rates) / (child["rows"] / child["model_seconds"]),
         "child_rows_per_s_rounds": [c["rows"] / c["seconds"] for c in children],
         "handler_rows_per_s_rounds": handler_rates,
         "child_peak_mb": child["peak_mb"],
@@ -274,6 +277,13 @@ def main() -> None:  # noqa: PLR0915 - the benchmark's measurements in one seque
                 f"{result['child_vs_handler']:.2f}x (a)",
                 f">= {GOALS['child_vs_handler']}x (a)",
                 "ok" if ok["child_vs_handler"] else "MISSED",
+            ),
+            (
+                "  reference: the lean model alone on (b)'s rows, same process",
+                f"{result['model_alone_rows_per_s']:,.0f}",
+                f"{result['model_alone_rows_per_s'] / handler_rate:.2f}x (a)",
+                "the ceiling of (b)",
+                "",
             ),
             (
                 "(c) whole run on the local cloud, 2 cores",

@@ -706,8 +706,9 @@ def _write_rejected(s3: S3Client, bucket: str, key: str, tables: list[pa.Table])
     return storage.put_bytes(s3, bucket, key, buffer.getvalue(), "text/csv")
 
 
-def _predict(contract: Contract, model: LeanModel, ref: ModelRef, interval: float | None, good: pa.Table) -> pa.Table:
-    """Predictions for validated rows: the key columns, the price, the model, the interval."""
+def model_features(contract: Contract, good: pa.Table) -> dict[str, Any]:
+    """The model's feature columns for validated rows: numbers as numpy arrays, text as Arrow
+    dictionaries (each distinct value looked up once), date parts once per distinct day."""
     import pyarrow as pa
 
     n = good.num_rows
@@ -724,7 +725,15 @@ def _predict(contract: Contract, model: LeanModel, ref: ModelRef, interval: floa
             columns[name] = values.to_numpy(zero_copy_only=False)
     if contract.event_time is not None:
         columns[contract.event_time] = good.column(contract.event_time).combine_chunks()
-    features = feature_columns(columns, contract)
+    return feature_columns(columns, contract)
+
+
+def _predict(contract: Contract, model: LeanModel, ref: ModelRef, interval: float | None, good: pa.Table) -> pa.Table:
+    """Predictions for validated rows: the key columns, the price, the model, the interval."""
+    import pyarrow as pa
+
+    n = good.num_rows
+    features = model_features(contract, good)
     predictions = model.predict_columns(features)
     out: dict[str, Any] = {name: good.column(name) for name in contract.key}
     out["prediction"] = pa.array(predictions, pa.float64())
