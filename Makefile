@@ -71,6 +71,14 @@ bench-drift: $(STAMP)
 bench-serve: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_serve
 
+.PHONY: score bench-score
+score: $(STAMP)
+	@test -n "$(input)" || (echo "usage: make score input=<s3://... | prefix | local files> [version=N|alias] [interval=0.8]" && exit 2)
+	$(BIN)/pipectl score --input $(input) $(if $(version),--version $(version)) $(if $(interval),--interval $(interval)) --target $(TARGET)
+
+bench-score: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_score
+
 .PHONY: bench-intervals
 bench-intervals: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_intervals

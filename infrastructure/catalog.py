@@ -91,6 +91,8 @@ class StateMachineSpec:
     description: str
     substitutions: tuple[str, ...] = field(default=())
     substitution: str | None = None  # its own ARN's placeholder in other ASL files (a flow starting it)
+    # Where its DISTRIBUTED Map's item manifests are (artifacts bucket), if it has one: its role reads them
+    manifest_prefix: str = DEFAULTS.manifest_prefix
 
     @property
     def name(self) -> str:
@@ -373,6 +375,43 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         s3=(MLFLOW_ARTIFACTS,),
         environment=PROMOTION_ENVIRONMENT,
     ),
+    FunctionSpec(
+        key="scoring-plan",
+        folder="scoring",
+        handler="handler.plan",
+        description="Scoring: resolve the model, cut the input files into parts and write the run's manifest",
+        memory_mb=512,
+        timeout_s=300,
+        substitution="ScoringPlanFunctionArn",
+        s3=(
+            Grant("landing", DEFAULTS.scoring_input_prefix, "read"),
+            Grant("artifacts", DEFAULTS.scoring_manifest_prefix, "write"),
+            MLFLOW_ARTIFACTS,
+        ),
+    ),
+    FunctionSpec(
+        key="scoring-score",
+        folder="scoring",
+        handler="handler.score_part",
+        description="Scoring: check one part's rows against the contract, price them, write Parquet predictions",
+        memory_mb=1024,
+        timeout_s=900,
+        substitution="ScoringScoreFunctionArn",
+        s3=(
+            Grant("landing", DEFAULTS.scoring_input_prefix, "read"),
+            Grant("artifacts", DEFAULTS.scores_prefix, "write"),
+            MLFLOW_ARTIFACTS,
+        ),
+    ),
+    FunctionSpec(
+        key="scoring-summarize",
+        folder="scoring",
+        handler="handler.summarize",
+        description="Scoring: a run's totals (rows in, scored, rejected) into monitoring.scoring_runs",
+        memory_mb=256,
+        timeout_s=60,
+        substitution="ScoringSummarizeFunctionArn",
+    ),
 )
 
 
@@ -457,6 +496,13 @@ STATE_MACHINES: tuple[StateMachineSpec, ...] = (
         file="drift.asl.json",
         description="Drift of the newest days against the champion's reference; starts training when over threshold",
         substitutions=("DriftCheckFunctionArn", "TrainingStateMachineArn"),
+    ),
+    StateMachineSpec(
+        key="scoring",
+        file="scoring.asl.json",
+        description="Batch scoring of an S3 prefix of CSV or Parquet files with a registered model",
+        substitutions=("ScoringPlanFunctionArn", "ScoringScoreFunctionArn", "ScoringSummarizeFunctionArn"),
+        manifest_prefix=DEFAULTS.scoring_manifest_prefix,
     ),
 )
 

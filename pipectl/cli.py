@@ -9,6 +9,7 @@ pipectl approve 3 | reject 3         answer a manual promotion
 pipectl rollback                     put the previous champion back on all traffic at once
 pipectl deployments                  what changed for live traffic, when and why
 pipectl predict                      sample predictions through the API
+pipectl score --input s3://…         batch-score files with a registered model (default: the champion)
 pipectl demo                         all of the above, end to end
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from pipectl.commands import data, demo, drift, local, ops, promotion, serving, training
+from pipectl.commands import data, demo, drift, local, ops, promotion, scoring, serving, training
 from pipectl.commands.common import console
 from pipectl.target import DEFAULT_STATE_DIR, Target, TargetUnavailable, resolve
 
@@ -39,6 +40,7 @@ data.register(app, _target)
 training.register(app, _target)
 promotion.register(app, _target)
 serving.register(app, _target)
+scoring.register(app, _target)
 drift.register(app, _target)
 demo.register(app, _target)
 ops.register(app, _target)

@@ -222,6 +222,11 @@ class DataStack(Stack):
                 s3.LifecycleRule(
                     id="expire-etl-manifests", prefix=DEFAULTS.manifest_prefix, expiration=Duration.days(14)
                 ),
+                s3.LifecycleRule(
+                    id="expire-scoring-manifests",
+                    prefix=DEFAULTS.scoring_manifest_prefix,
+                    expiration=Duration.days(14),
+                ),
                 s3.LifecycleRule(id="expire-noncurrent-versions", noncurrent_version_expiration=Duration.days(30)),
             ],
         )

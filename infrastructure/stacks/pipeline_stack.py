@@ -484,7 +484,7 @@ class PipelineStack(Stack):
         # The name is fixed so the role can name the state machine (and its executions) without a
         # reference to the resource that needs the role.
         machine_arn = self.state_machine_arn(spec)
-        manifests = bucket_arn(self, self.data.bucket_names.artifacts, DEFAULTS.manifest_prefix)
+        manifests = bucket_arn(self, self.data.bucket_names.artifacts, spec.manifest_prefix)
         policy.add_statements(
             iam.PolicyStatement(sid="ReadItemManifests", actions=["s3:GetObject"], resources=[manifests]),
             iam.PolicyStatement(sid="StartChildExecutions", actions=["states:StartExecution"], resources=[machine_arn]),
@@ -509,7 +509,7 @@ class PipelineStack(Stack):
             iam.PolicyStatement(sid="RedriveMapRuns", actions=["states:RedriveExecution"], resources=redrivable),
         )
         reason = (
-            f"What the DISTRIBUTED map of {spec.file} needs: the item manifests under {DEFAULTS.manifest_prefix},"
+            f"What the DISTRIBUTED map of {spec.file} needs: the item manifests under {spec.manifest_prefix},"
             " and the "
             "child executions it starts (named by the state machine's fixed name and the map's label)."
         )

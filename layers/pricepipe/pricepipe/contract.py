@@ -350,6 +350,11 @@ class ValidationResult:
 
 
 def read_csv(data: bytes, contract: Contract) -> pd.DataFrame:
+    """:func:`read_csv_table` as a pandas frame (the ETL validates frames)."""
+    return read_csv_table(data, contract).to_pandas(types_mapper=_pandas_type, date_as_object=False)
+
+
+def read_csv_table(data: bytes, contract: Contract) -> pa.Table:
     """Parse CSV bytes for validation: typed columns when every value parses, text otherwise.
 
     The fast path lets Arrow parse each column as its contract type. A file with any unparsable
@@ -391,7 +396,7 @@ def read_csv(data: bytes, contract: Contract) -> pd.DataFrame:
             table = pacsv.read_csv(pa.py_buffer(data), read_options=read, convert_options=text)
         except pa.ArrowInvalid as exc:
             raise ValueError(f"not a readable CSV file: {exc}") from typed_error
-    return table.to_pandas(types_mapper=_pandas_type, date_as_object=False)
+    return table
 
 
 def _read_options(data: bytes, contract: Contract) -> Any:

@@ -613,10 +613,15 @@ class LeanModel:
             found[np.isnan(x)] = f.missing
             slots[:, f.column] = found
         for c in self._categorical:
+            values = _column(columns, c.name)
             try:
-                slots[:, c.column] = np.fromiter(
-                    map(c.codes.__getitem__, _column(columns, c.name)), dtype=np.int32, count=n
-                )
+                if hasattr(values, "dictionary") and hasattr(values, "indices"):
+                    # an Arrow dictionary column (batch scoring): each distinct value looked up once
+                    lut = np.fromiter(map(c.codes.__getitem__, values.dictionary.to_pylist()), dtype=np.int64)
+                    lut = np.append(lut, c.codes.missing)  # a null index is a missing value
+                    slots[:, c.column] = lut.take(values.indices.fill_null(len(lut) - 1).to_numpy())
+                    continue
+                slots[:, c.column] = np.fromiter(map(c.codes.__getitem__, values), dtype=np.int32, count=n)
             except TypeError as exc:
                 raise LeanModelError(f"feature {c.name!r} must hold category values: {exc}") from exc
         return self._predict_slots(slots)

@@ -55,6 +55,11 @@ class Settings(BaseModel):
     manifest_prefix: str = "manifests/etl/"
     training_results_prefix: str = "training/results/"  # the training job's result documents
     drift_report_prefix: str = "drift/reports/"  # drift checks' HTML reports
+    # Batch scoring (pricepipe.scoring): files to score land under scoring_input_prefix of the landing
+    # bucket; predictions and rejected rows go under scores_prefix<run>/ of the artifacts bucket.
+    scoring_input_prefix: str = "scoring/"
+    scoring_manifest_prefix: str = "manifests/scoring/"
+    scores_prefix: str = "scores/"
 
     # Database: a Secrets Manager secret (RDS's JSON, or {"dsn": ...}) wins over a plain URL.
     database_secret_arn: str | None = None
@@ -110,6 +115,13 @@ class Settings(BaseModel):
     # of hotel_rates are ~0.75 MB of JSON, well inside Lambda's 6 MB synchronous payload; DESIGN §5
     # budgets a 1,000-row request (benchmarks/bench_serve measures it).
     max_batch_rows: int = Field(default=1000, ge=1, le=10_000)
+
+    # -- batch scoring (pricepipe.scoring, infrastructure/statemachines/scoring.asl.json) -----------
+    # A file is scored in parts, one Distributed Map child each: a CSV by byte ranges of about
+    # scoring_part_bytes (cut at line ends), a Parquet file by runs of whole row groups of at least
+    # scoring_part_rows rows. A run's input may override both.
+    scoring_part_bytes: int = Field(default=64 * 2**20, ge=1024)
+    scoring_part_rows: int = Field(default=250_000, ge=1)
 
     # -- promotion (pricepipe.promotion, infrastructure/statemachines/promotion.asl.json) -----------
     # How a registered version reaches the `live` alias of the serving function. A run's input may
@@ -178,6 +190,9 @@ PREFIXES = (
     "training_results_prefix",
     "drift_report_prefix",
     "mlflow_artifact_prefix",
+    "scoring_input_prefix",
+    "scoring_manifest_prefix",
+    "scores_prefix",
 )
 
 

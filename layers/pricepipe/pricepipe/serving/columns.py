@@ -14,6 +14,7 @@ models.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 from array import array
@@ -164,6 +165,27 @@ class ColumnCheck:
             return self._parse_dates(values)
         return None
 
+    def violations(self, columns: Mapping[str, Any], rows: int) -> dict[str, np.ndarray]:
+        """The same rules over typed Arrow columns (batch scoring reads columnar files): per input
+        column, a mask of the rows whose value the models would refuse (a null where the column is
+        required, a number out of range or not finite, text too long or not an allowed value); a
+        column left out is all nulls. Only columns with a refused row are in the answer. The values'
+        types are the caller's to have cast (an Arrow column holds one type); pyarrow is imported
+        here only, so the API never loads it."""
+        import pyarrow.compute as pc
+
+        found: dict[str, np.ndarray] = {}
+        for rule in self._rules:
+            values = columns.get(rule.name)
+            if values is None:
+                if not rule.nullable and rows:
+                    found[rule.name] = np.ones(rows, dtype=bool)
+                continue
+            mask = np.asarray(pc.fill_null(_refused(rule, values), False).to_numpy(zero_copy_only=False), dtype=bool)
+            if mask.any():
+                found[rule.name] = mask
+        return found
+
     @staticmethod
     def _numbers(rule: _Rule, values: Sequence[Any]) -> Column | None:
         """A numeric column as a numpy array (what the model reads), its type and range checked."""
@@ -223,6 +245,31 @@ class ColumnCheck:
         return list(map(cache.__getitem__, values))
 
 
+def _refused(rule: _Rule, values: Any) -> Any:
+    """One rule over one Arrow column: true where a value is refused (null: nothing to refuse)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_dictionary(values.type):  # judged once per distinct value, spread to the rows
+        distinct = _refused(dataclasses.replace(rule, nullable=True), values.dictionary)
+        refused = pc.take(distinct, values.indices)
+        return refused if rule.nullable else pc.or_kleene(refused, values.is_null())
+    refused = pa.nulls(len(values), pa.bool_()) if rule.nullable else values.is_null()
+    if rule.allowed is not None:
+        allowed = pa.array(sorted(v for v in rule.allowed if v is not None), values.type)
+        return pc.or_kleene(refused, pc.invert(pc.is_in(values, value_set=allowed)))
+    if rule.kind in ("integer", "float"):
+        if rule.kind == "float":
+            refused = pc.or_kleene(refused, pc.invert(pc.is_finite(values)))
+        if rule.low is not None:
+            refused = pc.or_kleene(refused, pc.less(values, rule.low))
+        if rule.high is not None:
+            refused = pc.or_kleene(refused, pc.greater(values, rule.high))
+    elif rule.kind == "string" and rule.max_length is not None:
+        refused = pc.or_kleene(refused, pc.greater(pc.utf8_length(values), rule.max_length))
+    return refused
+
+
 def _holds_a_bool(numbers: Sequence[Any]) -> bool:
     """Whether values the stdlib array took as numbers (ints, floats, bools) hold a bool. Written as
     JSON, a number has no ``t`` and no ``f`` (digits, ``-``, ``.``, ``e``, ``+``: JSON has no inf or
@@ -245,9 +292,14 @@ def feature_columns(columns: Mapping[str, Column], contract: Contract) -> dict[s
     out: dict[str, Column] = {name: columns[name] for name in contract.passthrough_features}
     if contract.event_time is not None and contract.date_part_columns:
         moments = columns[contract.event_time]
-        days = list(dict.fromkeys(moments))  # distinct, in order of appearance
-        position = {day: i for i, day in enumerate(days)}
-        which = np.fromiter(map(position.__getitem__, moments), dtype=np.intp, count=len(moments))
+        if hasattr(moments, "dictionary_encode"):  # an Arrow column (batch scoring): distinct days in C
+            encoded = moments.dictionary_encode()
+            days = encoded.dictionary.to_pylist()
+            which = encoded.indices.to_numpy(zero_copy_only=False).astype(np.intp, copy=False)
+        else:
+            days = list(dict.fromkeys(moments))  # distinct, in order of appearance
+            position = {day: i for i, day in enumerate(days)}
+            which = np.fromiter(map(position.__getitem__, moments), dtype=np.intp, count=len(moments))
         for part, column in zip(contract.features.event_time_parts, contract.date_part_columns, strict=True):
             compute = DATE_PARTS[part][1]
             out[column] = np.array([compute(_day(day)) for day in days]).take(which)
