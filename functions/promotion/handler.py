@@ -7,14 +7,14 @@ open an MLflow client (its store is the pipeline's database); the others never i
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from pricepipe import promotion, registry
-from pricepipe.db import ConnectionCache, resolve_dsn
+from pricepipe.db import ConnectionCache, DatabaseCredentials
 from pricepipe.observability import logger, metrics
 from pricepipe.settings import get_settings
 
@@ -40,7 +40,8 @@ s3 = boto3.client("s3", region_name=settings.region)
 ssm = boto3.client("ssm", region_name=settings.region)
 sfn = boto3.client("stepfunctions", region_name=settings.region)
 cloudwatch = boto3.client("cloudwatch", region_name=settings.region)
-database = ConnectionCache(lambda: resolve_dsn(settings))
+credentials = DatabaseCredentials(settings)
+database = ConnectionCache(credentials)
 
 
 def connection() -> psycopg.Connection[Any]:
@@ -52,9 +53,13 @@ def connection() -> psycopg.Connection[Any]:
     return conn
 
 
-@cache
+_mlflow = registry.ReconnectingClient(settings, credentials)
+
+
 def mlflow_client() -> MlflowClient:
-    return registry.client_for(registry.tracking_uri(settings, resolve_dsn(settings)))
+    """The container's MLflow client: rebuilt with the secret read again when the database refuses
+    the password it was made with (a rotation since the container started)."""
+    return cast("MlflowClient", _mlflow)
 
 
 @cache
