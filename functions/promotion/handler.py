@@ -130,15 +130,18 @@ def abandon(event: dict[str, Any], context: LambdaContext) -> Abandoned:
 def command(event: dict[str, Any], context: LambdaContext) -> Any:
     """pipectl's operator commands; the database is private, so they run here rather than on a laptop."""
     name = event.get("command")
-    actor = str(event.get("actor") or "unknown")
+    by = promotion.history.actor_of(event, default=("unknown", "unverified"))
+    actor = by[0]
     reason = str(event.get("reason") or "")
     conn = connection()
     if name == "approve":
-        result: Any = promotion.approval.approve(conn, sfn, settings, str(event["model_version"]), actor, reason)
+        result: Any = promotion.approval.approve(conn, sfn, settings, str(event["model_version"]), by, reason)
     elif name == "reject":
-        result = promotion.approval.reject(conn, sfn, settings, str(event["model_version"]), actor, reason)
+        result = promotion.approval.reject(conn, sfn, settings, str(event["model_version"]), by, reason)
     elif name == "rollback":
-        result = promotion.rollback.rollback(conn, lam, s3, ssm, sfn, mlflow_client(), settings, actor, reason)
+        result = promotion.rollback.rollback(
+            conn, lam, s3, ssm, sfn, mlflow_client(), settings, actor, reason, actor_source=by[1]
+        )
     elif name == "history":
         result = promotion.history.history(conn, settings.model_name, int(event.get("limit") or 20))
     elif name == "status":

@@ -79,6 +79,11 @@ class DeployConfig:
     # account already has one managed elsewhere (-c pricepipe:apiGatewayAccountRole=false).
     api_gateway_account_role: bool = True
     alarm_email: str | None = None  # subscribed to the alarm topic when given
+    # A CloudTrail trail of data events (object reads and writes in the artifacts bucket, the state
+    # machines' data events, invokes of the promotion command function): the principal behind each
+    # row of model_registry.deployments, to check it against. On for prod, off for dev and test
+    # (data events are billed per event): -c pricepipe:auditTrail=true|false.
+    audit_trail: bool = True
     quarantine_alarm_percent: float = DEFAULT_QUARANTINE_ALARM_PERCENT
 
     def __post_init__(self) -> None:
@@ -138,6 +143,7 @@ class DeployConfig:
             api_quota_per_day=int(get("apiQuotaPerDay") or cls.api_quota_per_day),
             api_gateway_account_role=_flag(get("apiGatewayAccountRole"), default=cls.api_gateway_account_role),
             alarm_email=get("alarmEmail") or None,
+            audit_trail=_flag(get("auditTrail"), default=stage == "prod"),
             quarantine_alarm_percent=float(get("quarantineAlarmPercent") or cls.quarantine_alarm_percent),
         )
 
