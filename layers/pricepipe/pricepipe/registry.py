@@ -125,8 +125,9 @@ class ReconnectingClient:
         return self._client
 
     def __getattr__(self, name: str) -> Any:
-        if not callable(getattr(self._for(self._credentials.dsn()), name)):
-            return getattr(self._for(self._credentials.dsn()), name)
+        """``MlflowClient``'s method ``name``, through the retry (the pipeline calls only its methods)."""
+        if name.startswith("__"):
+            raise AttributeError(name)
 
         def call(*args: Any, **kwargs: Any) -> Any:
             return self._credentials.call(lambda dsn: getattr(self._for(dsn), name)(*args, **kwargs), f"MLflow {name}")
