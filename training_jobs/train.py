@@ -107,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         contract = load_contract(settings.contract, s3)
         options.check(contract)
-        dsn = db.resolve_dsn(settings)
-        with db.connect(dsn, autocommit=True) as conn:
-            result = run_job(options, contract, settings, conn=conn, s3=s3, uri=registry.tracking_uri(settings, dsn))
+        # the job outlives a rotation of the database password: both its connection and MLflow's go
+        # through one DatabaseCredentials, which reads the secret again when the database refuses it
+        credentials = db.DatabaseCredentials(settings)
+        mlflow = registry.ReconnectingClient(settings, credentials)
+        with credentials.call(lambda dsn: db.connect(dsn, autocommit=True), "the training job's connection") as conn:
+            result = run_job(options, contract, settings, conn=conn, s3=s3, uri=mlflow)
     except (TrainingDataError, ConfigurationError, ContractError) as exc:
         return _fail(s3, args.result_uri, exc, EXIT_BAD_INPUT, logger)
     except Exception as exc:  # noqa: BLE001 - the job reports every failure the same way, then exits non-zero

@@ -14,14 +14,15 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from pricepipe import etl
 from pricepipe.contract import load_contract
-from pricepipe.db import ConnectionCache, resolve_dsn
+from pricepipe.db import ConnectionCache, DatabaseCredentials
 from pricepipe.observability import logger, metrics
 from pricepipe.settings import get_settings
 from pricepipe.storage import ObjectRef
 
 settings = get_settings()
 s3 = boto3.client("s3", region_name=settings.region)
-database = ConnectionCache(lambda: resolve_dsn(settings))
+credentials = DatabaseCredentials(settings)
+database = ConnectionCache(credentials)
 contract = load_contract(settings.contract, s3)
 
 

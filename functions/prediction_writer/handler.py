@@ -14,14 +14,15 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from pricepipe.db import ConnectionCache, resolve_dsn
+from pricepipe.db import ConnectionCache, DatabaseCredentials
 from pricepipe.monitoring import insert_predictions
 from pricepipe.observability import logger, metrics
 from pricepipe.serving.prediction_log import parse_subscription_event
 from pricepipe.settings import get_settings
 
 settings = get_settings()
-database = ConnectionCache(lambda: resolve_dsn(settings))
+credentials = DatabaseCredentials(settings)
+database = ConnectionCache(credentials)
 
 
 @logger.inject_lambda_context

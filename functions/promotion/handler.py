@@ -7,14 +7,14 @@ open an MLflow client (its store is the pipeline's database); the others never i
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from pricepipe import promotion, registry
-from pricepipe.db import ConnectionCache, resolve_dsn
+from pricepipe.db import ConnectionCache, DatabaseCredentials
 from pricepipe.observability import logger, metrics
 from pricepipe.settings import get_settings
 
@@ -40,7 +40,8 @@ s3 = boto3.client("s3", region_name=settings.region)
 ssm = boto3.client("ssm", region_name=settings.region)
 sfn = boto3.client("stepfunctions", region_name=settings.region)
 cloudwatch = boto3.client("cloudwatch", region_name=settings.region)
-database = ConnectionCache(lambda: resolve_dsn(settings))
+credentials = DatabaseCredentials(settings)
+database = ConnectionCache(credentials)
 
 
 def connection() -> psycopg.Connection[Any]:
@@ -52,9 +53,13 @@ def connection() -> psycopg.Connection[Any]:
     return conn
 
 
-@cache
+_mlflow = registry.ReconnectingClient(settings, credentials)
+
+
 def mlflow_client() -> MlflowClient:
-    return registry.client_for(registry.tracking_uri(settings, resolve_dsn(settings)))
+    """The container's MLflow client: rebuilt with the secret read again when the database refuses
+    the password it was made with (a rotation since the container started)."""
+    return cast("MlflowClient", _mlflow)
 
 
 @cache
@@ -125,15 +130,18 @@ def abandon(event: dict[str, Any], context: LambdaContext) -> Abandoned:
 def command(event: dict[str, Any], context: LambdaContext) -> Any:
     """pipectl's operator commands; the database is private, so they run here rather than on a laptop."""
     name = event.get("command")
-    actor = str(event.get("actor") or "unknown")
+    by = promotion.history.actor_of(event, default=("unknown", "unverified"))
+    actor = by[0]
     reason = str(event.get("reason") or "")
     conn = connection()
     if name == "approve":
-        result: Any = promotion.approval.approve(conn, sfn, settings, str(event["model_version"]), actor, reason)
+        result: Any = promotion.approval.approve(conn, sfn, settings, str(event["model_version"]), by, reason)
     elif name == "reject":
-        result = promotion.approval.reject(conn, sfn, settings, str(event["model_version"]), actor, reason)
+        result = promotion.approval.reject(conn, sfn, settings, str(event["model_version"]), by, reason)
     elif name == "rollback":
-        result = promotion.rollback.rollback(conn, lam, s3, ssm, sfn, mlflow_client(), settings, actor, reason)
+        result = promotion.rollback.rollback(
+            conn, lam, s3, ssm, sfn, mlflow_client(), settings, actor, reason, actor_source=by[1]
+        )
     elif name == "history":
         result = promotion.history.history(conn, settings.model_name, int(event.get("limit") or 20))
     elif name == "status":

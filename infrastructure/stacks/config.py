@@ -96,6 +96,11 @@ class DeployConfig:
     api_waf: bool = True
     api_waf_rate_per_5_min: int = DEFAULT_WAF_RATE_PER_5_MIN
     alarm_email: str | None = None  # subscribed to the alarm topic when given
+    # A CloudTrail trail of data events (object reads and writes in the artifacts bucket, the state
+    # machines' data events, invokes of the promotion command function): the principal behind each
+    # row of model_registry.deployments, to check it against. On for prod, off for dev and test
+    # (data events are billed per event): -c pricepipe:auditTrail=true|false.
+    audit_trail: bool = True
     quarantine_alarm_percent: float = DEFAULT_QUARANTINE_ALARM_PERCENT
     # How the API function's cold starts are paid for, one choice per stage (README "Cold starts"):
     # SnapStart (every published version snapshots its initialised app; on by default in prod), or
@@ -171,6 +176,7 @@ class DeployConfig:
             api_waf=_flag(get("apiWaf"), default=stage == "prod"),
             api_waf_rate_per_5_min=int(get("apiWafRatePer5Min") or cls.api_waf_rate_per_5_min),
             alarm_email=get("alarmEmail") or None,
+            audit_trail=_flag(get("auditTrail"), default=stage == "prod"),
             quarantine_alarm_percent=float(get("quarantineAlarmPercent") or cls.quarantine_alarm_percent),
             # prod's default, unless the stage chose provisioned concurrency instead
             snap_start=_flag(get("snapStart"), default=stage == "prod" and not provisioned),

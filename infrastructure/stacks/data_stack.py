@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aws_cdk import Aws, CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Aws, CfnOutput, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_cloudtrail as cloudtrail
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
@@ -18,7 +19,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from infrastructure import nag
+from infrastructure import catalog, nag
 from infrastructure.catalog import PROJECT
 from infrastructure.stacks.bastion import DatabaseBastion
 from infrastructure.stacks.config import DeployConfig
@@ -49,13 +50,20 @@ class BucketNames:
     lake: str
     artifacts: str
     access_logs: str
+    audit: str
 
     @classmethod
     def for_stage(cls, stage: str) -> BucketNames:
         def name(purpose: str) -> str:
             return f"{PROJECT}-{stage}-{purpose}-{Aws.ACCOUNT_ID}-{Aws.REGION}"
 
-        return cls(landing=name("landing"), lake=name("lake"), artifacts=name("artifacts"), access_logs=name("logs"))
+        return cls(
+            landing=name("landing"),
+            lake=name("lake"),
+            artifacts=name("artifacts"),
+            access_logs=name("logs"),
+            audit=name("audit"),
+        )
 
 
 class DataStack(Stack):
@@ -69,6 +77,8 @@ class DataStack(Stack):
         self._network()
         self._buckets()
         self._database()
+        if config.audit_trail:
+            self._audit_trail()
         CfnOutput(self, "LandingBucketName", value=self.landing_bucket.bucket_name)
         CfnOutput(self, "LakeBucketName", value=self.lake_bucket.bucket_name)
         CfnOutput(self, "ArtifactsBucketName", value=self.artifacts_bucket.bucket_name)
@@ -263,6 +273,74 @@ class DataStack(Stack):
             # Data outlives the stack; a retained bucket can be re-imported or emptied by hand.
             removal_policy=RemovalPolicy.RETAIN,
         )
+
+    # -- audit trail -------------------------------------------------------------------------------
+
+    def _audit_trail(self) -> None:
+        """Data events of what the audit trail in ``model_registry.deployments`` names: the artifacts
+        bucket's objects (models, serving artifacts), the state machines, and invokes of the promotion
+        command function (``pipectl approve | reject | rollback``): CloudTrail records the principal
+        that really made each call, which a row's self-reported actor can be checked against.
+
+        Advanced event selectors, since basic ones cover only S3, Lambda and DynamoDB
+        (https://docs.aws.amazon.com/awscloudtrail/latest/APIReference/API_DataResource.html) and a
+        trail takes one kind or the other. No management events: every account records those in its
+        event history, and a second trail's copy of them is billed. The machines and the function by
+        their fixed names, so this stack needs no reference to the pipeline stack.
+        """
+        bucket = self._bucket(
+            "AuditTrail",
+            self.bucket_names.audit,
+            lifecycle_rules=[s3.LifecycleRule(id="expire-audit-trail", expiration=Duration.days(400))],
+        )
+        trail = cloudtrail.Trail(
+            self,
+            "Trail",
+            bucket=bucket,
+            is_multi_region_trail=False,
+            include_global_service_events=False,
+            enable_file_validation=True,
+        )
+        machines = [
+            self.format_arn(
+                service="states",
+                resource="stateMachine",
+                resource_name=m.name,
+                arn_format=ArnFormat.COLON_RESOURCE_NAME,
+            )
+            for m in catalog.STATE_MACHINES
+        ]
+        command = self.format_arn(
+            service="lambda",
+            resource="function",
+            resource_name=catalog.function("promotion-command").name,
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+
+        def selector(name: str, resource_type: str, operator: str, values: list[str]) -> dict[str, Any]:
+            return {
+                "Name": name,
+                "FieldSelectors": [
+                    {"Field": "eventCategory", "Equals": ["Data"]},
+                    {"Field": "resources.type", "Equals": [resource_type]},
+                    {"Field": "resources.ARN", operator: values},
+                ],
+            }
+
+        cfn = trail.node.default_child
+        assert isinstance(cfn, cloudtrail.CfnTrail)
+        cfn.add_property_deletion_override("EventSelectors")  # the L2 writes an empty list; none may be set
+        cfn.add_property_override(
+            "AdvancedEventSelectors",
+            [
+                selector(
+                    "artifacts objects", "AWS::S3::Object", "StartsWith", [f"{self.artifacts_bucket.bucket_arn}/"]
+                ),
+                selector("state machines", "AWS::StepFunctions::StateMachine", "Equals", machines),
+                selector("promotion commands", "AWS::Lambda::Function", "Equals", [command]),
+            ],
+        )
+        CfnOutput(self, "AuditTrailArn", value=trail.trail_arn)
 
     # -- database ----------------------------------------------------------------------------------
 

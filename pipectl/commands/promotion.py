@@ -44,7 +44,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
     ) -> None:
         """Start the promotion state machine for a registered version and follow it."""
         target = resolve_target(target_kind)
-        request: dict[str, Any] = {"model_version": model_version, "reason": reason, "actor": _actor(target)}
+        request: dict[str, Any] = {"model_version": model_version, "reason": reason, **_actor(target)}
         _start_and_follow(target, request, strategy=strategy, canary_percent=canary_percent, bake_seconds=bake_seconds)
 
     @app.command()
@@ -59,7 +59,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
     ) -> None:
         """After a deploy: the serving function's new code with the champion's model, through the promotion flow."""
         target = resolve_target(target_kind)
-        request: dict[str, Any] = {"kind": "code", "reason": reason, "actor": _actor(target)}
+        request: dict[str, Any] = {"kind": "code", "reason": reason, **_actor(target)}
         _start_and_follow(target, request, strategy=strategy, canary_percent=canary_percent, bake_seconds=bake_seconds)
 
     @app.command()
@@ -87,9 +87,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
     ) -> None:
         """Put the previous champion back on all live traffic at once (blue-green's way back)."""
         target = resolve_target(target_kind)
-        answer = _run_command(
-            target, {"command": "rollback", "actor": _actor(target), "reason": reason or "pipectl rollback"}
-        )
+        answer = _run_command(target, {"command": "rollback", **_actor(target), "reason": reason or "pipectl rollback"})
         console.print(
             f"[green]rolled back: version {answer['champion']} serves all traffic again (function version"
             f" {answer['function_version']}); version {answer['rolled_back']} is marked rejected[/green]"
@@ -123,12 +121,20 @@ def _start_and_follow(target: Target, request: dict[str, Any], **options: Any) -
         raise typer.Exit(1)
 
 
-def _actor(target: Target) -> str:
-    """Who runs a command, for the deployment history: the AWS identity, or the local user."""
-    if target.kind == "aws":
-        with contextlib.suppress(Exception):  # no STS access: the history then names the OS user
-            return str(target.client("sts").get_caller_identity()["Arn"])
-    return f"{getpass.getuser()} (pipectl)"
+def _actor(target: Target) -> dict[str, str]:
+    """Who runs a command, for the deployment history (``actor`` and ``actor_source``, migration 0006):
+    on AWS the caller's IAM principal as STS GetCallerIdentity names it (a call every identity may make),
+    on the local cloud the operating-system user."""
+    if target.kind != "aws":
+        return {"actor": f"{getpass.getuser()} (pipectl)", "actor_source": "local-user"}
+    try:
+        arn = str(target.client("sts").get_caller_identity()["Arn"])
+    except Exception as exc:
+        console.print(
+            f"[red]could not tell who you are (sts:GetCallerIdentity: {exc}): the deployment history records it[/red]"
+        )
+        raise typer.Exit(1) from exc
+    return {"actor": arn, "actor_source": "iam"}
 
 
 def _command(target: Target, payload: dict[str, Any]) -> Any:
@@ -146,7 +152,7 @@ def _command(target: Target, payload: dict[str, Any]) -> Any:
 def _answer_approval(target: Target, command: str, model_version: str, reason: str) -> None:
     """``approve`` or ``reject`` a version's pending manual approval, then follow its promotion."""
     answer = _run_command(
-        target, {"command": command, "model_version": model_version, "actor": _actor(target), "reason": reason}
+        target, {"command": command, "model_version": model_version, **_actor(target), "reason": reason}
     )
     arn = answer["execution_arn"]
     done = (
@@ -168,7 +174,7 @@ def _run_command(target: Target, payload: dict[str, Any]) -> Any:
 
 def _print_deployments(rows: list[dict[str, Any]], title: str) -> None:
     table = Table(title=title)
-    for column in ("when (UTC)", "version", "action", "strategy", "traffic", "fn", "actor", "reason"):
+    for column in ("when (UTC)", "version", "action", "strategy", "traffic", "fn", "who", "reason"):
         table.add_column(column, overflow="fold")
     for row in rows:
         traffic = row.get("traffic_percent")
@@ -179,7 +185,7 @@ def _print_deployments(rows: list[dict[str, Any]], title: str) -> None:
             row.get("strategy") or "",
             "" if traffic is None else f"{traffic:g}%",
             str(row.get("function_version") or ""),
-            row.get("actor") or "",
+            f"{row.get('actor') or ''} ({row.get('actor_source') or 'unverified'})",
             row.get("reason") or "",
         )
     console.print(table)

@@ -471,7 +471,14 @@ def test_manual_approve_promotes(target: Target, versions: dict[str, str]) -> No
     assert mlflow_aliases(target)["challenger"] == versions["good"]
     # WHEN someone approves it
     _command(
-        target, {"command": "approve", "model_version": versions["good"], "actor": "alice", "reason": "looks right"}
+        target,
+        {
+            "command": "approve",
+            "model_version": versions["good"],
+            "actor": "arn:aws:iam::000000000000:user/alice",
+            "actor_source": "iam",
+            "reason": "looks right",
+        },
     )
     execution = flows.wait(target, arn, timeout_s=60)
     # THEN it serves all traffic as champion, and the history names the approver
@@ -479,8 +486,11 @@ def test_manual_approve_promotes(target: Target, versions: dict[str, str]) -> No
     assert served_model(target, alias(target)["function_version"]) == versions["good"]
     assert mlflow_aliases(target)["champion"] == versions["good"]
     history = deployments(target, arn)
-    assert [r["action"] for r in history] == ["deployed", "approval-requested", "promoted"]
-    assert history[-1]["actor"] == "alice" and "looks right" in history[-1]["reason"]
+    assert [r["action"] for r in history] == ["deployed", "approval-requested", "approval-granted", "promoted"]
+    alice = ("arn:aws:iam::000000000000:user/alice", "iam")
+    assert [(r["actor"], r["actor_source"]) for r in history[-2:]] == [alice, alice]
+    assert "looks right" in history[-1]["reason"]
+    assert history[1]["actor_source"] == "pipeline"  # asked for by the flow, started without an actor
 
 
 def test_manual_reject_leaves_traffic_unchanged(target: Target, versions: dict[str, str]) -> None:
@@ -497,8 +507,10 @@ def test_manual_reject_leaves_traffic_unchanged(target: Target, versions: dict[s
     assert mlflow_aliases(target) == registered
     assert stage(target, versions["spare"]) == "rejected"
     history = deployments(target, arn)
-    assert [r["action"] for r in history] == ["deployed", "approval-requested", "rejected"]
+    assert [r["action"] for r in history] == ["deployed", "approval-requested", "approval-refused", "rejected"]
     assert history[-1]["actor"] == "bob" and history[-1]["reason"] == "rejected by bob: too soon"
+    assert history[-2]["reason"] == history[-1]["reason"]
+    assert {r["actor_source"] for r in history[-2:]} == {"unverified"}  # an actor named without a source
 
 
 def test_approving_a_version_without_a_pending_approval_says_so(target: Target) -> None:

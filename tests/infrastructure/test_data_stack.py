@@ -16,7 +16,7 @@ from infrastructure.stacks.data_stack import DataStack
 
 pytestmark = pytest.mark.infra
 
-BUCKETS = 4  # landing, lake, artifacts, server access logs
+BUCKETS = 5  # landing, lake, artifacts, server access logs, audit trail (prod)
 
 
 def _of_type(resources: dict[str, dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -435,3 +435,46 @@ def test_given_the_bastion_then_the_stack_outputs_the_tunnel_command(bastion_sta
     command = json.dumps(outputs["DatabaseTunnelCommand"]["Value"])
     assert "AWS-StartPortForwardingSessionToRemoteHost" in command
     assert "Endpoint.Address" in command
+
+
+def _trail_selectors(resources: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    (trail,) = _of_type(resources, "AWS::CloudTrail::Trail").values()
+    props = trail["Properties"]
+    assert "EventSelectors" not in props and props["EnableLogFileValidation"] is True
+    return {s["Name"]: s["FieldSelectors"] for s in props["AdvancedEventSelectors"]}
+
+
+def test_given_prod_then_a_trail_records_data_events_of_the_artifacts_the_machines_and_promotion_commands(
+    data_template: Template,
+) -> None:
+    selectors = _trail_selectors(data_template.to_json()["Resources"])
+    types = {
+        name: next(f["Equals"][0] for f in fields if f["Field"] == "resources.type")
+        for name, fields in selectors.items()
+    }
+    assert types == {
+        "artifacts objects": "AWS::S3::Object",
+        "state machines": "AWS::StepFunctions::StateMachine",
+        "promotion commands": "AWS::Lambda::Function",
+    }
+    machines = next(f["Equals"] for f in selectors["state machines"] if f["Field"] == "resources.ARN")
+    assert len(machines) == 4 and all("stateMachine:pricepipe-" in json.dumps(arn) for arn in machines)
+    assert all({"Field": "eventCategory", "Equals": ["Data"]} in fields for fields in selectors.values())
+
+
+@pytest.mark.parametrize(
+    ("context", "expected"),
+    [({}, True), ({"pricepipe:stage": "dev"}, False), ({"pricepipe:auditTrail": "false"}, False)],
+    ids=["prod", "dev", "turned-off"],
+)
+def test_given_the_stage_or_the_option_then_the_audit_trail_follows(context: dict[str, str], expected: bool) -> None:
+    app = App(context={**project_context(), **context})
+    assert DeployConfig.from_context(app.node).audit_trail is expected
+
+
+def test_given_the_audit_trail_on_a_dev_stack_then_it_still_passes_cdk_nag() -> None:
+    app = App(context={**project_context(), "pricepipe:stage": "dev", "pricepipe:auditTrail": "true"})
+    stack = DataStack(app, "DevAudited", config=DeployConfig.from_context(app.node))
+    assert len(_trail_selectors(Template.from_stack(stack).to_json()["Resources"])) == 3
+    report = AwsSolutionsChecks().validate_scope(app)
+    assert [v.rule_name for v in report.violations] == []

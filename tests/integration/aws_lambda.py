@@ -3,10 +3,15 @@ and of the promotion steps below the local cloud."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import io
 import json
+import uuid
 import zipfile
 from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import boto3
@@ -14,6 +19,7 @@ import pytest
 from moto import mock_aws
 
 from pricepipe.promotion import deployer
+from pricepipe.settings import get_settings
 
 REGION = "us-east-1"
 FUNCTION = "pricepipe-api"
@@ -75,3 +81,19 @@ def serving_version(lam: Any, model_name: str, version: str) -> str:
         description=deployer.describe(model_name, version),
     )
     return published["function_version"]
+
+
+@contextlib.contextmanager
+def fresh_handler(path: Path) -> Iterator[ModuleType]:
+    """A function's handler module as a fresh container imports it (settings read from the environment
+    now), its database connection closed after."""
+    get_settings.cache_clear()
+    spec = importlib.util.spec_from_file_location(f"{path.parent.name}_{uuid.uuid4().hex}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    try:
+        yield module
+    finally:
+        module.database.close()
+        get_settings.cache_clear()

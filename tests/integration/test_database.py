@@ -8,6 +8,7 @@ import pytest
 from pricepipe import db
 from pricepipe.contract import Contract, parse_contract
 from pricepipe.errors import ConfigurationError, ContractError
+from pricepipe.settings import Settings
 
 RAW_COLUMNS = (
     "SELECT column_name FROM information_schema.columns WHERE table_schema = 'price_data' AND table_name = 'raw_data'"
@@ -97,7 +98,7 @@ def test_dsn_from_an_rds_secret_requires_tls_and_names_missing_fields() -> None:
 
 def test_a_cached_connection_commits_writes_after_a_plain_read(database_url: str) -> None:
     """A Lambda container's connection: a SELECT first must not turn the next write into a savepoint."""
-    cache = db.ConnectionCache(lambda: database_url)
+    cache = db.ConnectionCache(db.DatabaseCredentials(Settings(database_url=database_url)))
     conn = cache.get()
     conn.execute("SELECT 1").fetchone()
     with conn.transaction():

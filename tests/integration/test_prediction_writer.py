@@ -10,10 +10,8 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import gzip
-import importlib.util
 import io
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +24,7 @@ import pytest
 from infrastructure import catalog
 from pricepipe.observability import logger
 from pricepipe.serving.prediction_log import LineWriter, emit, log_lines, log_serializer
-from pricepipe.settings import get_settings
+from tests.integration.aws_lambda import fresh_handler
 
 HANDLER = Path(__file__).resolve().parents[2] / "functions" / "prediction_writer" / "handler.py"
 PREDICTED_AT_MS = 1_785_000_000_000
@@ -56,14 +54,8 @@ def writer(database_url: str, monkeypatch: pytest.MonkeyPatch, captured_log: io.
     """The writer function as a fresh container imports it, pointed at this test's database."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     monkeypatch.delenv("PRICEPIPE_DATABASE_SECRET_ARN", raising=False)
-    get_settings.cache_clear()
-    spec = importlib.util.spec_from_file_location(f"prediction_writer_{uuid.uuid4().hex}", HANDLER)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
-    module.database.close()
-    get_settings.cache_clear()
+    with fresh_handler(HANDLER) as module:
+        yield module
 
 
 def api_lines(request_id: str, keys: list[str], model_version: str = "7") -> list[str]:

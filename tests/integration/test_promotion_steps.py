@@ -18,6 +18,7 @@ from pricepipe.settings import Settings
 from tests.integration.aws_lambda import ALIAS, FUNCTION, MODEL_LAYER, REGION, _zip, serving_version
 
 MODEL = "price-model"
+BY: dict[str, Any] = {"actor": "t", "actor_source": "pipeline"}  # who a row says acted, and how that is known
 EXECUTION = "arn:aws:states:us-east-1:123456789012:execution:pricepipe-promotion:run-1"
 
 
@@ -58,6 +59,7 @@ def _plan(alias_before: deployer.AliasState, version: str = "2", **changes: Any)
         "reason": "test",
         "note": "",
         "actor": "pipeline",
+        "actor_source": "pipeline",
         "canary_percent": 10.0,
         "bake_seconds": 1,
         "approval_timeout_s": 60,
@@ -90,7 +92,13 @@ def test_promotions_errors_are_the_packages_own(error: type[Exception]) -> None:
 def test_the_history_lists_deployments_newest_first_with_their_traffic_share(conn: psycopg.Connection[Any]) -> None:
     for action, percent in (("deployed", 0), ("canary-started", 10), ("promoted", 100)):
         history.record(
-            conn, model_name=MODEL, version="2", action=action, reason=action, actor="t", traffic_percent=percent
+            conn,
+            model_name=MODEL,
+            version="2",
+            action=action,
+            reason=action,
+            **BY,
+            traffic_percent=percent,
         )
     rows = history.history(conn, MODEL)
     assert [(r["action"], r["traffic_percent"]) for r in rows] == [
@@ -102,7 +110,13 @@ def test_the_history_lists_deployments_newest_first_with_their_traffic_share(con
 
 def test_a_deployment_detail_postgresql_cannot_store_is_recorded_as_null(conn: psycopg.Connection[Any]) -> None:
     row_id = history.record(
-        conn, model_name=MODEL, version="2", action="failed", reason="r", actor="t", details={"psi": math.nan}
+        conn,
+        model_name=MODEL,
+        version="2",
+        action="failed",
+        reason="r",
+        **BY,
+        details={"psi": math.nan},
     )
     details = conn.execute("SELECT details FROM model_registry.deployments WHERE id = %s", (row_id,)).fetchone()
     assert details is not None and details[0] == {"psi": None}
@@ -123,10 +137,18 @@ def test_the_function_version_a_model_was_promoted_on_is_the_latest_recorded(con
             version="2",
             action="promoted",
             reason="r",
-            actor="t",
+            **BY,
             function_version=function_version,
         )
-    history.record(conn, model_name=MODEL, version="2", action="deployed", reason="r", actor="t", function_version="9")
+    history.record(
+        conn,
+        model_name=MODEL,
+        version="2",
+        action="deployed",
+        reason="r",
+        **BY,
+        function_version="9",
+    )
     assert history.last_promoted_function_version(conn, MODEL, "2") == "7"
     assert history.last_promoted_function_version(conn, MODEL, "3") is None
 

@@ -3,17 +3,25 @@
 The DSN comes from a Secrets Manager secret when one is configured (RDS's generated secret, or
 ``{"dsn": ...}`` as the local cloud stores it), else from ``DATABASE_URL``, so Lambda functions
 take the same path everywhere.
+
+Rotation. The secret is read once per process (:class:`DatabaseCredentials`) and read again when the
+database refuses it: Secrets Manager rotates it under running functions (every 30 days, data_stack.py),
+and a warm container's copy is then stale. Every cached connection (:class:`ConnectionCache`), the
+MLflow client (:class:`pricepipe.registry.ReconnectingClient`) and the training job go through
+:meth:`DatabaseCredentials.call`: one re-read and one retry on an authentication failure, nothing else.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+import re
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -29,6 +37,7 @@ if TYPE_CHECKING:
 
 MIGRATION_LOCK = 7_401_001  # pg_advisory lock id held while migrating
 DATASET_TABLES = ("raw_data", "processed_features")
+T = TypeVar("T")
 
 
 def resolve_dsn(settings: Settings, secrets_client: Any | None = None) -> str:
@@ -39,7 +48,11 @@ def resolve_dsn(settings: Settings, secrets_client: Any | None = None) -> str:
 
             secrets_client = boto3.client("secretsmanager", region_name=settings.region)
         try:
-            raw = secrets_client.get_secret_value(SecretId=settings.database_secret_arn)["SecretString"]
+            # AWSCURRENT is GetSecretValue's default on AWS; named because moto 5.2 keeps answering with
+            # the first version after a rotation moves the label (update_secret_version_stage)
+            raw = secrets_client.get_secret_value(SecretId=settings.database_secret_arn, VersionStage="AWSCURRENT")[
+                "SecretString"
+            ]
         except Exception as exc:
             raise TransientError(f"could not read database secret {settings.database_secret_arn}: {exc}") from exc
         return dsn_from_secret(json.loads(raw))
@@ -74,25 +87,139 @@ def connect(dsn: str, **kwargs: Any) -> psycopg.Connection[Any]:
         raise TransientError(f"could not connect to the database: {exc}") from exc
 
 
-class ConnectionCache:
-    """One connection per process, reopened when it breaks (a Lambda container keeps it warm)."""
+# -- credentials that rotate ------------------------------------------------------------------------
 
-    def __init__(self, dsn_factory: Any) -> None:
-        self._dsn_factory = dsn_factory
+# PostgreSQL's class 28, "Invalid Authorization Specification": 28000 (no such role, a role that may
+# not log in, no pg_hba.conf entry) and 28P01 (wrong password). Errors met while connecting carry no
+# SQLSTATE in psycopg (libpq hands over only the message text of the server's FATAL report), so those
+# are recognised by the server's own wording (src/backend/libpq/auth.c, utils/init/miscinit.c) and
+# libpq's when the server asks for a password none was given.
+AUTH_SQLSTATES = frozenset({"28000", "28P01"})
+_AUTH_MESSAGES = re.compile(
+    r"authentication failed for user|is not permitted to log in|no pg_hba\.conf entry|pg_hba\.conf rejects"
+    r"|fe_sendauth: no password supplied|FATAL:\s+role \"[^\"]*\" does not exist"
+)
+
+
+def is_auth_failure(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is, or was caused by, the database refusing the credentials: psycopg's error,
+    or the same wrapped by SQLAlchemy (``.orig``), MLflow (``raise ... from``) or :func:`connect`."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, psycopg.Error):
+            if exc.sqlstate in AUTH_SQLSTATES:
+                return True
+            if exc.sqlstate is None and isinstance(exc, psycopg.OperationalError) and _AUTH_MESSAGES.search(str(exc)):
+                return True
+        orig = getattr(exc, "orig", None)
+        exc = orig if isinstance(orig, BaseException) else exc.__cause__
+    return False
+
+
+class DatabaseCredentials:
+    """The DSN of the settings' database, read once per process and again when the database refuses it.
+
+    Secrets Manager's rotation (https://docs.aws.amazon.com/secretsmanager/latest/userguide/rotate-secrets_how.html)
+    stores the new password as the ``AWSPENDING`` version, sets it on the database, tests it, then
+    moves ``AWSCURRENT`` to it (the old version becomes ``AWSPREVIOUS``). Open sessions keep working;
+    a new connection with a copy read before the rotation is refused. Reading ``AWSCURRENT`` again
+    then gives the password the database has. With the single-user strategy this stack uses
+    (rotation-strategy.html, "Single user"), between the database's change and the label's move the
+    database accepts only the pending password, for the seconds the rotation function takes: the
+    second refusal is a :class:`TransientError`, which the state machines retry with backoff.
+    """
+
+    def __init__(self, settings: Settings, secrets_client: Any | None = None) -> None:
+        self._settings = settings
+        self._secrets = secrets_client
+        self._dsn: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def secret_arn(self) -> str | None:
+        return self._settings.database_secret_arn
+
+    def dsn(self) -> str:
+        with self._lock:
+            if self._dsn is None:
+                self._dsn = resolve_dsn(self._settings, self._secrets)
+            return self._dsn
+
+    def refresh(self) -> str:
+        """Forget the copy and read the secret again."""
+        with self._lock:
+            self._dsn = None
+        return self.dsn()
+
+    def call(self, use: Callable[[str], T], what: str) -> T:
+        """``use(dsn)``; when the database refuses the credentials, once more with the secret read again.
+
+        Any other error propagates as it is, and so does a refusal when no secret is configured
+        (``DATABASE_URL`` cannot change under a running process). A second refusal raises
+        :class:`TransientError` saying so.
+        """
+        try:
+            return use(self.dsn())
+        except Exception as exc:
+            if not (self.secret_arn and is_auth_failure(exc)):
+                raise
+        try:
+            return use(self.refresh())
+        except Exception as exc:
+            if not is_auth_failure(exc):
+                raise
+            raise TransientError(
+                f"the database refused the credentials of secret {self.secret_arn} ({what}), again after reading"
+                " its AWSCURRENT version anew: a rotation between setting the new password and moving AWSCURRENT"
+                " clears within seconds (retry); otherwise the secret and the database's password disagree"
+                f" (see the rotation function's log): {_first_line(exc)}"
+            ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ConnectionCache:
+    """One connection per process, reopened when it breaks (a Lambda container keeps it warm).
+
+    A connection the server closed while the container was frozen (idle timeout, failover, a session
+    ended by an administrator) is found by a ping before it is handed out and replaced; opening one
+    goes through :meth:`DatabaseCredentials.call`, so a rotated password is read again.
+    """
+
+    def __init__(self, credentials: DatabaseCredentials) -> None:
+        self._credentials = credentials
         self._conn: psycopg.Connection[Any] | None = None
 
     def get(self) -> psycopg.Connection[Any]:
-        if self._conn is not None and not self._conn.closed and not self._conn.broken:
-            return self._conn
+        conn = self._conn
+        if conn is not None and not conn.closed and not conn.broken and _alive(conn):
+            return conn
+        self.close()
         # autocommit: every write sits in an explicit conn.transaction(); a plain SELECT must not
         # leave an open transaction that would turn later transaction blocks into savepoints
-        self._conn = connect(self._dsn_factory(), autocommit=True)
+        self._conn = self._credentials.call(lambda dsn: connect(dsn, autocommit=True), "opening a connection")
         return self._conn
 
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+def _alive(conn: psycopg.Connection[Any]) -> bool:
+    """A round trip on an idle autocommit connection; any other is left to its next statement (a
+    SELECT would open a transaction there)."""
+    if not conn.autocommit or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return True
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return False
+    return True
 
 
 # -- migrations ------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import psycopg
     from mlflow import MlflowClient
 
+    from pricepipe.db import DatabaseCredentials
     from pricepipe.training.trainer import TrainingOutcome
 
 MLFLOW_SCHEMA = "mlflow"
@@ -90,6 +91,48 @@ def _mlflow() -> Any:
 def client_for(uri: str) -> MlflowClient:
     """A client whose tracking and registry are both ``uri``."""
     return _mlflow().MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+class ReconnectingClient:
+    """An ``MlflowClient`` for a process that outlives the database password (a warm Lambda
+    container, a long training job): every method call goes through
+    :meth:`pricepipe.db.DatabaseCredentials.call`, so when the store's database refuses the cached
+    password (MLflow wraps SQLAlchemy's ``OperationalError``), the secret is read again, the client is
+    rebuilt on the new URI and the call is made once more. An authentication failure happens while
+    connecting, before the call's session has done anything, so the retry repeats nothing.
+    """
+
+    def __init__(self, settings: Any, credentials: DatabaseCredentials) -> None:
+        self._settings = settings
+        self._credentials = credentials
+        self._client: MlflowClient | None = None
+        self._uri: str | None = None
+
+    @property
+    def uri(self) -> str:
+        """The tracking URI of the credentials as last read."""
+        return tracking_uri(self._settings, self._credentials.dsn())
+
+    def _for(self, dsn: str) -> MlflowClient:
+        uri = tracking_uri(self._settings, dsn)
+        if self._client is None or uri != self._uri:
+            if getattr(self._settings, "mlflow_tracking_uri", None) is None:
+                from pricepipe.db import connect
+
+                # refused credentials surface here at once: MLflow retries creating an engine ~100 s
+                connect(dsn).close()
+            self._client, self._uri = client_for(uri), uri
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        """``MlflowClient``'s method ``name``, through the retry (the pipeline calls only its methods)."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._credentials.call(lambda dsn: getattr(self._for(dsn), name)(*args, **kwargs), f"MLflow {name}")
+
+        return call
 
 
 @contextmanager
@@ -152,7 +195,7 @@ def json_safe(value: Any) -> Any:
 def log_and_register(
     outcome: TrainingOutcome,
     *,
-    uri: str,
+    uri: str | ReconnectingClient,
     conn: psycopg.Connection[Any],
     model_name: str,
     experiment: str,
@@ -163,15 +206,19 @@ def log_and_register(
 
     All or nothing: a failure before registering leaves a FAILED run and no version; a failure after
     deletes the new version again, so no alias, no ``model_registry.models`` row and no version
-    point at a half-logged run.
+    point at a half-logged run. ``uri`` is a tracking URI, or a :class:`ReconnectingClient` for a
+    process that may outlive the database password (the training job).
     """
     from pricepipe.training import tracking
 
     mlflow = _mlflow()
-    client = client_for(uri)
+    client: Any = uri if isinstance(uri, ReconnectingClient) else client_for(uri)
+    # the first call to the store: a password rotated since the process began is met (and read
+    # again) here, before anything is written; the fluent API below then uses the URI that worked
     experiment_id = ensure_experiment(client, experiment, artifact_location)
+    store_uri = client.uri if isinstance(client, ReconnectingClient) else str(uri)
     window = outcome.data_window()
-    with fluent(uri), mlflow.start_run(experiment_id=experiment_id, run_name=_run_name(outcome)) as run:
+    with fluent(store_uri), mlflow.start_run(experiment_id=experiment_id, run_name=_run_name(outcome)) as run:
         run_id = run.info.run_id
         tracking.log_run(client, run_id, outcome)
         info = tracking.log_model(mlflow, outcome)

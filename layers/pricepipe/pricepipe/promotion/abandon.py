@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from pricepipe import registry
 from pricepipe.promotion import deployer
-from pricepipe.promotion.history import reason_for, record
+from pricepipe.promotion.history import actor_of, reason_for, record
 from pricepipe.promotion.plan import Serving, finish
 
 if TYPE_CHECKING:
@@ -47,31 +47,35 @@ OUTCOMES = {  # abandon's outcome -> (deployments action, promotions status, app
 }
 
 
-def _abandon_reason(state: PromotionState, outcome: str) -> tuple[str, str]:
+def _abandon_reason(state: PromotionState, outcome: str) -> tuple[str, str, str]:
+    """(reason, actor, actor source) of ending without promoting."""
     plan = state["plan"]
+    by_plan = plan["actor"], plan["actor_source"]
     error: StepError = state.get("error") or {}
     if outcome == "rolled-back":
         canary = state.get("canary")
-        return str((canary["reason"] if canary else None) or "canary unhealthy"), plan["actor"]
+        return str((canary["reason"] if canary else None) or "canary unhealthy"), *by_plan
     if outcome == "expired":
-        return f"no approval within {plan['approval_timeout_s']} s", plan["actor"]
+        return f"no approval within {plan['approval_timeout_s']} s", *by_plan
     if outcome == "rejected" and error.get("Error") == "Rejected":
         try:
             cause = json.loads(error.get("Cause") or "{}")
         except json.JSONDecodeError:
             cause = {"reason": error.get("Cause")}
-        by = str(cause.get("rejected_by") or "unknown")
-        return f"rejected by {by}: {cause.get('reason') or 'rejected'}", by
+        by, source = actor_of(
+            {"actor": cause.get("rejected_by") or "unknown", "actor_source": cause.get("actor_source")}
+        )
+        return f"rejected by {by}: {cause.get('reason') or 'rejected'}", by, source
     if outcome == "rejected":
         gate = state.get("gate")
-        return f"metric gate refused: {gate['reason'] if gate else ''}", plan["actor"]
+        return f"metric gate refused: {gate['reason'] if gate else ''}", *by_plan
     cause = str(error.get("Cause") or "")
     try:  # a Lambda task's cause is its error payload as JSON
         payload = json.loads(cause)
         cause = f"{payload.get('errorType', '')}: {payload.get('errorMessage', cause)}"
     except (json.JSONDecodeError, AttributeError):
         pass
-    return f"promotion failed at a step: {error.get('Error', 'error')}: {cause}"[:2000], plan["actor"]
+    return f"promotion failed at a step: {error.get('Error', 'error')}: {cause}"[:2000], *by_plan
 
 
 def abandon(
@@ -98,7 +102,7 @@ def abandon(
     # only undo what this promotion did: its version holding a weight, or the whole alias
     if ours and (ours in current["weights"] or (current["function_version"] == ours != before["function_version"])):
         restored = deployer.switch(lam, serving.function, serving.alias, before["function_version"])
-    reason, actor = _abandon_reason(state, outcome)
+    reason, actor, actor_source = _abandon_reason(state, outcome)
     if reject_model:
         _mark_rejected(client, conn, model_name, version, f"{action}: {reason}")
     with conn.transaction():
@@ -113,6 +117,7 @@ def abandon(
             function_version=ours,
             reason=reason_for(plan, reason),
             actor=actor,
+            actor_source=actor_source,
             execution_arn=plan["execution_arn"],
             details={"alias_before": current, "alias_after": restored, "canary": state.get("canary")},
         )

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import psycopg
     from mypy_boto3_stepfunctions import SFNClient
 
+    from pricepipe.promotion.history import Actor
     from pricepipe.promotion.steps import ApprovalRequested, Deployment, Plan
     from pricepipe.settings import Settings
 
@@ -49,6 +50,7 @@ def request_approval(
                 f" UTC; try it first on {plan['function']}:{deployment['function_version']}"
             ),
             actor=plan["actor"],
+            actor_source=plan["actor_source"],
             execution_arn=plan["execution_arn"],
         )
     return {"status": "pending", "expires_at": iso(expires)}
@@ -79,39 +81,57 @@ def _answer(
     sfn: SFNClient,
     settings: Settings,
     version: str,
-    actor: str,
+    by: Actor,
     reason: str,
     approve: bool,
 ) -> dict[str, Any]:
+    """Send the answer and write it down: the decision's own ``model_registry.deployments`` row (who,
+    when, why) and the promotion row, committed only once the waiting task took the answer. The row's
+    time is its transaction's start, before the answer, so it sorts before what the flow does next."""
+    actor, actor_source = by
     execution_arn, token = _pending(conn, settings.model_name, version)
     try:
-        if approve:
-            stepfunctions.send_task_success(sfn, token, {"approved_by": actor, "reason": reason})
-        else:
-            stepfunctions.send_task_failure(sfn, token, "Rejected", {"rejected_by": actor, "reason": reason})
+        with conn.transaction():
+            conn.execute(
+                "UPDATE model_registry.promotions SET approval_status = %s, approval_decided_at = now(),"
+                " approval_decided_by = %s, approval_decided_by_source = %s, approval_reason = %s"
+                " WHERE execution_arn = %s",
+                ("approved" if approve else "rejected", actor, actor_source, reason, execution_arn),
+            )
+            record(
+                conn,
+                model_name=settings.model_name,
+                version=version,
+                action="approval-granted" if approve else "approval-refused",
+                traffic_percent=0,
+                reason=f"{'approved' if approve else 'rejected'} by {actor}: {reason}",
+                actor=actor,
+                actor_source=actor_source,
+                execution_arn=execution_arn,
+            )
+            answer = {"reason": reason, "actor_source": actor_source}
+            if approve:
+                stepfunctions.send_task_success(sfn, token, {"approved_by": actor, **answer})
+            else:
+                stepfunctions.send_task_failure(sfn, token, "Rejected", {"rejected_by": actor, **answer})
     except stepfunctions.TaskClosed as exc:
         finish(conn, execution_arn, "rejected", f"approval request ended before an answer ({exc.code})", "expired")
         raise CommandError(
             f"the approval request for version {version} is no longer open ({exc.code}): start a new promotion"
         ) from exc
-    with conn.transaction():
-        conn.execute(
-            "UPDATE model_registry.promotions SET approval_status = %s, approval_decided_at = now(),"
-            " approval_decided_by = %s, approval_reason = %s WHERE execution_arn = %s",
-            ("approved" if approve else "rejected", actor, reason, execution_arn),
-        )
     return {"model_version": version, "execution_arn": execution_arn, "approved": approve, "by": actor}
 
 
 def approve(
-    conn: psycopg.Connection[Any], sfn: SFNClient, settings: Settings, version: str, actor: str, reason: str = ""
+    conn: psycopg.Connection[Any], sfn: SFNClient, settings: Settings, version: str, by: Actor, reason: str = ""
 ) -> dict[str, Any]:
-    """Answer a pending approval with yes: the waiting promotion switches traffic to ``version``."""
-    return _answer(conn, sfn, settings, version, actor, reason or "approved", approve=True)
+    """Answer a pending approval with yes: the waiting promotion switches traffic to ``version``.
+    ``by`` is (actor, actor source), as :func:`~pricepipe.promotion.history.actor_of` gives it."""
+    return _answer(conn, sfn, settings, version, by, reason or "approved", approve=True)
 
 
 def reject(
-    conn: psycopg.Connection[Any], sfn: SFNClient, settings: Settings, version: str, actor: str, reason: str = ""
+    conn: psycopg.Connection[Any], sfn: SFNClient, settings: Settings, version: str, by: Actor, reason: str = ""
 ) -> dict[str, Any]:
     """Answer a pending approval with no: traffic stays as it is and the version is marked rejected."""
-    return _answer(conn, sfn, settings, version, actor, reason or "rejected", approve=False)
+    return _answer(conn, sfn, settings, version, by, reason or "rejected", approve=False)

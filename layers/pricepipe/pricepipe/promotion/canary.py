@@ -95,6 +95,7 @@ def start_canary(
                     f" (champion {champion['version']}); health check after {plan['bake_seconds']} s",
                 ),
                 actor=plan["actor"],
+                actor_source=plan["actor_source"],
                 execution_arn=plan["execution_arn"],
                 details={"alias": state},
             )

@@ -81,6 +81,7 @@ def deploy(
                 f" ({'reused' if deployment.get('reused') else 'published'}); no traffic yet",
             ),
             actor=plan["actor"],
+            actor_source=plan["actor_source"],
             execution_arn=plan["execution_arn"],
             details={"layer_arn": deployment.get("layer_arn"), "code_sha256": deployment.get("code_sha256")},
         )

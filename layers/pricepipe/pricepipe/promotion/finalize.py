@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from pricepipe import registry
 from pricepipe.promotion import deployer
 from pricepipe.promotion import ssm as ssm_parameters
-from pricepipe.promotion.history import aliases, reason_for, record, restore_aliases
+from pricepipe.promotion.history import actor_of, aliases, reason_for, record, restore_aliases
 from pricepipe.promotion.plan import Serving, check_alias_unchanged, finish
 
 if TYPE_CHECKING:
@@ -20,19 +20,20 @@ if TYPE_CHECKING:
     from pricepipe.settings import Settings
 
 
-def _finalize_reason(state: PromotionState) -> tuple[str, str]:
-    """(reason, actor) of the switch, by the route that led to it."""
+def _finalize_reason(state: PromotionState) -> tuple[str, str, str]:
+    """(reason, actor, actor source) of the switch, by the route that led to it."""
     plan = state["plan"]
     route = plan["route"]
+    by_plan = plan["actor"], plan["actor_source"]
     if route == "canary":
-        return state["canary"]["reason"], plan["actor"]
+        return state["canary"]["reason"], *by_plan
     if route == "approval":
         approval: Approval = state.get("approval") or {}
-        by = str(approval.get("approved_by") or "unknown")
-        return f"approved by {by}: {approval.get('reason') or 'approved'}", by
+        by, source = actor_of({"actor": approval.get("approved_by"), "actor_source": approval.get("actor_source")})
+        return f"approved by {by}: {approval.get('reason') or 'approved'}", by, source
     if route == "gate":
-        return f"metric gate passed: {state['gate']['reason']}", plan["actor"]
-    return "; ".join(part for part in (plan["reason"], plan.get("note")) if part), plan["actor"]
+        return f"metric gate passed: {state['gate']['reason']}", *by_plan
+    return "; ".join(part for part in (plan["reason"], plan.get("note")) if part), *by_plan
 
 
 def finalize(
@@ -56,7 +57,7 @@ def finalize(
     check_alias_unchanged(before, plan, target)
     aliases_before = aliases(client, model_name)
     parameter_before = ssm_parameters.value(ssm, serving.parameter)
-    reason, actor = _finalize_reason(state)
+    reason, actor, actor_source = _finalize_reason(state)
     switched = deployer.switch(lam, serving.function, serving.alias, target, before["revision_id"])
     try:
         ssm_parameters.put_model_layer_parameter(ssm, serving.parameter, deployment["layer_arn"])
@@ -78,6 +79,7 @@ def finalize(
                 function_version=target,
                 reason=reason_for(plan, reason),
                 actor=actor,
+                actor_source=actor_source,
                 execution_arn=plan["execution_arn"],
                 details={
                     "previous_function_version": plan["alias_before"]["function_version"],

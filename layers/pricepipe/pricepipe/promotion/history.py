@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pricepipe import registry
@@ -31,6 +32,25 @@ def iso(moment: dt.datetime | None) -> str | None:
 def to_json(value: Any) -> str:
     """JSON for a jsonb column: NaN and infinities (which PostgreSQL refuses) become null."""
     return json.dumps(registry.json_safe(value), default=str)
+
+
+# how a row's actor is known (migration 0006 says what each means)
+ACTOR_SOURCES = ("iam", "token", "execution", "pipeline", "local-user", "unverified")
+Actor = tuple[str, str]  # (actor, actor_source)
+STARTED_BY = "AWS_STEP_FUNCTIONS_STARTED_BY_EXECUTION_ID"  # Step Functions' name for a parent execution
+
+
+def actor_of(payload: Mapping[str, Any], default: Actor = ("pipeline", "pipeline")) -> Actor:
+    """(actor, actor_source) of a promotion request or an operator command: the ``actor`` and
+    ``actor_source`` it names (a source outside :data:`ACTOR_SOURCES` counts as ``unverified``), else
+    the execution that started it, else ``default`` (the pipeline's own)."""
+    claimed = payload.get("actor")
+    if claimed:
+        source = str(payload.get("actor_source") or "unverified")
+        return str(claimed), source if source in ACTOR_SOURCES else "unverified"
+    if payload.get(STARTED_BY):
+        return str(payload[STARTED_BY]), "execution"
+    return default
 
 
 CODE_ROLLOUT = "code rollout"  # how a code rollout's history rows begin their reason
@@ -61,6 +81,7 @@ def record(
     action: str,
     reason: str,
     actor: str,
+    actor_source: str,
     previous_version: str | None = None,
     strategy: str | None = None,
     traffic_percent: float | None = None,
@@ -68,11 +89,14 @@ def record(
     execution_arn: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> int:
-    """One ``model_registry.deployments`` row: what changed for live traffic, when, why and by whom."""
+    """One ``model_registry.deployments`` row: what changed for live traffic, when, why and by whom
+    (``actor``, and how that is known: one of :data:`ACTOR_SOURCES`)."""
+    if actor_source not in ACTOR_SOURCES:
+        raise ValueError(f"actor_source {actor_source!r} is not one of {', '.join(ACTOR_SOURCES)}")
     row = conn.execute(
         "INSERT INTO model_registry.deployments (model_name, version, previous_version, action, strategy,"
-        " traffic_percent, function_version, reason, actor, execution_arn, details)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
+        " traffic_percent, function_version, reason, actor, actor_source, execution_arn, details)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
         (
             model_name,
             version,
@@ -83,6 +107,7 @@ def record(
             function_version,
             reason,
             actor,
+            actor_source,
             execution_arn,
             to_json(details or {}),
         ),
@@ -95,7 +120,7 @@ def history(conn: psycopg.Connection[Any], model_name: str, limit: int = 20) -> 
     """The latest deployment rows, newest first."""
     rows = conn.execute(
         "SELECT id, created_at, version, previous_version, action, strategy, traffic_percent, function_version,"
-        " reason, actor, execution_arn FROM model_registry.deployments WHERE model_name = %s"
+        " reason, actor, actor_source, execution_arn FROM model_registry.deployments WHERE model_name = %s"
         " ORDER BY created_at DESC, id DESC LIMIT %s",
         (model_name, limit),
     ).fetchall()
@@ -110,6 +135,7 @@ def history(conn: psycopg.Connection[Any], model_name: str, limit: int = 20) -> 
         "function_version",
         "reason",
         "actor",
+        "actor_source",
         "execution_arn",
     )
     out = []

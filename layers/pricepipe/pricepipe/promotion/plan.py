@@ -17,7 +17,7 @@ from psycopg.errors import UniqueViolation
 from pricepipe import registry
 from pricepipe.errors import PromotionRefused
 from pricepipe.promotion import deployer
-from pricepipe.promotion.history import iso, model_row, now, record, to_json
+from pricepipe.promotion.history import actor_of, iso, model_row, now, record, to_json
 from pricepipe.promotion.stepfunctions import execution_status
 
 if TYPE_CHECKING:
@@ -116,6 +116,7 @@ def clear_stale(
                     action="rolled-back",
                     reason=f"canary weight removed: {why}",
                     actor="pipeline",
+                    actor_source="pipeline",
                     traffic_percent=0,
                     function_version=other_function_version,
                     execution_arn=other_arn,
@@ -233,6 +234,7 @@ def prepare(  # noqa: C901, PLR0912, PLR0915 - every refusal a promotion can mee
     route, note = _route(strategy, champion, serves_it, serving.alias, version)
 
     reason = str(request.get("reason") or "requested")
+    actor, actor_source = actor_of(request)
     plan: Plan = {
         "execution_arn": execution_arn,
         "kind": "code" if kind == "code" else "model",
@@ -242,7 +244,8 @@ def prepare(  # noqa: C901, PLR0912, PLR0915 - every refusal a promotion can mee
         "route": route,
         "reason": reason,
         "note": note,
-        "actor": str(request.get("actor") or "pipeline"),
+        "actor": actor,
+        "actor_source": actor_source,
         "canary_percent": percent,
         "bake_seconds": bake_seconds,
         "approval_timeout_s": int(settings.manual_approval_timeout_s),
@@ -259,7 +262,8 @@ def prepare(  # noqa: C901, PLR0912, PLR0915 - every refusal a promotion can mee
         with conn.transaction():
             conn.execute(
                 "INSERT INTO model_registry.promotions (execution_arn, model_name, version, strategy, status, reason,"
-                " plan, outcome, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
+                " requested_by, requested_by_source, plan, outcome, finished_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
                 " CASE WHEN %s = 'running' THEN NULL ELSE now() END)"
                 " ON CONFLICT (execution_arn) DO NOTHING",
                 (
@@ -269,6 +273,8 @@ def prepare(  # noqa: C901, PLR0912, PLR0915 - every refusal a promotion can mee
                     strategy,
                     "unchanged" if route == "unchanged" else "running",
                     reason,
+                    actor,
+                    actor_source,
                     to_json(plan),
                     note or None,
                     "unchanged" if route == "unchanged" else "running",

@@ -67,6 +67,7 @@ def rollback(
     settings: Settings,
     actor: str,
     reason: str = "",
+    actor_source: str = "unverified",
 ) -> dict[str, Any]:
     """Put the ``previous`` version back on all live traffic at once; the demoted champion is marked
     rejected. One alias update when the previous function version still exists (it does, unless a
@@ -104,6 +105,7 @@ def rollback(
                 function_version=target["function_version"],
                 reason=why,
                 actor=actor,
+                actor_source=actor_source,
                 details={"alias_before": before, "layer_arn": target.get("layer_arn")},
             )
     except BaseException:
@@ -149,6 +151,7 @@ def restore_champion(
             function_version=target["function_version"],
             reason=f"{serving.alias} served no model: the champion was deployed again",
             actor=actor,
+            actor_source="pipeline",
             details={"alias_before": alias},
         )
     return {"champion": version, "function_version": target["function_version"], "alias": switched}

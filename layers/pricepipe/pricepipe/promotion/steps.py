@@ -37,6 +37,7 @@ class Plan(TypedDict):
     reason: str
     note: str
     actor: str
+    actor_source: str
     canary_percent: float
     bake_seconds: int
     approval_timeout_s: int
@@ -122,6 +123,7 @@ class Approval(TypedDict, total=False):
     """A person's yes, as ``pipectl approve`` sends it back to the waiting task (``$.approval``)."""
 
     approved_by: str
+    actor_source: str
     reason: str
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
     from pricepipe.contract import Contract
+    from pricepipe.registry import ReconnectingClient
     from pricepipe.settings import Settings
 
 Source = Literal["postgres", "lake"]
@@ -139,7 +140,7 @@ def run_job(
     *,
     conn: psycopg.Connection[Any],
     s3: S3Client,
-    uri: str,
+    uri: str | ReconnectingClient,
 ) -> dict[str, Any]:
     """Load, train, log and register; the result document (see ``training_jobs/train.py``)."""
     from pricepipe import registry
