@@ -14,13 +14,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from pricepipe import scoring
 from pricepipe.contract import load_contract
-from pricepipe.db import ConnectionCache, resolve_dsn
+from pricepipe.db import ConnectionCache, DatabaseCredentials
 from pricepipe.observability import logger, metrics
 from pricepipe.settings import get_settings
 
 settings = get_settings()
 s3 = boto3.client("s3", region_name=settings.region)
-database = ConnectionCache(lambda: resolve_dsn(settings))
+credentials = DatabaseCredentials(settings)  # re-read when the secret rotates (pricepipe.db)
+database = ConnectionCache(credentials)
 contract = load_contract(settings.contract, s3)
 scorer = scoring.Scorer(contract)
 
