@@ -10,6 +10,7 @@ from aws_cdk import App, Stack
 from aws_cdk.assertions import Capture, Match, Template
 from cdk_nag import AwsSolutionsChecks
 
+from infrastructure import catalog
 from infrastructure.stacks import DeployConfig
 from infrastructure.stacks.application import project_context
 from infrastructure.stacks.data_stack import DataStack
@@ -458,7 +459,7 @@ def test_given_prod_then_a_trail_records_data_events_of_the_artifacts_the_machin
         "promotion commands": "AWS::Lambda::Function",
     }
     machines = next(f["Equals"] for f in selectors["state machines"] if f["Field"] == "resources.ARN")
-    assert len(machines) == 4 and all("stateMachine:pricepipe-" in json.dumps(arn) for arn in machines)
+    assert len(machines) == len(catalog.STATE_MACHINES) and all("stateMachine:pricepipe-" in json.dumps(arn) for arn in machines)
     assert all({"Field": "eventCategory", "Equals": ["Data"]} in fields for fields in selectors.values())
 
 
