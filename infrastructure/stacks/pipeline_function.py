@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from aws_cdk import Duration
+from aws_cdk import Annotations, Duration
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
@@ -103,6 +103,14 @@ class PipelineFunction(Construct):
             # Guide: python3.12 and later; $LATEST is never snapshotted).
             snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if snap_start else None,
         )
+        if snap_start:
+            # CDK warns that SnapStart applies to published versions only: the function is served
+            # only through versions the promotion flow publishes (and the bootstrap version), never
+            # as $LATEST, so the warning is answered by design.
+            Annotations.of(self.function).acknowledge_warning(
+                "@aws-cdk/aws-lambda:snapStartRequirePublish",
+                "served only through published versions (the promotion flow publishes one per model)",
+            )
         # Active tracing is set on the L1 because the L2 ``tracing`` prop would add its X-Ray
         # statement to the role's default policy, next to the scoped grants (see module docstring).
         cfn_function = self.function.node.default_child

@@ -459,7 +459,8 @@ def test_given_prod_then_a_trail_records_data_events_of_the_artifacts_the_machin
         "promotion commands": "AWS::Lambda::Function",
     }
     machines = next(f["Equals"] for f in selectors["state machines"] if f["Field"] == "resources.ARN")
-    assert len(machines) == len(catalog.STATE_MACHINES) and all("stateMachine:pricepipe-" in json.dumps(arn) for arn in machines)
+    assert len(machines) == len(catalog.STATE_MACHINES)
+    assert all("stateMachine:pricepipe-" in json.dumps(arn) for arn in machines)
     assert all({"Field": "eventCategory", "Equals": ["Data"]} in fields for fields in selectors.values())
 
 
