@@ -11,6 +11,7 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from infrastructure import catalog
@@ -81,7 +82,7 @@ def _redeploy(target: Target) -> None:
         console.print("the serving function changed: `pipectl rollout` takes its new code to live traffic by a canary")
 
 
-def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:  # noqa: C901 - typer commands are registered as closures in one function
+def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
     """Add ``pipectl local`` and its commands to the CLI."""
     local_app = typer.Typer(help="The local cloud: AWS APIs from moto on loopback, running the real code.")
     app.add_typer(local_app, name="local")
@@ -115,31 +116,35 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:  # noqa: 
     def local_status(state_dir: StateDirOption = DEFAULT_STATE_DIR) -> None:
         """Say whether the local cloud runs, and what it holds."""
         target = resolve_target("local", state_dir)
-        table = Table(title=f"local cloud at {target.endpoint}")
-        table.add_column("resource")
-        table.add_column("name / ARN")
-        for label, value in (
-            ("landing bucket", target.landing_bucket),
-            ("contract", f"{target.dataset}: its files land under {DEFAULTS.contract_landing_prefix(target.dataset)}"),
-            ("lake bucket", target.lake_bucket),
-            ("artifacts bucket", target.artifacts_bucket),
-            ("database", _redact(target.database_url or "")),
-        ):
-            table.add_row(label, value)
-        for key, arn in {**target.state_machines}.items():
-            table.add_row(f"state machine {key}", arn)
-        for key, arn in target.functions.items():
-            table.add_row(f"function {key}", arn)
-        table.add_section()
-        table.add_row("API (gateway)", f"{target.api_url}  (docs: {target.api_url}/docs)")
-        table.add_row("API key", f"{target.api_key}  (send it as the x-api-key header)")
-        for route in _live_routes(target):
-            served = f"model {route['model_version']}" if route["model_version"] else "no model deployed yet"
-            table.add_row(
-                f"{catalog.LIVE_ALIAS} -> version {route['function_version']}",
-                f"{route['traffic_percent']:g}%: {served}",
-            )
-        console.print(table)
+        console.print(status_table(target, _live_routes(target)))
+
+
+def status_table(target: Target, routes: list[dict[str, Any]]) -> Table:
+    """What ``local status`` prints, readable at 80 columns: resources by name (an ARN's last part;
+    the rest is the local cloud's account and region), the API, its key and where live traffic goes."""
+    table = Table(title=f"local cloud at {target.endpoint}", box=box.SIMPLE_HEAD)
+    table.add_column("resource", no_wrap=True)
+    table.add_column("name")
+    for label, value in (
+        ("landing bucket", target.landing_bucket),
+        ("contract", f"{target.dataset}: its files land under {DEFAULTS.contract_landing_prefix(target.dataset)}"),
+        ("lake bucket", target.lake_bucket),
+        ("artifacts bucket", target.artifacts_bucket),
+        ("database", _redact(target.database_url or "")),
+    ):
+        table.add_row(label, value)
+    table.add_row("state machines", ", ".join(arn.rsplit(":", 1)[-1] for arn in target.state_machines.values()))
+    table.add_row("functions", ", ".join(name.rsplit(":", 1)[-1] for name in target.functions.values()))
+    table.add_section()
+    table.add_row("API (gateway)", f"{target.api_url} (docs: {target.api_url}/docs)")
+    table.add_row("API key", f"{target.api_key} (the x-api-key header)")
+    for route in routes:
+        served = f"model {route['model_version']}" if route["model_version"] else "no model deployed yet"
+        table.add_row(
+            f"{catalog.LIVE_ALIAS} -> version {route['function_version']}",
+            f"{route['traffic_percent']:g}%: {served}",
+        )
+    return table
 
 
 def _live_routes(target: Target) -> list[dict[str, Any]]:

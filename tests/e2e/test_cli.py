@@ -48,7 +48,8 @@ def pipectl(tmp_path: Path, pg_admin_url: str) -> Iterator:  # type: ignore[type
 def test_demo_loads_days_and_a_second_run_adds_nothing(pipectl) -> None:  # type: ignore[no-untyped-def]
     first = pipectl("demo", "--days", "3")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "bookings-20160702.csv" in first.stdout and "loaded" in first.stdout
+    assert "3: 3 loaded" in first.stdout, first.stdout  # the ETL's summary: files by outcome
+    assert "bookings-20160702.csv" not in first.stdout  # each file only with --details
     assert "PostgreSQL price_data.raw_data" in first.stdout
 
     second = pipectl("demo", "--days", "3")
@@ -66,7 +67,7 @@ def test_s3_survives_a_restart_of_the_local_cloud(pipectl) -> None:  # type: ign
     # up on a running cloud is the local `cdk deploy`: with no function's code changed, it deploys nothing
     again = pipectl("local", "up")
     assert again.returncode == 0 and "nothing deployed" in again.stdout, again.stdout + again.stderr
-    etl = pipectl("etl")
+    etl = pipectl("etl", "--details")
     assert etl.returncode == 0, etl.stdout + etl.stderr
     assert "bookings-20160704.csv" in etl.stdout
 
