@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from infrastructure import catalog
@@ -35,9 +38,17 @@ def up(
     else:
         _redeploy(target)
         return
+    from pipectl.localcloud import ports
+
+    try:
+        ports.ensure_free(port)  # before starting anything: a taken port is an error now, not in 120 s
+    except ports.PortTaken as exc:
+        console.print(f"[red]the local cloud cannot start: {escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(1) from exc
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "localcloud.log"
     with log_path.open("ab") as log:
+        logged_from = log.tell()  # this start's lines, not the previous runs'
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -54,8 +65,7 @@ def up(
     with console.status("starting the local cloud (moto, PostgreSQL, functions, state machines)…"):
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                console.print(f"[red]the local cloud failed to start; its log, {log_path}:[/red]")
-                console.print(log_path.read_text()[-3000:])
+                _print_failed_start(process.returncode, log_path, logged_from)
                 raise typer.Exit(1)
             try:
                 target = local_target(state_dir)
@@ -67,6 +77,21 @@ def up(
             console.print(f"[red]the local cloud did not come up within {timeout:.0f} s; see {log_path}[/red]")
             raise typer.Exit(1)
     console.print(f"local cloud up at [bold]{target.endpoint}[/bold] (state in {state_dir}, log {log_path})")
+
+
+def _print_failed_start(returncode: int, log_path: Path, logged_from: int) -> None:
+    """Why the daemon exited while starting: its own one-line reason for a taken port, else its log."""
+    from pipectl.localcloud.ports import FAILED, PORT_TAKEN_EXIT
+
+    with log_path.open("rb") as log:
+        log.seek(logged_from)
+        logged = log.read().decode(errors="replace")
+    failed = [line.split(FAILED, 1)[1] for line in logged.splitlines() if FAILED in line]
+    if returncode == PORT_TAKEN_EXIT and failed:
+        console.print(f"[red]the local cloud cannot start: {escape(failed[-1])}[/red]", highlight=False)
+        return
+    console.print(f"[red]the local cloud failed to start (exit status {returncode}); its log, {log_path}:[/red]")
+    console.print(logged[-3000:], markup=False, highlight=False)
 
 
 def _redeploy(target: Target) -> None:
@@ -93,20 +118,13 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         state_dir: StateDirOption = DEFAULT_STATE_DIR,
         keep_database: Annotated[bool, typer.Option(help="leave the embedded PostgreSQL running")] = False,
     ) -> None:
-        """Stop the local cloud, saving its S3 objects for the next `local up`."""
+        """Stop the local cloud, saving its S3 objects for the next `local up`; returns once the
+        daemon and its workers have exited."""
         from pipectl.localcloud.postgres import stop_embedded
 
         state_file = state_dir / "state.json"
         if state_file.exists():
-            pid = int(json.loads(state_file.read_text())["pid"])
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                state_file.unlink(missing_ok=True)
-            deadline = time.monotonic() + 60
-            while state_file.exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            console.print("local cloud stopped (S3 saved under " + str(state_dir / "s3") + ")")
+            _stop_daemon(int(json.loads(state_file.read_text())["pid"]), state_file)
         else:
             console.print("local cloud is not running")
         if not keep_database and stop_embedded(state_dir):
@@ -145,6 +163,35 @@ def status_table(target: Target, routes: list[dict[str, Any]]) -> Table:
             f"{route['traffic_percent']:g}%: {served}",
         )
     return table
+
+
+DOWN_POLLS = 600  # x 0.2 s: two minutes for the daemon to save S3 and stop its workers
+
+
+def _stop_daemon(pid: int, state_file: Path) -> None:
+    """SIGTERM the daemon ``pid`` and wait, bounded, until it and every worker it had are gone."""
+    from pipectl.localcloud import ports
+
+    daemon = ports.daemon(pid)
+    if daemon is None:  # it died without cleaning up (or the pid is another program's now)
+        state_file.unlink(missing_ok=True)
+        console.print("local cloud is not running (its process had exited; removed its stale state file)")
+        return
+    workers = ports.workers(daemon)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    with console.status("stopping the local cloud (saving S3, stopping its workers)…"):
+        left = ports.wait_gone([daemon, *workers], DOWN_POLLS)
+    if left:
+        running = ", ".join(ports.describe(p) for p in left)
+        pids = " ".join(str(p.pid) for p in left)
+        console.print(
+            f"[red]the local cloud did not stop within {DOWN_POLLS * 0.2:.0f} s; still running: {escape(running)}."
+            f" End them with `kill -9 {pids}`[/red]",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    console.print(f"local cloud stopped (S3 saved under {state_file.parent / 's3'})")
 
 
 def _live_routes(target: Target) -> list[dict[str, Any]]:
