@@ -23,6 +23,7 @@ console = Console()
 # against the defining module's globals, so a closure variable would not be found.
 TargetOption = Annotated[str, typer.Option("--target", "-t", envvar="PIPECTL_TARGET", help="local or aws")]
 StateDirOption = Annotated[Path, typer.Option("--state-dir", envvar="PIPECTL_STATE_DIR", help="local cloud state")]
+DetailsOption = Annotated[bool, typer.Option("--details", help="every row, not just the summary")]
 LANDING_PREFIX = DEFAULTS.landing_prefix
 
 

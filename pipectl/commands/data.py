@@ -7,11 +7,20 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
+from rich.console import Group, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from pipectl import datasource, flows
-from pipectl.commands.common import LANDING_PREFIX, ResolveTarget, TargetOption, console, require_replayed_dataset
+from pipectl.commands.common import (
+    LANDING_PREFIX,
+    DetailsOption,
+    ResolveTarget,
+    TargetOption,
+    console,
+    require_replayed_dataset,
+)
 from pipectl.target import Target
 from pricepipe.settings import DEFAULTS
 
@@ -56,10 +65,11 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         prefix: Annotated[
             str | None, typer.Option(help="landing prefix to take files from (default: the contract's folder)")
         ] = None,
+        details: DetailsOption = False,
     ) -> None:
-        """Run the ETL state machine and report what became of every file."""
+        """Run the ETL state machine and report what became of the files (every file with --details)."""
         target = resolve_target(target_kind)
-        result = run_etl(target, prefix or DEFAULTS.contract_landing_prefix(target.dataset))
+        result = run_etl(target, prefix or DEFAULTS.contract_landing_prefix(target.dataset), details=details)
         if not result.succeeded:
             raise typer.Exit(1)
 
@@ -83,47 +93,72 @@ def land_with_progress(target: Target, days: list[dt.date]) -> list[datasource.L
     return landed
 
 
-def run_etl(target: Target, prefix: str) -> flows.Execution:
-    """Run the ETL state machine over ``prefix`` and print what became of every file."""
+def run_etl(target: Target, prefix: str, details: bool = False) -> flows.Execution:
+    """Run the ETL state machine over ``prefix`` and print its summary (and, with ``details``, every file)."""
     with console.status("ETL: starting") as status:
         execution = flows.run(target, "etl", {"prefix": prefix}, on_state=lambda s: status.update(f"ETL: {s}"))
-    if execution.succeeded:
-        _print_etl_summary(execution.output)
-    else:
+    if not execution.succeeded:
         console.print(f"[red]ETL {execution.status}: {execution.error}: {execution.cause}[/red]")
-        if isinstance(execution.output, dict):
-            _print_etl_summary(execution.output)
+    if isinstance(execution.output, dict):
+        console.print(etl_summary(execution.output, details=details))
     return execution
 
 
-def _print_etl_summary(summary: dict[str, Any]) -> None:
+def etl_summary(summary: dict[str, Any], details: bool = False) -> RenderableType:
+    """An ETL run in a few lines, readable at 80 columns: files and rows by outcome, a line per file
+    that failed or was rejected; with ``details``, the table of every file after them."""
     if not summary.get("files_total"):
-        console.print("ETL: no new landing files (everything landed was already taken)")
-        return
-    table = Table(title=f"ETL run {summary['execution']}")
-    for column in ("day", "file", "status", "in", "loaded", "quarantined", "duplicate"):
-        table.add_column(column, justify="right" if column in ("in", "loaded", "quarantined", "duplicate") else "left")
-    for f in sorted(summary["files"], key=lambda f: (f.get("event_date_min") or "", f["key"])):
+        return "ETL: no new landing files (everything landed was already taken)"
+    files = sorted(summary.get("files") or [], key=lambda f: (f.get("event_date_min") or "", f["key"]))
+    days = sorted(d for f in files for d in (f.get("event_date_min"), f.get("event_date_max")) if d)
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.add_row("files", _counted(summary, "files", ("loaded", "rejected", "failed")))
+    grid.add_row(
+        "rows",
+        f"{summary['rows_in']:,} in: {summary['rows_loaded']:,} loaded, {summary['rows_quarantined']:,} quarantined,"
+        f" {summary['rows_duplicate']:,} duplicate",
+    )
+    if days:
+        grid.add_row("days", f"{days[0]} .. {days[-1]}")
+    for f in files:
+        if f["status"] in ("failed", "rejected"):
+            why = f": {f['error']}" if f.get("error") else ""
+            grid.add_row(f"[red]{f['status']}[/red]", f"{_file_name(f)} ({f.get('event_date_min') or '-'}){why}")
+    parts: list[RenderableType] = [f"ETL run {summary['execution']}", grid]
+    if details:
+        parts.append(etl_files_table(summary, files))
+    else:
+        parts.append("[dim](every file: --details)[/dim]")
+    return Group(*parts)
+
+
+def etl_files_table(summary: dict[str, Any], files: list[dict[str, Any]]) -> Table:
+    """One row per file of an ETL run (the run lists at most ``files_listed`` of ``files_total``)."""
+    listed = int(summary.get("files_listed", len(files)))
+    caption = f"{listed} of {summary['files_total']} files listed" if listed < summary["files_total"] else None
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, caption=caption)
+    for column in ("day", "file", "status", "in", "loaded", "quar.", "dup."):
+        table.add_column(column, justify="left" if column in ("day", "file", "status") else "right")
+    for f in files:
         table.add_row(
             f.get("event_date_min") or "-",
-            f["key"].rsplit("/", 1)[-1],
-            f["status"] if not f.get("error") else f"{f['status']}: {f['error']}",
-            str(f["rows_in"]),
-            str(f["rows_loaded"]),
-            str(f["rows_quarantined"]),
-            str(f["rows_duplicate"]),
+            _file_name(f),
+            f["status"],
+            *(str(f[k]) for k in ("rows_in", "rows_loaded", "rows_quarantined", "rows_duplicate")),
         )
-    table.add_section()
-    table.add_row(
-        "total",
-        f"{summary['files_total']} file(s)",
-        f"{summary['files_failed']} failed" if summary["files_failed"] else "",
-        str(summary["rows_in"]),
-        str(summary["rows_loaded"]),
-        str(summary["rows_quarantined"]),
-        str(summary["rows_duplicate"]),
-    )
-    console.print(table)
+    return table
+
+
+def _file_name(file: dict[str, Any]) -> str:
+    return str(file["key"]).rsplit("/", 1)[-1]
+
+
+def _counted(summary: dict[str, Any], what: str, outcomes: tuple[str, ...]) -> str:
+    """``12 loaded, 1 failed`` from ``<what>_<outcome>`` counts, naming only outcomes that happened."""
+    counts = [f"{summary.get(f'{what}_{o}', 0):,} {o}" for o in outcomes if summary.get(f"{what}_{o}")]
+    return f"{summary[f'{what}_total']:,}: " + (", ".join(counts) or "none loaded")
 
 
 def print_destinations(target: Target) -> None:
@@ -134,22 +169,32 @@ def print_destinations(target: Target) -> None:
         pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sum(page.get("KeyCount", 0) for page in pages)
 
-    table = Table(title="where the data went")
-    table.add_column("destination")
-    table.add_column("holds", justify="right")
+    rows: list[tuple[str, str]] = []
     if target.database_url:
         import psycopg
 
         with psycopg.connect(target.database_url) as conn:
             for name in ("price_data.raw_data", "price_data.processed_features", "price_data.ingestion_ledger"):
-                rows = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
-                table.add_row(f"PostgreSQL {name}", f"{rows[0] if rows else 0:,} rows")
-    table.add_row(
-        f"Parquet lake s3://{target.lake_bucket}/{DEFAULTS.lake_prefix}",
-        f"{count(target.lake_bucket, DEFAULTS.lake_prefix):,} files",
+                counted = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
+                rows.append((f"PostgreSQL {name}", f"{counted[0] if counted else 0:,} rows"))
+    rows.append(
+        (
+            f"Parquet lake s3://{target.lake_bucket}/{DEFAULTS.lake_prefix}",
+            f"{count(target.lake_bucket, DEFAULTS.lake_prefix):,} files",
+        )
     )
     quarantine = DEFAULTS.contract_quarantine_prefix(target.dataset)
-    table.add_row(
-        f"quarantine s3://{target.landing_bucket}/{quarantine}", f"{count(target.landing_bucket, quarantine):,} files"
+    rows.append(
+        (f"quarantine s3://{target.landing_bucket}/{quarantine}", f"{count(target.landing_bucket, quarantine):,} files")
     )
-    console.print(table)
+    console.print(destinations_table(rows))
+
+
+def destinations_table(rows: list[tuple[str, str]]) -> Table:
+    """``(destination, what it holds)`` rows as the table ``print_destinations`` prints."""
+    table = Table(title="where the data went", box=box.SIMPLE_HEAD)
+    table.add_column("destination")
+    table.add_column("holds", justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table

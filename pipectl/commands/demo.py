@@ -12,6 +12,7 @@ from pipectl import datasource
 from pipectl.commands import local
 from pipectl.commands.common import (
     LANDING_PREFIX,
+    DetailsOption,
     ResolveTarget,
     StateDirOption,
     console,
@@ -41,6 +42,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         ] = 2,
         time_budget_s: Annotated[float, typer.Option(help="training's hyperparameter search wall clock")] = 15.0,
         state_dir: StateDirOption = DEFAULT_STATE_DIR,
+        details: DetailsOption = False,
     ) -> None:
         """Replay hotel_rates into the local cloud: ETL, train, promote and serve, then the loop of
         drift checks, retraining and canary promotion, week by week. Safe to run again."""
@@ -51,7 +53,7 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
         chosen = datasource.select_days(days=days)
         land_with_progress(target, chosen)
         console.rule("2. ETL state machine")
-        execution = run_etl(target, LANDING_PREFIX)
+        execution = run_etl(target, LANDING_PREFIX, details=details)
         print_destinations(target)
         if not execution.succeeded:
             raise typer.Exit(1)

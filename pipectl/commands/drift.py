@@ -6,6 +6,7 @@ import datetime as dt
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from pipectl import datasource, flows
@@ -15,6 +16,7 @@ from pipectl.commands.serving import post_predict
 from pipectl.commands.training import print_training
 from pipectl.oauth import client_of
 from pipectl.target import Target
+from pricepipe.drift.flow import explain
 
 
 def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
@@ -59,10 +61,9 @@ def _run_drift(target: Target, request: dict[str, Any], follow: bool, traffic: b
         console.print(f"[red]drift {execution.status}: {execution.error}: {execution.cause}[/red]")
         return {"failed": True, "drift": f"check failed: {execution.error}"}
     summary = execution.output
-    reasons = "; ".join(summary.get("reasons") or [])
-    step: dict[str, Any] = {"decision": summary["decision"], "drift": _drift_digest(summary)}
+    step: dict[str, Any] = {"decision": summary["decision"], "drift": explain(summary)}
     colour = "yellow" if summary["decision"] == "retrain" else "green"
-    console.print(f"[{colour}]drift: {summary['decision']} — {reasons}[/{colour}]")
+    console.print(f"[{colour}]drift check: {explain(summary)}[/{colour}]", highlight=False)
     if summary.get("report_uri"):
         console.print(f"  report: {summary['report_uri']}")
     handover = (summary.get("handover") or {}).get("training_execution")
@@ -90,20 +91,6 @@ def _run_drift(target: Target, request: dict[str, Any], follow: bool, traffic: b
         if not followed.succeeded and followed.status != "RUNNING":
             step["promotion"] = f"{followed.status.lower()}: {followed.error}"
     return step
-
-
-def _drift_digest(summary: dict[str, Any]) -> str:
-    """One line per check for the timeline: what moved, by how much."""
-    if summary.get("drifted") is None:
-        return "; ".join(summary.get("reasons") or [])
-    parts = [f"{len(summary.get('drifted_features') or [])}/{summary.get('checked_features')} features"]
-    performance = summary.get("performance") or {}
-    ratio = performance.get("rmse_ratio")
-    if ratio is not None:
-        parts.append(f"RMSE {ratio:.2f}x holdout")
-    if summary.get("prediction_drift"):
-        parts.append("predictions shifted")
-    return ", ".join(parts)
 
 
 def last_loaded_day(target: Target) -> dt.date | None:
@@ -169,18 +156,25 @@ def _quote(target: Target, days: list[dt.date], rows: int = 40) -> int:
 
 
 def _print_timeline(timeline: list[dict[str, Any]]) -> None:
-    if not timeline:
-        return
-    table = Table(title="the continuous-training loop, week by week")
-    for column in ("week", "quoted", "loaded", "drift check", "training", "promotion"):
-        table.add_column(column, overflow="fold")
+    if timeline:
+        console.print(timeline_table(timeline))
+
+
+def timeline_table(timeline: list[dict[str, Any]]) -> Table:
+    """A week per row, readable at 80 columns: what the drift check decided and why, then the
+    training and promotion it started, one line each in the last column."""
+    table = Table(title="the continuous-training loop, week by week", box=box.SIMPLE_HEAD, show_lines=True)
+    table.add_column("week of", no_wrap=True)
+    table.add_column("quoted", justify="right", no_wrap=True)
+    table.add_column("loaded", justify="right", no_wrap=True)
+    table.add_column("what happened")
     for step in timeline:
+        happened = [f"drift check: {step.get('drift', '-')}"]
+        happened += [f"{what}: {step[what]}" for what in ("training", "promotion") if step.get(what)]
         table.add_row(
-            step["week"],
+            step["week"].split("..", 1)[0],
             str(step.get("quotes", "")),
             str(step.get("loaded", "")),
-            f"{step.get('decision', '')}: {step.get('drift', '')}",
-            step.get("training", "-"),
-            step.get("promotion", "-"),
+            "\n".join(happened),
         )
-    console.print(table)
+    return table

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from infrastructure import catalog
@@ -34,9 +38,17 @@ def up(
     else:
         _redeploy(target)
         return
+    from pipectl.localcloud import ports
+
+    try:
+        ports.ensure_free(port)  # before starting anything: a taken port is an error now, not in 120 s
+    except ports.PortTaken as exc:
+        console.print(f"[red]the local cloud cannot start: {escape(str(exc))}[/red]", highlight=False)
+        raise typer.Exit(1) from exc
     state_dir.mkdir(parents=True, exist_ok=True)
     log_path = state_dir / "localcloud.log"
     with log_path.open("ab") as log:
+        logged_from = log.tell()  # this start's lines, not the previous runs'
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -53,8 +65,7 @@ def up(
     with console.status("starting the local cloud (moto, PostgreSQL, functions, state machines)…"):
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                console.print(f"[red]the local cloud failed to start; its log, {log_path}:[/red]")
-                console.print(log_path.read_text()[-3000:])
+                _print_failed_start(process.returncode, log_path, logged_from)
                 raise typer.Exit(1)
             try:
                 target = local_target(state_dir)
@@ -66,6 +77,21 @@ def up(
             console.print(f"[red]the local cloud did not come up within {timeout:.0f} s; see {log_path}[/red]")
             raise typer.Exit(1)
     console.print(f"local cloud up at [bold]{target.endpoint}[/bold] (state in {state_dir}, log {log_path})")
+
+
+def _print_failed_start(returncode: int, log_path: Path, logged_from: int) -> None:
+    """Why the daemon exited while starting: its own one-line reason for a taken port, else its log."""
+    from pipectl.localcloud.ports import FAILED, PORT_TAKEN_EXIT
+
+    with log_path.open("rb") as log:
+        log.seek(logged_from)
+        logged = log.read().decode(errors="replace")
+    failed = [line.split(FAILED, 1)[1] for line in logged.splitlines() if FAILED in line]
+    if returncode == PORT_TAKEN_EXIT and failed:
+        console.print(f"[red]the local cloud cannot start: {escape(failed[-1])}[/red]", highlight=False)
+        return
+    console.print(f"[red]the local cloud failed to start (exit status {returncode}); its log, {log_path}:[/red]")
+    console.print(logged[-3000:], markup=False, highlight=False)
 
 
 def _redeploy(target: Target) -> None:
@@ -81,7 +107,7 @@ def _redeploy(target: Target) -> None:
         console.print("the serving function changed: `pipectl rollout` takes its new code to live traffic by a canary")
 
 
-def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:  # noqa: C901 - typer commands are registered as closures in one function
+def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:
     """Add ``pipectl local`` and its commands to the CLI."""
     local_app = typer.Typer(help="The local cloud: AWS APIs from moto on loopback, running the real code.")
     app.add_typer(local_app, name="local")
@@ -92,20 +118,13 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:  # noqa: 
         state_dir: StateDirOption = DEFAULT_STATE_DIR,
         keep_database: Annotated[bool, typer.Option(help="leave the embedded PostgreSQL running")] = False,
     ) -> None:
-        """Stop the local cloud, saving its S3 objects for the next `local up`."""
+        """Stop the local cloud, saving its S3 objects for the next `local up`; returns once the
+        daemon and its workers have exited."""
         from pipectl.localcloud.postgres import stop_embedded
 
         state_file = state_dir / "state.json"
         if state_file.exists():
-            pid = int(json.loads(state_file.read_text())["pid"])
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                state_file.unlink(missing_ok=True)
-            deadline = time.monotonic() + 60
-            while state_file.exists() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            console.print("local cloud stopped (S3 saved under " + str(state_dir / "s3") + ")")
+            _stop_daemon(int(json.loads(state_file.read_text())["pid"]), state_file)
         else:
             console.print("local cloud is not running")
         if not keep_database and stop_embedded(state_dir):
@@ -115,33 +134,66 @@ def register(app: typer.Typer, resolve_target: ResolveTarget) -> None:  # noqa: 
     def local_status(state_dir: StateDirOption = DEFAULT_STATE_DIR) -> None:
         """Say whether the local cloud runs, and what it holds."""
         target = resolve_target("local", state_dir)
-        table = Table(title=f"local cloud at {target.endpoint}")
-        table.add_column("resource")
-        table.add_column("name / ARN")
-        for label, value in (
-            ("landing bucket", target.landing_bucket),
-            ("contract", f"{target.dataset}: its files land under {DEFAULTS.contract_landing_prefix(target.dataset)}"),
-            ("lake bucket", target.lake_bucket),
-            ("artifacts bucket", target.artifacts_bucket),
-            ("database", _redact(target.database_url or "")),
-        ):
-            table.add_row(label, value)
-        for key, arn in {**target.state_machines}.items():
-            table.add_row(f"state machine {key}", arn)
-        for key, arn in target.functions.items():
-            table.add_row(f"function {key}", arn)
-        table.add_section()
-        table.add_row("API (gateway)", f"{target.api_url}  (docs: {target.api_url}/docs)")
-        table.add_row("API key", f"{target.api_key}  (send it as the x-api-key header, with a token)")
-        table.add_row("OAuth2 token endpoint", f"{target.token_url}  (client-credentials grant)")
-        table.add_row("API client", f"{target.client_id}  (`pipectl client create NAME` makes another)")
-        for route in _live_routes(target):
-            served = f"model {route['model_version']}" if route["model_version"] else "no model deployed yet"
-            table.add_row(
-                f"{catalog.LIVE_ALIAS} -> version {route['function_version']}",
-                f"{route['traffic_percent']:g}%: {served}",
-            )
-        console.print(table)
+        console.print(status_table(target, _live_routes(target)))
+
+
+def status_table(target: Target, routes: list[dict[str, Any]]) -> Table:
+    """What ``local status`` prints, readable at 80 columns: resources by name (an ARN's last part;
+    the rest is the local cloud's account and region), the API, its key and where live traffic goes."""
+    table = Table(title=f"local cloud at {target.endpoint}", box=box.SIMPLE_HEAD)
+    table.add_column("resource", no_wrap=True)
+    table.add_column("name")
+    for label, value in (
+        ("landing bucket", target.landing_bucket),
+        ("contract", f"{target.dataset}: its files land under {DEFAULTS.contract_landing_prefix(target.dataset)}"),
+        ("lake bucket", target.lake_bucket),
+        ("artifacts bucket", target.artifacts_bucket),
+        ("database", _redact(target.database_url or "")),
+    ):
+        table.add_row(label, value)
+    table.add_row("state machines", ", ".join(arn.rsplit(":", 1)[-1] for arn in target.state_machines.values()))
+    table.add_row("functions", ", ".join(name.rsplit(":", 1)[-1] for name in target.functions.values()))
+    table.add_section()
+    table.add_row("API (gateway)", f"{target.api_url} (docs: {target.api_url}/docs)")
+    table.add_row("API key", f"{target.api_key} (the x-api-key header, with a token)")
+    table.add_row("token endpoint", f"{target.token_url} (client-credentials grant)")
+    table.add_row("API client", f"{target.client_id} (`pipectl client create NAME` makes another)")
+    for route in routes:
+        served = f"model {route['model_version']}" if route["model_version"] else "no model deployed yet"
+        table.add_row(
+            f"{catalog.LIVE_ALIAS} -> version {route['function_version']}",
+            f"{route['traffic_percent']:g}%: {served}",
+        )
+    return table
+
+
+DOWN_POLLS = 600  # x 0.2 s: two minutes for the daemon to save S3 and stop its workers
+
+
+def _stop_daemon(pid: int, state_file: Path) -> None:
+    """SIGTERM the daemon ``pid`` and wait, bounded, until it and every worker it had are gone."""
+    from pipectl.localcloud import ports
+
+    daemon = ports.daemon(pid)
+    if daemon is None:  # it died without cleaning up (or the pid is another program's now)
+        state_file.unlink(missing_ok=True)
+        console.print("local cloud is not running (its process had exited; removed its stale state file)")
+        return
+    workers = ports.workers(daemon)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    with console.status("stopping the local cloud (saving S3, stopping its workers)…"):
+        left = ports.wait_gone([daemon, *workers], DOWN_POLLS)
+    if left:
+        running = ", ".join(ports.describe(p) for p in left)
+        pids = " ".join(str(p.pid) for p in left)
+        console.print(
+            f"[red]the local cloud did not stop within {DOWN_POLLS * 0.2:.0f} s; still running: {escape(running)}."
+            f" End them with `kill -9 {pids}`[/red]",
+            highlight=False,
+        )
+        raise typer.Exit(1)
+    console.print(f"local cloud stopped (S3 saved under {state_file.parent / 's3'})")
 
 
 def _live_routes(target: Target) -> list[dict[str, Any]]:

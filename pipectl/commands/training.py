@@ -92,7 +92,11 @@ def print_training(output: dict[str, Any]) -> None:
     if output.get("ready") is False:
         console.print(f"training skipped: {output.get('why')}")
         return
-    evaluation = output["outcome"]["evaluation"]
+    console.print(training_table(output["outcome"]["evaluation"]))
+
+
+def training_table(evaluation: dict[str, Any]) -> Table:
+    """The challenger's and the champion's metrics on their one holdout, and the decision."""
     table = Table(title=f"training: {evaluation['decision'].upper()} ({evaluation['reason']})")
     table.add_column("model")
     table.add_column("version", justify="right")
@@ -105,4 +109,4 @@ def print_training(output: dict[str, Any]) -> None:
             table.add_row(role, entry["version"], *(f"{m[k]:.3f}" for k in ("rmse", "mae", "mape", "r2")))
     holdout = evaluation["holdout"]
     table.caption = f"same holdout for both: {holdout['start']}..{holdout['end']}, {holdout['rows']} rows"
-    console.print(table)
+    return table

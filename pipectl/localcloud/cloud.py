@@ -80,13 +80,17 @@ class LocalCloud:
             if _active is not None:
                 raise RuntimeError("a local cloud is already running in this process")
             _active = self
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        _configure_moto(self)
-        from moto.server import ThreadedMotoServer
-
-        self._server = ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
-        self._server.start()
-        self.port = self._server.get_host_and_port()[1]
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            _configure_moto(self)
+            server = _moto_server_class()(ip_address=self.host, port=self.port, verbose=False)
+            server.start()
+        except BaseException:
+            with _active_lock:
+                _active = None
+            raise
+        self._server = server
+        self.port = server.get_host_and_port()[1]
         # the Step Functions engine's own clients call localhost:$MOTO_PORT
         os.environ["MOTO_PORT"] = str(self.port)
         from pipectl.localcloud.auth import TokenEndpoint
@@ -115,6 +119,44 @@ class LocalCloud:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _moto_server_class() -> Any:
+    from moto.server import ThreadedMotoServer
+
+    class MotoServer(ThreadedMotoServer):
+        """moto's threaded server, bound in the calling thread: moto's own ``start`` binds in its
+        server thread and waits for it, forever when the port is taken (the thread dies of the
+        bind error and never says it is ready). Here a taken port is
+        :class:`~pipectl.localcloud.ports.PortTaken` at once."""
+
+        def start(self) -> None:
+            import threading
+
+            from moto.moto_server.werkzeug_app import (
+                DomainDispatcherApplication,
+                MotoRequestHandler,
+                create_backend_app,
+            )
+            from werkzeug.serving import make_server
+
+            from pipectl.localcloud.ports import bind
+
+            # werkzeug would answer a taken port with sys.exit(1): bind here, and hand it the socket
+            with bind(self._port, self._ip_address) as sock:
+                self._server = make_server(
+                    self._ip_address,
+                    sock.getsockname()[1],
+                    DomainDispatcherApplication(create_backend_app),
+                    True,
+                    request_handler=MotoRequestHandler,
+                    fd=sock.fileno(),  # werkzeug serves a duplicate of it
+                )
+            self._server_ready_event.set()
+            self._thread = threading.Thread(target=self._server.serve_forever, name="moto", daemon=True)
+            self._thread.start()
+
+    return MotoServer
 
 
 def _configure_moto(cloud: LocalCloud) -> None:  # noqa: C901, PLR0915 - each moto patch is one step; the list is the local cloud's contract with moto 5.2.5

@@ -4,12 +4,15 @@ Starts moto, brings up the database (``DATABASE_URL`` or embedded), "deploys" th
 the resources, then runs the migrate function as CloudFormation would run the custom resource),
 restores saved S3 objects, serves the registry's champion again (its Lambda versions died with the
 previous run), starts the HTTP gateway in front of the API, writes ``state.json`` for the CLI, and
-serves until SIGTERM/SIGINT, when it saves S3 and stops.
+serves until SIGTERM/SIGINT, when it saves S3 and stops. A signal while it is still starting stops
+it at once (nothing saved); a taken port ends it at once with exit status 3 and a message naming
+the port and its holder. It removes ``state.json`` last, once its workers have exited.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -22,6 +25,7 @@ from pipectl.localcloud import snapshot
 from pipectl.localcloud.auth import authorizer_of
 from pipectl.localcloud.cloud import LocalCloud
 from pipectl.localcloud.gateway import INTEGRATION_TIMEOUT_S, Gateway, moto_api_keys
+from pipectl.localcloud.ports import FAILED, PORT_TAKEN_EXIT, PortTaken
 from pipectl.localcloud.postgres import database_url
 from pipectl.localcloud.provision import Resources, provision
 
@@ -119,26 +123,45 @@ def buckets(resources: Resources) -> list[str]:
     return [resources.landing_bucket, resources.lake_bucket, resources.artifacts_bucket]
 
 
-def main(argv: list[str] | None = None) -> None:
+WORKER_GRACE_S = 10.0  # a worker still running when the daemon stops gets this long after SIGTERM
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--port", type=int, default=4577)
     parser.add_argument("--contract", default="hotel_rates")
     parser.add_argument("--gateway-port", type=int, default=int(os.environ.get("PIPECTL_GATEWAY_PORT", "8000")))
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _arguments(argv)
     state_dir: Path = args.state_dir.resolve()
     state_file = state_dir / STATE_FILE
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    serving = threading.Event()
 
-    cloud = LocalCloud(state_dir, port=args.port).start()
+    def on_signal(signum: int, _frame: object) -> None:
+        if serving.is_set():
+            stop.set()  # serving: save S3, then stop
+        elif not stop.is_set():
+            stop.set()  # still starting: give up at once, wherever startup is (nothing to save yet)
+            raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"local cloud starting: process {os.getpid()}, state in {state_dir}", flush=True)
+
+    cloud = LocalCloud(state_dir, port=args.port)
     gateway: Gateway | None = None
     try:
+        cloud.start()
         resources = deploy(cloud, state_dir, args.contract)
         gateway = start_gateway(cloud, state_dir, args.gateway_port)
         resources.gateway_url = gateway.url
+        serving.set()
         state_file.touch(mode=0o600)  # it holds the first API client's secret and the API key
         state_file.chmod(0o600)
         state_file.write_text(json.dumps({"pid": os.getpid(), **resources.to_dict()}, indent=2))
@@ -146,14 +169,40 @@ def main(argv: list[str] | None = None) -> None:
         stop.wait()
         saved = snapshot.save(cloud.client("s3"), buckets(resources), state_dir / "s3")
         print(f"saved {saved} S3 objects", flush=True)
+    except PortTaken as exc:
+        print(f"{FAILED}{exc}", file=sys.stderr, flush=True)
+        raise SystemExit(PORT_TAKEN_EXIT) from None
     except Exception as exc:
-        print(f"local cloud failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        print(f"{FAILED}{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         raise
     finally:
-        state_file.unlink(missing_ok=True)
-        if gateway is not None:
-            gateway.stop()
-        cloud.stop()
+        serving.clear()
+        stop.set()  # a signal from here on changes nothing: the daemon is stopping
+        try:
+            if gateway is not None:
+                gateway.stop()
+            cloud.stop()
+        finally:
+            end_workers()
+            state_file.unlink(missing_ok=True)  # last: `local down` and `local up` see a stopped cloud
+
+
+def end_workers() -> None:
+    """Stop every process this daemon started that still runs (a worker busy with an invocation
+    when the cloud stopped), and reap them, so none outlives the daemon."""
+    import psutil
+
+    from pipectl.localcloud.ports import workers
+
+    left = workers(psutil.Process())
+    for process in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(left, timeout=WORKER_GRACE_S)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=WORKER_GRACE_S)
 
 
 if __name__ == "__main__":

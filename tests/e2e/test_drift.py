@@ -4,6 +4,7 @@ reference, the report in PostgreSQL and S3, the scores in CloudWatch, and the ha
 from __future__ import annotations
 
 import datetime as dt
+from html import escape
 
 import psycopg
 import pytest
@@ -55,13 +56,16 @@ def test_drift_on_the_champions_own_period_stays_quiet(target: Target, champion:
     assert execution.status == "SUCCEEDED", execution.cause
     summary = execution.output
     assert summary["decision"] == "none", summary["reasons"]
+    assert summary["why"].startswith("no retraining: ") and "performance stable (RMSE " in summary["why"]
     assert summary["model_version"] == "1" and summary["current_rows"] > 100
     # the report is stored under the execution's name
     assert summary["execution"] == execution.name
     rows = drift_rows(target, summary["execution"])
     assert {kind for kind, *_ in rows} == {"feature", "prediction", "performance"}
     report = target.client("s3").get_object(Bucket=target.artifacts_bucket, Key=summary["report_uri"].split("/", 3)[3])
-    assert b"<html" in report["Body"].read()[:200].lower()
+    page = report["Body"].read().decode()
+    assert "<html" in page[:200].lower()
+    assert escape(summary["why"]) in page  # the report says what was decided, in the same words
     # every PSI score is a CloudWatch metric by feature (the predictions' under "prediction")
     assert "prediction" in summary["psi"] and len(summary["psi"]) > 10
     scored = {
@@ -82,6 +86,7 @@ def test_drift_over_threshold_starts_training(target: Target, champion: dt.date)
     assert any(drifted for *_, drifted in drift_rows(target, summary["execution"]))
     training = flows.wait(target, summary["handover"]["training_execution"])
     assert training.status == "SUCCEEDED", training.cause
-    assert training.output["reason"].startswith(f"drift check {summary['execution']}: ")
+    assert training.output["reason"] == f"drift check {summary['execution']}: {summary['why']}"
+    assert summary["why"].startswith("retraining: ")
     if training.output.get("promotion"):
         flows.wait(target, training.output["promotion"]["execution_arn"])  # let it finish before teardown

@@ -77,13 +77,14 @@ class _Tags(HTMLParser):
 def test_the_report_shows_every_checked_column_and_the_decision_with_its_reasons(shift: float) -> None:
     report = _report(shift)
 
-    page = render_html(report)
+    page = render_html(report, decision="no retraining: feature drift found but performance stable (RMSE 1 vs 1)")
 
     for name in (*report.checked_features, "prediction"):
         assert re.search(rf"<h3>{re.escape(escape(name))} <span", page), name
         assert f"<td>{escape(name)}</td>" in page
     headline = "DRIFT" if report.drifted else "NO DRIFT"
-    assert f"<strong>Decision: {headline}</strong>" in page
+    assert f"<strong>Found: {headline}</strong>" in page
+    assert "<strong>Decision:</strong> no retraining: feature drift found but performance stable" in page
     for reason in report.reasons:
         assert escape(reason) in page
     assert report.drifted is (shift > 0)
@@ -110,5 +111,5 @@ def test_the_same_report_renders_to_the_same_bytes() -> None:
 def test_a_window_without_enough_rows_says_so() -> None:
     page = render_html(_report(0.0, rows=20))
 
-    assert "<strong>Decision: NOT ENOUGH DATA</strong>" in page
+    assert "<strong>Found: NOT ENOUGH DATA</strong>" in page
     assert "not enough data: 20 current rows" in page

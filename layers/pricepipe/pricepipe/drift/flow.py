@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NotRequired, TypedDict
 
 from pricepipe import storage
 from pricepipe.champion import current as champion_of
@@ -55,6 +57,7 @@ class DriftResult(TypedDict):
 
     execution: str
     decision: Decision
+    why: str  # the decision and its grounds in words (:func:`decide`): what every caller prints
     drifted: bool | None  # None: nothing was checked
     reasons: list[str]
     holdout_days: NotRequired[int]
@@ -115,6 +118,7 @@ def check(
         return {
             "execution": execution,
             "decision": "retrain",
+            "why": NO_CHAMPION,
             "drifted": None,
             "reasons": ["no champion model yet"],
             "holdout_days": settings.holdout_days,  # nothing to compare with: the usual holdout
@@ -122,7 +126,13 @@ def check(
     version, serving_uri, metrics = champion.version, champion.serving_artifact_uri, champion.metrics
     end = dt.date.fromisoformat(request["end"]) if request.get("end") else latest_event_date_postgres(conn, contract)
     if end is None:
-        return {"execution": execution, "decision": "none", "drifted": None, "reasons": ["no data loaded yet"]}
+        return {
+            "execution": execution,
+            "decision": "none",
+            "why": NO_DATA,
+            "drifted": None,
+            "reasons": ["no data loaded yet"],
+        }
     days = int(request.get("window_days") or settings.drift_window_days)
     window = TrainingWindow.ending(end, days)
     frame = load_postgres(conn, contract, window).frame
@@ -144,16 +154,21 @@ def check(
         window_end=dt.datetime.combine(window.end + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC),
         check_id=execution,
     )
+    performance = {c.metric: c.value for c in report.checks if c.kind == "performance"}
+    verdict = decide(findings_of(report, performance, metrics))
     save_report(conn, report)
     key = f"{settings.drift_report_prefix}{end.isoformat()}/{execution}.html"
     storage.put_bytes(
         s3,
         settings.artifacts_bucket,
         key,
-        render_html(report, title=f"Drift of {settings.model_name} v{version}, {window.start}..{window.end}").encode(),
+        render_html(
+            report,
+            title=f"Drift of {settings.model_name} v{version}, {window.start}..{window.end}",
+            decision=verdict.why,
+        ).encode(),
         "text/html",
     )
-    performance = {c.metric: c.value for c in report.checks if c.kind == "performance"}
     return {
         "execution": execution,
         "checked_at": report.checked_at.isoformat(),
@@ -172,7 +187,8 @@ def check(
         "reference_rows": report.reference_rows,
         "current_rows": report.current_rows,
         "reasons": list(report.reasons),
-        "decision": decide(report, "rmse_ratio" in performance),
+        "decision": verdict.decision,
+        "why": verdict.why,
         "end": end.isoformat(),
         "window_days": days,
         "holdout_days": days,  # a retraining compares challenger and champion on the days that drifted
@@ -183,11 +199,89 @@ def check(
     }
 
 
-def decide(report: DriftReport, errors_measured: bool) -> Decision:
+NO_CHAMPION = "retraining: no champion model yet, so a first one is trained"
+NO_DATA = "no retraining: no data loaded yet"
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What a check found, as far as the decision goes: its inputs."""
+
+    feature_drift: bool
+    prediction_drift: bool
+    performance_drift: bool
+    rmse: float | None = None  # the champion's RMSE on the window's actual prices; None: none known yet
+    holdout_rmse: float | None = None  # its RMSE on its training holdout
+    enough_rows: bool = True  # False: too few rows in the window to check the features
+
+
+class Verdict(NamedTuple):
+    decision: Decision
+    why: str  # the decision and its grounds, in words that agree with it
+
+
+def decide(found: Findings) -> Verdict:
     """Retrain when the champion got worse on the newest prices; only when that cannot be measured
     (no actual prices yet) do shifted inputs or predictions alone ask for it. Seasonal inputs move
     every week while the champion may still price them well, and a retraining that cannot win the
-    comparison only adds a registered version."""
-    if errors_measured:
-        return "retrain" if report.performance_drift else "none"
-    return "retrain" if report.drifted else "none"
+    comparison only adds a registered version.
+
+    The one place the decision is put in words: the CLI, the HTML report and the training run's
+    reason all say what this says.
+    """
+    shifted = [
+        what for what, flag in (("feature", found.feature_drift), ("prediction", found.prediction_drift)) if flag
+    ]
+    if shifted:
+        inputs = " and ".join(shifted) + " drift found"
+    elif not found.enough_rows:
+        inputs = "too few rows in the window to check the features"
+    else:
+        inputs = "no feature or prediction drift"
+    if found.rmse is not None:
+        errors = f"RMSE {found.rmse:.1f}" + (
+            f" vs {found.holdout_rmse:.1f} on the training holdout" if found.holdout_rmse is not None else ""
+        )
+        if found.performance_drift:
+            return Verdict("retrain", f"retraining: performance drifted ({errors}); {inputs}")
+        joint = "but" if shifted else "and"
+        return Verdict("none", f"no retraining: {inputs} {joint} performance stable ({errors})")
+    if shifted:
+        return Verdict("retrain", f"retraining: {inputs}, and performance cannot be measured yet (no actual prices)")
+    return Verdict("none", f"no retraining: {inputs} (performance not measured: no actual prices yet)")
+
+
+def findings_of(report: DriftReport, performance: Mapping[str, float], metrics: Mapping[str, Any]) -> Findings:
+    """A report's findings: ``performance`` its performance values, ``metrics`` the champion's holdout metrics."""
+    measured = "rmse_ratio" in performance and "rmse" in performance
+    return Findings(
+        feature_drift=report.feature_drift,
+        prediction_drift=report.prediction_drift,
+        performance_drift=report.performance_drift,
+        rmse=float(performance["rmse"]) if measured else None,
+        holdout_rmse=float(metrics["rmse"]) if measured and "rmse" in metrics else None,
+        enough_rows=report.status != "not_enough_data",
+    )
+
+
+def explain(result: Mapping[str, Any]) -> str:
+    """The decision of a check's result in words: its ``why``, or for a result without one (a
+    stack deployed before it was added) the same words from its fields."""
+    if result.get("why"):
+        return str(result["why"])
+    if result.get("drifted") is None:
+        return f"{'retraining' if result.get('decision') == 'retrain' else 'no retraining'}: " + "; ".join(
+            result.get("reasons") or []
+        )
+    performance = result.get("performance") or {}
+    measured = "rmse_ratio" in performance and "rmse" in performance
+    return decide(
+        Findings(
+            feature_drift=bool(result.get("feature_drift")),
+            prediction_drift=bool(result.get("prediction_drift")),
+            performance_drift=bool(result.get("performance_drift")),
+            rmse=float(performance["rmse"]) if measured else None,
+            holdout_rmse=float(performance["rmse"]) / float(performance["rmse_ratio"]) if measured else None,
+            enough_rows=result.get("status") != "not_enough_data",
+        )
+    ).why

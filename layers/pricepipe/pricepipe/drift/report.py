@@ -38,8 +38,9 @@ th:first-child,td:first-child{text-align:left}th{background:#fafafa}
 """
 
 
-def render_html(report: DriftReport, *, title: str = "Drift report") -> str:
-    """The whole page for one report."""
+def render_html(report: DriftReport, *, title: str = "Drift report", decision: str | None = None) -> str:
+    """The whole page for one report; ``decision`` what was decided on it, in words
+    (:func:`pricepipe.drift.flow.decide`)."""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -47,7 +48,7 @@ def render_html(report: DriftReport, *, title: str = "Drift report") -> str:
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         f'<p class="meta">{_meta(report)}</p>',
-        _decision(report),
+        _decision(report, decision),
         "<h2>Summary</h2>",
         _summary_table(report),
     ]
@@ -81,7 +82,7 @@ def _when(moment: object) -> str:
     return moment.isoformat() if hasattr(moment, "isoformat") else "-"
 
 
-def _decision(report: DriftReport) -> str:
+def _decision(report: DriftReport, decision: str | None) -> str:
     if report.status == "not_enough_data" and not report.drifted:
         css, headline = "nodata", "NOT ENOUGH DATA"
     elif report.drifted:
@@ -96,8 +97,9 @@ def _decision(report: DriftReport) -> str:
         f"reach {t.rmse_ratio:g}&times; / {t.mae_ratio:g}&times; the training holdout's."
     )
     return (
-        f'<div class="decision {css}"><strong>Decision: {headline}</strong>'
-        f"<ul>{items}</ul><div class='note'>{rule}</div></div>"
+        f'<div class="decision {css}"><strong>Found: {headline}</strong>'
+        + (f"<p><strong>Decision:</strong> {escape(decision)}</p>" if decision else "")
+        + f"<ul>{items}</ul><div class='note'>{rule}</div></div>"
     )
 
 
