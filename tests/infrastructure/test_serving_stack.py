@@ -148,7 +148,13 @@ def test_given_the_api_then_every_method_requires_an_api_key_except_getting_the_
     assert {("ANY", "/"), ("ANY", "/{proxy+}")} <= set(methods)
     open_methods = {key for key, props in methods.items() if not props.get("ApiKeyRequired")}
     assert open_methods == {("GET", path) for path in PUBLIC_DOC_PATHS}
-    assert set(PUBLIC_DOC_PATHS) == {"/docs", "/openapi.json", "/docs/oauth2-redirect"}
+    assert set(PUBLIC_DOC_PATHS) == {
+        "/docs",
+        "/openapi.json",
+        "/docs/oauth2-redirect",
+        "/docs/swagger-ui-bundle.js",  # Swagger UI's files, served by the API itself (offline docs)
+        "/docs/swagger-ui.css",
+    }
     alias, _ = _one(serving_resources, "AWS::Lambda::Alias")
     for props in methods.values():
         integration = props["Integration"]
