@@ -261,7 +261,7 @@ def main() -> None:
         f" (~{result['rows_per_delivery']:,} rows each) -> monitoring.predictions",
         [
             (
-                "the real handler (decode, parse, insert ... on conflict)",
+                "the real handler (decode, parse, dedupe, COPY)",
                 f"{result['handler_rows_per_s']:,} rows/s",
                 f"goal {GOAL_ROWS_PER_S:,} rows/s",
             ),

@@ -161,6 +161,13 @@ def test_a_method_a_doc_path_does_not_have_is_a_missing_route_even_with_a_key() 
     assert _over_http("POST", "/docs", {"x-api-key": "k"})[::2] == (403, {"message": "Missing Authentication Token"})
 
 
+def test_swagger_uis_files_are_open_without_a_key_like_the_docs_page() -> None:
+    # a browser loading /docs sends no x-api-key for the page's scripts either
+    for path in ("/docs", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"):
+        assert _over_http("GET", path)[0] == 502, path  # past the key check, to the (unreachable) function
+    assert _over_http("GET", "/docs/other.js")[::2] == (403, {"message": "Forbidden"})
+
+
 def test_a_request_without_a_key_on_an_existing_route_is_forbidden() -> None:
     assert _over_http("POST", "/predict")[::2] == (403, {"message": "Forbidden"})
 
