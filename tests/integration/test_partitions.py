@@ -209,3 +209,36 @@ def test_retention_gives_way_to_a_query_holding_the_table(conn: psycopg.Connecti
         upkeep = partitions.maintain(conn, keep_one, today, lock_timeout="50ms")
     assert upkeep["dropped"] == [] and "lock" in upkeep["deferred"]
     assert partitions.maintain(conn, keep_one, today)["dropped"] == ["predictions_p2029_01"]
+
+
+def test_a_writer_racing_another_on_the_same_rows_fails_whole_and_its_retry_adds_nothing(database_url: str) -> None:
+    """A redelivery handled while the first delivery's transaction is still open: the later COPY
+    meets the unique index, its transaction rolls back whole, and Lambda's retry finds the rows."""
+    import threading
+
+    rows = [record("req-1", "a", utc(2030, 6, 1)), record("req-1", "b", utc(2030, 6, 1))]
+    outcome: list[BaseException | int] = []
+    with db.connect(database_url, autocommit=True) as first, db.connect(database_url, autocommit=True) as second:
+        insert_predictions(first, [record("req-0", "a", utc(2030, 6, 1))])  # the month exists, committed
+        insert_predictions(second, [record("req-0", "b", utc(2030, 6, 1))])
+
+        def redelivery() -> None:
+            try:
+                outcome.append(insert_predictions(second, rows))
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+        with first.transaction():
+            assert insert_predictions(first, rows) == 2  # not committed yet
+            racer = threading.Thread(target=redelivery)
+            racer.start()
+            for _ in range(10_000):  # until the racer waits on the unique index (bounded by count)
+                waiting = first.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+                if waiting and waiting[0]:
+                    break
+        racer.join()
+
+        assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.UniqueViolation)
+        assert insert_predictions(second, rows) == 0  # the retry
+        stored = second.execute("SELECT request_id, record_key FROM monitoring.predictions ORDER BY 1, 2").fetchall()
+    assert stored == [("req-0", "a"), ("req-0", "b"), ("req-1", "a"), ("req-1", "b")]
