@@ -27,7 +27,8 @@ contract = load_contract(settings.contract, s3)
 @metrics.log_metrics
 def check(event: flow.DriftEvent, context: LambdaContext) -> flow.DriftResult:
     upkeep = partitions.maintain(database.get(), settings, dt.datetime.now(dt.UTC).date())
-    logger.info("prediction log partitions maintained", extra=upkeep)
+    # prefixed: "created" is a logging.LogRecord attribute, which extra keys must not overwrite
+    logger.info("prediction log partitions maintained", extra={f"partitions_{k}": v for k, v in upkeep.items()})
     summary = flow.check(database.get(), s3, contract, settings, event.get("request") or {}, event.get("execution"))
     metrics.add_dimension(name="model_name", value=settings.model_name)
     metrics.add_metric(name="drift_detected", unit=MetricUnit.Count, value=1 if summary["decision"] == "retrain" else 0)
