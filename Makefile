@@ -28,8 +28,14 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml l
 	$(BIN)/python -m pip install --quiet --no-deps -e layers/pricepipe -e .
 	touch $@
 
+# Swagger UI's files for the API's offline /docs page (pricepipe.serving.docs): from the pinned
+# swagger-ui-dist into the package, so the package layer the stacks build carries them.
+SWAGGER_UI := layers/pricepipe/pricepipe/serving/swagger_ui
 $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --silent
+	mkdir -p $(SWAGGER_UI)
+	cp node_modules/swagger-ui-dist/swagger-ui-bundle.js node_modules/swagger-ui-dist/swagger-ui.css \
+	   node_modules/swagger-ui-dist/LICENSE node_modules/swagger-ui-dist/NOTICE $(SWAGGER_UI)/
 	touch $@
 
 demo: $(STAMP)
@@ -57,7 +63,7 @@ test: $(STAMP) $(NODE_STAMP) lint typecheck
 unit integration e2e infra: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pytest tests/$@
 
-bench: bench-etl bench-train bench-drift bench-serve
+bench: bench-etl bench-train bench-drift bench-serve bench-writer
 
 bench-etl: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_etl
@@ -122,3 +128,7 @@ constraints: $(STAMP)
 	( echo "# Transitive pins for requirements-dev.txt (pip freeze of a fresh install). Regenerate with"; \
 	  echo "# \`make constraints\` after changing a requirements file."; \
 	  $(BIN)/pip freeze --exclude-editable | grep -v '^-e\|^#\|@ file' ) > constraints.txt
+
+.PHONY: bench-writer
+bench-writer: $(STAMP)
+	$(BIN)/python -m benchmarks.bench_writer

@@ -42,12 +42,14 @@ from typing import TYPE_CHECKING, Any, cast
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from mangum import Mangum
 
 from pricepipe.contract import Contract, load_contract
 from pricepipe.observability import logger, metrics
+from pricepipe.serving import docs
 from pricepipe.serving.http_metrics import HttpMetrics, MetricsMiddleware
 from pricepipe.serving.model_layer import load_deployed_model
 from pricepipe.serving.prediction_log import EmfMetrics, ServerErrorMetric, log_serializer
@@ -170,6 +172,10 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
         telemetry={"tracing": False, "metrics": False, "logs": False},
         title="Price prediction API",
         version="1",
+        # /docs is served below with Swagger UI's files from this package (pricepipe.serving.docs),
+        # not FastAPI's page, whose browser fetches them from a CDN; no ReDoc page (a CDN too)
+        docs_url=None,
+        redoc_url=None,
         description=(
             f"Prices {service.contract.name} records with the deployed model. `POST /predict` takes one row "
             f'or `{{"rows": [...]}}` with at most {service.max_batch_rows} rows.'
@@ -233,6 +239,37 @@ def create_app(service: PredictionService, http_metrics: HttpMetrics) -> FastAPI
     @app.get("/metrics", summary="Prometheus metrics of this process", response_class=Response)
     async def prometheus() -> Response:
         return Response(http_metrics.render(), media_type=http_metrics.content_type)
+
+    @app.get(docs.DOCS_PATH, include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        # below the request's root path (the stage prefix behind API Gateway: see _staged), as
+        # FastAPI's own page names the document
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=root + docs.OPENAPI_PATH,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{docs.DOCS_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{docs.DOCS_PATH}/swagger-ui.css",
+            swagger_favicon_url=docs.FAVICON,
+            oauth2_redirect_url=root + docs.OAUTH2_REDIRECT_PATH,
+            # no online validator badge (Swagger UI would call validator.swagger.io)
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+
+    @app.get(docs.OAUTH2_REDIRECT_PATH, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get(docs.DOCS_PATH + "/{name}", include_in_schema=False)
+    async def swagger_ui_asset(name: str) -> Response:
+        if name not in docs.ASSETS:
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        try:
+            body = docs.asset(name)
+        except docs.AssetMissing as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=503)
+        # the pinned version's files never change under a name while this function version runs
+        return Response(body, media_type=docs.ASSETS[name], headers={"cache-control": "public, max-age=86400"})
 
     def openapi() -> dict[str, Any]:
         # the request body and the responses are declared by hand (see the module docstring): add

@@ -1,12 +1,16 @@
 """Drift state machine task (infrastructure/statemachines/drift.asl.json): check the newest days
-against the champion's training reference, store the report, emit the scores as metrics."""
+against the champion's training reference, store the report, emit the scores as metrics; and the
+prediction log's daily upkeep (month partitions ahead, retention: pricepipe.partitions.maintain)."""
 
 from __future__ import annotations
+
+import datetime as dt
 
 import boto3
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from pricepipe import partitions
 from pricepipe.contract import load_contract
 from pricepipe.db import ConnectionCache, DatabaseCredentials
 from pricepipe.drift import flow
@@ -23,6 +27,9 @@ contract = load_contract(settings.contract, s3)
 @logger.inject_lambda_context
 @metrics.log_metrics
 def check(event: flow.DriftEvent, context: LambdaContext) -> flow.DriftResult:
+    upkeep = partitions.maintain(database.get(), settings, dt.datetime.now(dt.UTC).date())
+    # prefixed: "created" is a logging.LogRecord attribute, which extra keys must not overwrite
+    logger.info("prediction log partitions maintained", extra={f"partitions_{k}": v for k, v in upkeep.items()})
     summary = flow.check(database.get(), s3, contract, settings, event.get("request") or {}, event.get("execution"))
     metrics.add_dimension(name="model_name", value=settings.model_name)
     metrics.add_metric(name="drift_detected", unit=MetricUnit.Count, value=1 if summary["decision"] == "retrain" else 0)

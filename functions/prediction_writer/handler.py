@@ -1,10 +1,10 @@
 """Prediction log → ``monitoring.predictions``: a CloudWatch Logs subscription on the API's log group.
 
 Thin: decode the delivery, parse the prediction lines (:mod:`pricepipe.serving.prediction_log`),
-insert them in one statement (:mod:`pricepipe.monitoring` explains this route). One database
-connection per container, opened on the first delivery. A line that cannot be read is skipped and
+COPY the rows not stored yet in one transaction (:mod:`pricepipe.monitoring` explains this route).
+One database connection per container, opened on the first delivery. A line that cannot be read is skipped and
 logged, so one bad line never holds back the rest; a database failure raises, and Lambda retries
-the delivery, which the unique (request id, record key) index makes safe.
+the delivery, which the unique (request id, record key, predicted at) index makes safe.
 """
 
 from __future__ import annotations

@@ -65,14 +65,16 @@ from infrastructure.stacks.data_access import attach_data_access
 from infrastructure.stacks.data_stack import DataStack
 from infrastructure.stacks.pipeline_function import RUNTIMES, PipelineFunction
 from infrastructure.stacks.pipeline_stack import REQUIREMENTS_DIR, PipelineStack, function_code
+from pricepipe.serving import docs
 
 SERVING_REQUIREMENTS = REQUIREMENTS_DIR / "serving-deps.txt"
 API_NAME = f"{catalog.PROJECT}-api"  # the REST API's name: the ApiName dimension of its metrics
 API_STAGE = "v1"  # the stage: the URL prefix and the Stage dimension
 # Open without a token or an API key, so the interactive docs work in a browser (which sends neither):
-# FastAPI's Swagger page, the OpenAPI document it loads, and its OAuth2 redirect page.
-# They describe the API and run nothing; the stage's throttling still applies to them.
-PUBLIC_DOC_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
+# the Swagger page, the OpenAPI document it loads, its OAuth2 redirect page and Swagger UI's own
+# files, which the API serves (pricepipe.serving.docs). They describe the API and run nothing; the
+# stage's throttling still applies to them.
+PUBLIC_DOC_PATHS = docs.PUBLIC_PATHS
 # Everything the template ever says about the live alias, fixed for the stack's life (see the module
 # docstring): the promotion flow owns FunctionVersion and RoutingConfig after creation.
 LIVE_ALIAS_PROPERTIES = ("FunctionName", "FunctionVersion", "Name")

@@ -44,13 +44,14 @@ from urllib.parse import parse_qs, urlsplit
 from botocore.exceptions import ConnectTimeoutError, ReadTimeoutError
 
 from infrastructure import catalog
+from pricepipe.serving import docs
 
 if TYPE_CHECKING:
     from mypy_boto3_lambda import LambdaClient
 
     from pipectl.localcloud.auth import CognitoAuthorizer
 
-PUBLIC_ROUTES = {("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/docs/oauth2-redirect")}
+PUBLIC_ROUTES = {("GET", path) for path in docs.PUBLIC_PATHS}  # as the serving stack's (pricepipe.serving.docs)
 # The serving stack's methods: ANY on / and on /{proxy+}, and GET alone on each public doc path (an
 # explicit resource is matched before the greedy proxy). ANY stands for these seven methods (API
 # Gateway developer guide, "Set up a method": ANY is DELETE, GET, HEAD, OPTIONS, PATCH, POST or PUT).

@@ -131,6 +131,20 @@ def test_given_the_serving_function_then_its_code_and_layers_stay_within_the_100
     assert size <= SERVING_BUDGET_MB, f"{api.spec.name}: {size:.1f} MB with a {MODEL_LAYER_ALLOWANCE_MB} MB model"
 
 
+def test_given_the_serving_function_then_it_carries_swagger_uis_files_for_an_offline_docs_page(
+    deployed: dict[str, Deployed],
+) -> None:
+    from pricepipe.serving import docs
+
+    api = deployed[catalog.SERVING_FUNCTION]
+    folders = [layer / "pricepipe" / "serving" / "swagger_ui" for layer in api.layers]
+    shipped = next((folder for folder in folders if folder.is_dir()), None)
+    assert shipped is not None, f"no pricepipe/serving/swagger_ui in the layers: {docs.INSTALL_HINT}"
+    assert {p.name for p in shipped.iterdir()} >= {*docs.ASSETS, "LICENSE"}
+    for name in docs.ASSETS:
+        assert (shipped / name).read_bytes() == (docs.ASSET_DIR / name).read_bytes()
+
+
 def _runtime_path(directory: Path) -> Path:
     """A folder holding only the AWS SDK the python3.12 runtime provides (pure Python, from this venv)."""
     directory.mkdir(parents=True, exist_ok=True)

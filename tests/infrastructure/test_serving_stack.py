@@ -148,7 +148,13 @@ def test_given_the_api_then_every_method_but_the_docs_needs_a_cognito_token_with
     methods = _method_paths(serving_resources)
     protected = {("ANY", "/"), ("ANY", "/{proxy+}"), ("ANY", "/model-info"), ("ANY", "/metrics")}
     assert set(methods) == protected | {("GET", path) for path in PUBLIC_DOC_PATHS}
-    assert set(PUBLIC_DOC_PATHS) == {"/docs", "/openapi.json", "/docs/oauth2-redirect"}
+    assert set(PUBLIC_DOC_PATHS) == {
+        "/docs",
+        "/openapi.json",
+        "/docs/oauth2-redirect",
+        "/docs/swagger-ui-bundle.js",  # Swagger UI's files, served by the API itself (offline docs)
+        "/docs/swagger-ui.css",
+    }
     authorizer, props = _one(serving_resources, "AWS::ApiGateway::Authorizer")
     assert props["Properties"]["Type"] == "COGNITO_USER_POOLS"
     pool, _ = _one(serving_resources, "AWS::Cognito::UserPool")

@@ -260,6 +260,26 @@ def test_actual_prices_join_on_the_record_key(invoke: Invoke, database_url: str)
     assert joined == [("101", 100.0, None), ("102", 101.0, 120.0)]
 
 
+def test_a_delivery_for_months_with_no_partition_yet_lands_in_new_month_partitions(
+    invoke: Invoke, database_url: str
+) -> None:
+    """monitoring.predictions is partitioned by month (migration 0007): the writer creates a month's
+    partition with its first rows, so none wait in the default partition."""
+
+    def line(request_id: str, at_ms: int) -> list[str]:
+        return [m.replace(str(PREDICTED_AT_MS), str(at_ms)) for m in api_lines(request_id, ["101"])]
+
+    february, march = 1_930_000_000_000, 1_932_000_000_000  # 2031-02-27 23:06 and 2031-03-23 02:40 UTC
+    result = invoke(delivery(line("req-1", february) + line("req-2", march)))
+
+    assert result["inserted"] == 2
+    with psycopg.connect(database_url) as conn:
+        placed = conn.execute(
+            "SELECT request_id, tableoid::regclass::text FROM monitoring.predictions ORDER BY 1"
+        ).fetchall()
+    assert placed == [("req-1", "monitoring.predictions_p2031_02"), ("req-2", "monitoring.predictions_p2031_03")]
+
+
 def test_the_packages_delivery_builder_matches_cloudwatchs_format() -> None:
     """pricepipe's subscription_event, which the local cloud delivers, builds what CloudWatch Logs sends."""
     from pricepipe.serving.prediction_log import decode_subscription_event, subscription_event

@@ -254,6 +254,13 @@ def test_the_claims_reach_the_function_as_the_cognito_authorizer_passes_them() -
     assert built["requestContext"]["authorizer"] == {"claims": {"client_id": "c", "exp": "5"}}
 
 
+def test_swagger_uis_files_are_open_without_a_key_or_token_like_the_docs_page() -> None:
+    # a browser loading /docs sends neither an x-api-key nor a token for the page's scripts
+    for path in ("/docs", "/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css"):
+        assert _over_http("GET", path)[0] == 502, path  # past the checks, to the (unreachable) function
+    assert _over_http("GET", "/docs/other.js")[::2] == (401, {"message": "Unauthorized"})
+
+
 def test_a_malformed_request_is_answered_in_json() -> None:
     with _serving_gateway() as gateway, socket.create_connection((gateway.host, gateway.port), timeout=10) as raw:
         many = b"".join(b"x-h%d: v\r\n" % i for i in range(101))  # http.server accepts 100 at most

@@ -813,6 +813,53 @@ def test_docs_without_a_stage_prefix_link_the_openapi_document_at_the_root(api: 
     assert "'/openapi.json'" in docs["body"]
 
 
+def test_the_docs_page_loads_everything_from_the_api_under_the_stage_and_nothing_from_elsewhere(
+    api_without_model: Api,
+) -> None:
+    # GIVEN a browser with no internet access on https://…/prod/docs
+    page = api_without_model.handler("GET", "/docs")
+
+    # THEN every file the page names is the API's own, below the stage; no other host is named
+    html = page["body"]
+    assert page["statusCode"] == 200 and page["headers"]["content-type"].startswith("text/html")
+    referenced = re.findall(r'(?:src|href)="([^"]*)"', html) + re.findall(r"url: '([^']*)'", html)
+    assert sorted(referenced) == sorted(
+        ["/prod/docs/swagger-ui-bundle.js", "/prod/docs/swagger-ui.css", "data:,", "/prod/openapi.json"]
+    )
+    assert re.search(r"(https?:)?//", html) is None, "no absolute or scheme-relative URL"
+    assert '"validatorUrl": null' in html  # Swagger UI's online validator stays off
+
+
+def test_swagger_uis_files_answer_with_their_content_types_through_the_handler(api_without_model: Api) -> None:
+    from pricepipe.serving import docs
+
+    for name, kind in (("swagger-ui-bundle.js", "text/javascript"), ("swagger-ui.css", "text/css")):
+        answer = api_without_model.handler("GET", f"/docs/{name}")
+
+        assert answer["statusCode"] == 200 and answer["headers"]["content-type"].startswith(kind)
+        assert answer["isBase64Encoded"] is False  # text: API Gateway passes it on without binary media types
+        assert answer["body"].encode() == (docs.ASSET_DIR / name).read_bytes()
+    assert b"SwaggerUIBundle" in docs.asset("swagger-ui-bundle.js")
+    assert api_without_model.handler("GET", "/docs/oauth2-redirect")["statusCode"] == 200
+    assert api_without_model.handler("GET", "/docs/index.html")["statusCode"] == 404  # only the files it names
+
+
+def test_a_missing_swagger_ui_file_is_a_503_naming_the_build_step(
+    api_without_model: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from pricepipe.serving import docs
+
+    monkeypatch.setattr(docs, "ASSET_DIR", tmp_path)
+    docs.asset.cache_clear()
+    try:
+        answer = api_without_model.handler("GET", "/docs/swagger-ui.css")
+    finally:
+        docs.asset.cache_clear()
+
+    assert answer["statusCode"] == 503
+    assert "make node_modules/.installed" in json.loads(answer["body"])["detail"]
+
+
 def test_a_5xx_answer_is_counted_as_a_server_error_of_this_function_version(
     load_api: Callable[[Path | None], Api], trained: Trained, capsys: pytest.CaptureFixture[str]
 ) -> None:

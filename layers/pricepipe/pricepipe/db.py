@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from pricepipe import partitions
 from pricepipe.errors import ConfigurationError, ContractError, TransientError
 
 if TYPE_CHECKING:
@@ -246,11 +247,14 @@ def migrations() -> list[Migration]:
     return sorted(out, key=lambda m: m.version)
 
 
-def migrate(conn: psycopg.Connection[Any], contract: Contract | None = None) -> list[int]:
+def migrate(conn: psycopg.Connection[Any], contract: Contract | None = None, *, until: int | None = None) -> list[int]:
     """Apply pending migrations (each in its own transaction), then sync the dataset's tables.
 
     Idempotent and safe to run concurrently (an advisory lock serialises runners). Refuses to run
-    when an applied migration's file has changed since. Returns the versions applied now.
+    when an applied migration's file has changed since. Returns the versions applied now. ``until``
+    stops after that version (tests of a conversion start from the database before it). Rows a
+    migration left in a partitioned table's default partition go to their month partitions
+    (:func:`pricepipe.partitions.settle`).
     """
     applied_now: list[int] = []
     with conn.transaction():
@@ -262,6 +266,8 @@ def migrate(conn: psycopg.Connection[Any], contract: Contract | None = None) -> 
         )
         done = dict(conn.execute("SELECT version, checksum FROM public.pricepipe_migrations").fetchall())
         for migration in migrations():
+            if until is not None and migration.version > until:
+                break
             if migration.version in done:
                 if done[migration.version] != migration.checksum:
                     raise ConfigurationError(
@@ -276,6 +282,8 @@ def migrate(conn: psycopg.Connection[Any], contract: Contract | None = None) -> 
                     (migration.version, migration.name, migration.checksum),
                 )
             applied_now.append(migration.version)
+        if partitions.is_partitioned(conn, partitions.PREDICTIONS):
+            partitions.settle(conn, partitions.PREDICTIONS)
         if contract is not None:
             sync_dataset(conn, contract)
     return applied_now
@@ -285,7 +293,10 @@ def sync_dataset(conn: psycopg.Connection[Any], contract: Contract) -> None:
     """Make the dataset tables carry the contract's columns and key; register the contract.
 
     Adds columns a newer contract version introduces. Refuses a different dataset than the one the
-    database holds, a changed column type, or a changed key, naming what differs.
+    database holds, a changed column type, or a changed key, naming what differs. With an event
+    time, ``raw_data`` is partitioned by its month (converted in place, every row kept, when an
+    older database holds it unpartitioned) and keyed on the contract's key plus the event time, as
+    PostgreSQL requires of a partitioned table's primary key.
     """
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK + 1,))
@@ -309,7 +320,9 @@ def sync_dataset(conn: psycopg.Connection[Any], contract: Contract) -> None:
                         f"price_data.{table}.{name} is {existing[name]} but the contract says {pg_type}; "
                         "a column's type cannot change in place"
                     )
-            _ensure_primary_key(conn, table, contract.key)
+            if table == "raw_data":
+                _partition_raw_data(conn, contract)
+            _ensure_primary_key(conn, table, primary_key(contract, table))
         _create_model_features_view(conn, contract)
         conn.execute(
             "INSERT INTO price_data.datasets (name, contract_version, contract) VALUES (%s, %s, %s)"
@@ -317,6 +330,60 @@ def sync_dataset(conn: psycopg.Connection[Any], contract: Contract) -> None:
             " contract = EXCLUDED.contract, updated_at = now()",
             (contract.name, contract.version, json.dumps(contract.model_dump(mode="json"))),
         )
+
+
+def primary_key(contract: Contract, table: str) -> tuple[str, ...]:
+    """The primary key of a dataset table: the contract's key, plus the event time in ``raw_data``
+    when it is partitioned by it and the key lacks it.
+
+    The key stays unique on its own all the same: ``processed_features`` (not partitioned) keeps
+    the contract's key as its primary key and every loaded row goes into both tables in one
+    transaction, and the ETL's duplicate check looks a key up in ``raw_data`` across all partitions
+    (``pricepipe.etl._not_yet_stored``; the primary key's index leads with the key columns).
+    """
+    spec = partitions.raw_data(contract) if table == "raw_data" else None
+    if spec is None or spec.column in contract.key:
+        return contract.key
+    return (*contract.key, spec.column)
+
+
+def _partition_raw_data(conn: psycopg.Connection[Any], contract: Contract) -> None:
+    """Convert an unpartitioned ``raw_data`` into one partitioned by event month, rows and all."""
+    spec = partitions.raw_data(contract)
+    if spec is None or partitions.is_partitioned(conn, spec):
+        return
+    _ensure_primary_key(conn, "raw_data", contract.key)  # refuses a changed key before anything moves
+    old = sql.Identifier("price_data", "raw_data_unpartitioned")
+    conn.execute("DROP VIEW IF EXISTS price_data.model_features")  # re-created by sync_dataset
+    conn.execute("ALTER TABLE price_data.raw_data RENAME TO raw_data_unpartitioned")
+    pkey = conn.execute(
+        "SELECT conname FROM pg_constraint WHERE conrelid = 'price_data.raw_data_unpartitioned'::regclass"
+        " AND contype = 'p'"
+    ).fetchone()
+    if pkey is not None:  # its index name would clash with the new table's
+        conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(old, sql.Identifier(pkey[0])))
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE price_data.raw_data (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)"
+            " PARTITION BY RANGE ({})"
+        ).format(old, sql.Identifier(spec.column))
+    )
+    conn.execute(
+        sql.SQL("CREATE TABLE {} PARTITION OF price_data.raw_data DEFAULT").format(
+            sql.Identifier(spec.schema, spec.default)
+        )
+    )
+    months = conn.execute(
+        sql.SQL("SELECT DISTINCT date_trunc('month', {} {})::date FROM {}").format(
+            sql.Identifier(spec.column), sql.SQL("AT TIME ZONE 'UTC'" if spec.kind == "timestamptz" else ""), old
+        )
+    ).fetchall()
+    partitions.ensure_months(conn, spec, [m for (m,) in months if m is not None])
+    moved = conn.execute(sql.SQL("INSERT INTO price_data.raw_data SELECT * FROM {}").format(old)).rowcount
+    kept = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(old)).fetchone()
+    if kept is None or kept[0] != moved:  # cannot happen; and if it did, the transaction rolls back
+        raise ContractError(f"partitioning price_data.raw_data copied {moved} of {kept} rows; nothing changed")
+    conn.execute(sql.SQL("DROP TABLE {}").format(old))
 
 
 def _create_model_features_view(conn: psycopg.Connection[Any], contract: Contract) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
-from pricepipe import storage
+from pricepipe import partitions, storage
 from pricepipe.contract import Contract, read_csv, validate
 from pricepipe.db import copy_frame, transient_errors
 from pricepipe.errors import ContractError
@@ -184,6 +184,7 @@ def _load(
     ).fetchone()  # type: ignore[misc]
 
     good = checked.good
+    _ensure_event_months(conn, contract, good)  # before raw_data is first read: see pricepipe.partitions
     is_new = _not_yet_stored(conn, contract, good)
     new = good[is_new].reset_index(drop=True) if not is_new.all() else good
     features = build_features(new, contract)
@@ -312,6 +313,18 @@ def _record_failure(
             )
     except Exception:  # noqa: BLE001, S110 - the database may be what failed; the error itself propagates
         pass
+
+
+def _ensure_event_months(conn: psycopg.Connection[Any], contract: Contract, good: pd.DataFrame) -> None:
+    """Create the ``raw_data`` partitions of the event months of ``good`` that are missing."""
+    spec = partitions.raw_data(contract)
+    if spec is None or good.empty:
+        return
+    moments = good[spec.column]
+    if getattr(moments.dt, "tz", None) is not None:
+        moments = moments.dt.tz_convert("UTC")
+    months = (moments.dt.year * 100 + moments.dt.month).unique()
+    partitions.ensure_months(conn, spec, [dt.date(int(m) // 100, int(m) % 100, 1) for m in months])
 
 
 def _not_yet_stored(conn: psycopg.Connection[Any], contract: Contract, good: pd.DataFrame) -> Any:

@@ -109,6 +109,10 @@ class Settings(BaseModel):
     performance_rmse_ratio_threshold: float = Field(default=1.25, ge=1)  # current RMSE / training holdout RMSE
     performance_mae_ratio_threshold: float = Field(default=1.25, ge=1)  # current MAE / training holdout MAE
     performance_min_rows: int = Field(default=30, ge=1)  # rows whose actual price has arrived
+    # monitoring.predictions keeps the current month and this many before it; older month partitions
+    # are dropped whole by the drift function's upkeep (pricepipe.partitions.maintain). 0: keep all.
+    # 13 keeps a year-on-year comparison of the same month possible.
+    prediction_retention_months: int = Field(default=13, ge=0, le=1200)
 
     # -- serving (functions/api, pricepipe.serving) -------------------------------------------------
     # One POST /predict takes at most this many rows; more is a 413 naming both numbers. 1,000 rows

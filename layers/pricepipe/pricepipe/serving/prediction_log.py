@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -398,9 +398,9 @@ class PredictionLogLine(BaseModel):
         return dt.datetime.fromtimestamp(self.predicted_at_ms / 1000, tz=dt.UTC)
 
 
-@dataclass(frozen=True)
-class PredictionRecord:
-    """One row of ``monitoring.predictions``."""
+class PredictionRecord(NamedTuple):
+    """One row of ``monitoring.predictions`` (a named tuple: the writer builds one per row, and a
+    tuple is made ~5x faster than a frozen dataclass)."""
 
     request_id: str
     record_key: str
@@ -441,6 +441,15 @@ def records_of(line: PredictionLogLine) -> list[PredictionRecord]:
     ]
 
 
+def _loads(text: str | bytes) -> Any:
+    """JSON by orjson (~4x faster on a delivery), or by ``json`` for what orjson refuses and Python's
+    encoder writes (NaN, Infinity: a logger set up with ``json.dumps`` may write them)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def parse_line(message: str) -> PredictionLogLine | None:
     """The prediction line in one log event's message; ``None`` when it is another kind of line.
 
@@ -452,7 +461,7 @@ def parse_line(message: str) -> PredictionLogLine | None:
     if start < 0:
         return None
     try:
-        data = json.loads(message[start:])
+        data = _loads(message[start:])
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON: {exc}") from exc
     if not isinstance(data, dict) or data.get("message") != PREDICTION_LOG_MARKER:
@@ -470,7 +479,7 @@ def decode_subscription_event(event: Mapping[str, Any]) -> dict[str, Any]:
         data = event["awslogs"]["data"]
     except (KeyError, TypeError) as exc:
         raise ValueError("not a CloudWatch Logs subscription event (no awslogs.data)") from exc
-    payload = json.loads(gzip.decompress(base64.b64decode(data)))
+    payload = _loads(gzip.decompress(base64.b64decode(data)))
     if not isinstance(payload, dict):
         raise ValueError("the subscription payload is not a JSON object")
     return payload
