@@ -38,10 +38,10 @@ $(NODE_STAMP): package.json package-lock.json
 	   node_modules/swagger-ui-dist/LICENSE node_modules/swagger-ui-dist/NOTICE $(SWAGGER_UI)/
 	touch $@
 
-demo: $(STAMP)
+demo: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pipectl demo
 
-local-up: $(STAMP)
+local-up: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pipectl local up
 
 local-down: $(STAMP)
@@ -89,7 +89,7 @@ bench-score: $(STAMP)
 bench-intervals: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_intervals
 
-dev-train: $(STAMP)
+dev-train: $(STAMP) $(NODE_STAMP)
 	$(BIN)/pipectl local up
 	$(BIN)/pipectl train
 

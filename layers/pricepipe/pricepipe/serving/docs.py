@@ -12,13 +12,15 @@ they resolve behind API Gateway's stage prefix too.
 No favicon: Swagger UI's is a PNG, which API Gateway returns as base64 text unless the API lists
 binary media types; the page names an empty ``data:`` icon, so the browser asks nobody for one.
 
-Standard library only: the stacks and the local gateway read the paths, which must be public.
+Standard library (and pricepipe.errors) only: the stacks and the local gateway read the paths, which must be public.
 """
 
 from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+
+from pricepipe.errors import ConfigurationError
 
 ASSET_DIR = Path(__file__).with_name("swagger_ui")
 DOCS_PATH = "/docs"
@@ -38,7 +40,7 @@ FAVICON = "data:,"
 INSTALL_HINT = "run `make node_modules/.installed`, which copies them from the pinned swagger-ui-dist"
 
 
-class AssetMissing(FileNotFoundError):
+class AssetMissing(ConfigurationError, FileNotFoundError):
     """A Swagger UI file is not in the package (the build step that copies it has not run)."""
 
 
