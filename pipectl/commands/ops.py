@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -171,8 +172,27 @@ def backup_database(target: Target, path: Path | None) -> Path:
     return path
 
 
+# What a dump holds that a restore replaces: its schemas whole, and its tables, sequences and views in
+# ``public`` (the migrations ledger), as ``pg_restore --list`` names them ("<id>; <oid> <oid> TYPE schema name owner").
+_DUMPED = re.compile(r"^\d+; \d+ \d+ (SCHEMA|TABLE|SEQUENCE|VIEW|MATERIALIZED VIEW) (\S+) (\S+) ", re.MULTILINE)
+
+
+def _restore_script(listing: str) -> str:
+    """SQL that removes what the dump will recreate: ``pg_restore --clean`` drops objects one by one,
+    and PostgreSQL refuses to drop a partition's inherited constraint before its parent's ("cannot
+    drop inherited constraint"), so partitioned tables (migration 0007) cannot be cleaned that way."""
+    drops = []
+    for kind, schema, name in _DUMPED.findall(listing):
+        if kind == "SCHEMA":
+            drops.append(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;')
+        elif schema == "public":
+            drops.append(f'DROP {kind} IF EXISTS public."{name}" CASCADE;')
+    return "\n".join(drops) + "\n"
+
+
 def restore_database(target: Target, path: Path) -> None:
-    """Local: replace the database's content with a backup (pg_restore --clean, one transaction)."""
+    """Local: replace the database's content with a backup, in one transaction: what the dump holds
+    is dropped and recreated from it (psql --single-transaction), so a failed restore changes nothing."""
     if target.kind == "aws":
         raise RuntimeError(
             "restore an RDS snapshot into a new instance with `aws rds restore-db-instance-from-db-snapshot`,"
@@ -182,9 +202,26 @@ def restore_database(target: Target, path: Path) -> None:
         raise RuntimeError(f"{path} is not a backup file")
     if not target.database_url:
         raise RuntimeError("this target has no reachable database")
-    options = ["--clean", "--if-exists", "--single-transaction", "--no-owner"]
     restore = _pg_tool("pg_restore", target.database_url)
-    subprocess.run([restore, *options, f"--dbname={target.database_url}", str(path)], check=True)
+    listing = subprocess.run([restore, "--list", str(path)], capture_output=True, text=True, check=True).stdout
+    script = subprocess.run([restore, "--no-owner", "--file=-", str(path)], capture_output=True, check=True).stdout
+    psql = _pg_tool("psql", target.database_url)
+    subprocess.run(
+        [
+            psql,
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+            f"--dbname={target.database_url}",
+            "-f",
+            "-",
+        ],
+        input=_restore_script(listing).encode() + script,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def _rds_snapshot(target: Target) -> str:
