@@ -123,7 +123,7 @@ def main() -> None:  # noqa: PLR0915 - the benchmark's measurements in one seque
     from pipectl.localcloud import LocalCloud
     from pipectl.localcloud.daemon import run_migrations
     from pipectl.localcloud.provision import provision
-    from pipectl.target import Target
+    from pipectl.target import target_from_state
     from pricepipe import scoring
     from pricepipe.contract import load_contract
     from pricepipe.settings import Settings
@@ -142,17 +142,7 @@ def main() -> None:  # noqa: PLR0915 - the benchmark's measurements in one seque
         with LocalCloud(work / "cloud") as cloud:
             resources = provision(cloud, database)
             run_migrations(cloud, resources)
-            target = Target(
-                kind="local",
-                region=resources.region,
-                landing_bucket=resources.landing_bucket,
-                lake_bucket=resources.lake_bucket,
-                artifacts_bucket=resources.artifacts_bucket,
-                state_machines=resources.state_machines,
-                functions=resources.functions,
-                endpoint=resources.endpoint,
-                database_url=database,
-            )
+            target = target_from_state(resources.to_dict())
             s3 = target.client("s3")
             s3.put_object(Bucket=target.landing_bucket, Key=f"{INPUT_PREFIX}rows.parquet", Body=buffer.getvalue())
             key = "mlflow/price-model/1/serving/model.npz"

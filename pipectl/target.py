@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,11 @@ def local_target(state_dir: Path = DEFAULT_STATE_DIR) -> Target:
     state = json.loads(state_file.read_text())
     if not _alive(int(state["pid"])):
         raise TargetUnavailable("the local cloud's process has exited: run `pipectl local up` again")
+    return target_from_state(state)
+
+
+def target_from_state(state: Mapping[str, Any]) -> Target:
+    """A local cloud's target from its resources as ``state.json`` holds them (``Resources.to_dict()``)."""
     return Target(
         kind="local",
         region=state["region"],

@@ -10,7 +10,7 @@ import pytest
 from pipectl.localcloud import LocalCloud
 from pipectl.localcloud.daemon import run_migrations
 from pipectl.localcloud.provision import Resources, provision
-from pipectl.target import Target
+from pipectl.target import Target, target_from_state
 from tests.conftest import create_database, drop_database
 from tests.e2e.support import FUNCTION_SETTINGS, JOB_SETTINGS
 
@@ -37,20 +37,4 @@ def deployed(cloud: LocalCloud, cloud_database: str) -> Resources:
 
 @pytest.fixture(scope="module")
 def target(deployed: Resources) -> Target:
-    return Target(
-        kind="local",
-        region=deployed.region,
-        landing_bucket=deployed.landing_bucket,
-        lake_bucket=deployed.lake_bucket,
-        artifacts_bucket=deployed.artifacts_bucket,
-        state_machines=deployed.state_machines,
-        functions=deployed.functions,
-        endpoint=deployed.endpoint,
-        database_url=deployed.database_url,
-        api_key=deployed.api_key,
-        user_pool_id=deployed.user_pool_id,
-        token_url=deployed.token_url,
-        client_id=deployed.client_id,
-        client_secret=deployed.client_secret,
-        dataset=deployed.dataset,
-    )
+    return target_from_state(deployed.to_dict())
